@@ -1,0 +1,33 @@
+"""Static, preallocated self-attention KV cache, written by index.
+
+Allocated once for `rows x max_len` and never resized, so its tensors keep their addresses
+across steps (what CUDA graphs and torch.compile need). Rows are independent slots: each row
+has its own positions, and a row can be reset for a new sequence without touching the others.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import DiaConfig
+
+
+class KVCache:
+    """Per-layer K and V tensors of shape `(rows, Hkv, max_len, D)`."""
+
+    def __init__(self, cfg: DiaConfig, rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
+        d = cfg.decoder
+        shape = (rows, d.n_kv_head, max_len, d.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
+
+    @property
+    def rows(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
