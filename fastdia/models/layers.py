@@ -41,7 +41,8 @@ class Rope:
 
     def __init__(self, head_dim: int, max_timescale: float, min_timescale: float = 1.0) -> None:
         half = head_dim // 2
-        fraction = 2.0 * torch.arange(half, dtype=torch.float32) / head_dim
+        # Explicit CPU: modules are often built under a meta-device context.
+        fraction = 2.0 * torch.arange(half, dtype=torch.float32, device="cpu") / head_dim
         self._timescale = min_timescale * (max_timescale / min_timescale) ** fraction  # (D/2,)
         # One copy per device, so a decode step never copies the table host -> device.
         self._on_device: dict[torch.device, torch.Tensor] = {}

@@ -1,0 +1,7 @@
+"""fastdia: fast, dependable inference for Nari Labs' Dia dialogue text-to-speech models."""
+
+from .api import Dia
+from .generation.options import GenerationConfig
+
+__all__ = ["Dia", "GenerationConfig"]
+__version__ = "0.1.0"
