@@ -270,6 +270,8 @@ def test_out_of_range_codes_become_zero(tiny_dac):
     np.testing.assert_array_equal(tiny_dac.decode(bad), tiny_dac.decode(fixed))
     # torch input, other int dtypes
     np.testing.assert_array_equal(tiny_dac.decode(torch.from_numpy(fixed).int()), tiny_dac.decode(fixed))
+    as_tensor = torch.from_numpy(bad).T[None]  # (1, 9, T)
+    np.testing.assert_array_equal(tiny_dac.decode_tensor(as_tensor)[0, 0].numpy(), tiny_dac.decode(fixed))
 
 
 @pytest.mark.parametrize(

@@ -475,7 +475,8 @@ class DAC:
         """Decode a batch of codes.
 
         Args:
-            codes: (B, n_codebooks, T) integer codes in 0..codebook_size-1.
+            codes: (B, n_codebooks, T) integer codes; values outside 0..codebook_size-1
+                are replaced by 0.
             lengths: optional (B,) number of valid frames per item; positions past it are
                 ignored, so each item's output equals decoding it alone.
 
@@ -483,6 +484,10 @@ class DAC:
             (B, 1, T * hop_length) waveform in the codec dtype on the codec device.
         """
         codes = codes.to(self.device, torch.long)
+        # Out-of-range codes become 0 like the reference (spec 5.6); torch.where keeps it on
+        # the device with no host sync, so streaming/graph callers pay nothing.
+        bad = (codes < 0) | (codes >= self.config.codebook_size)
+        codes = torch.where(bad, torch.zeros_like(codes), codes)
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=self.device, dtype=torch.long)
         wave, _ = self.model.decode(codes, lengths)
