@@ -174,7 +174,9 @@ def write_audio(path: str | os.PathLike[str], wave: Any, sample_rate: int) -> Pa
     try:
         sf.write(str(p), data, int(sample_rate), format=fmt, subtype=subtype)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
-        raise AudioError(f"cannot write {str(p)!r} as {fmt}/{subtype} at {sample_rate} Hz: {_first_line(exc)}") from None
+        raise AudioError(
+            f"cannot write {str(p)!r} as {fmt}/{subtype} at {sample_rate} Hz: {_first_line(exc)}"
+        ) from None
     return p
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -434,7 +434,10 @@ class DAC:
         self.hop_length: int = self.config.hop_length
 
     def __repr__(self) -> str:
-        return f"DAC(sample_rate={self.sample_rate}, hop_length={self.hop_length}, device={self.device}, dtype={self.dtype})"
+        return (
+            f"DAC(sample_rate={self.sample_rate}, hop_length={self.hop_length}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
 
     @classmethod
     def from_pretrained(

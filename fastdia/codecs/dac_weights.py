@@ -363,7 +363,9 @@ def _is_conv_weight(name: str, tensor: torch.Tensor) -> bool:
     return name.endswith(".weight") and tensor.ndim == 3
 
 
-def unfold_weight_norm(state: Mapping[str, torch.Tensor], style: Literal["legacy", "parametrizations"] = "legacy") -> Tensors:
+def unfold_weight_norm(
+    state: Mapping[str, torch.Tensor], style: Literal["legacy", "parametrizations"] = "legacy"
+) -> Tensors:
     """Split every conv weight W into g = ||W|| (over all axes but 0) and v = W."""
     g_suffix, v_suffix = (_G, _V) if style == "legacy" else (_P0, _P1)
     out: Tensors = {}
