@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .config import DiaConfig
-from .errors import GenerationError
+from .errors import GenerationError, ScriptError
 from .generation.dia1 import Dia1Generator
 from .generation.options import GenerationConfig
 from .loading import load_model
@@ -92,6 +92,8 @@ class Dia:
         """
         gen = self.generation_config(**sampling)
         single = isinstance(text, str)
+        if not single and not isinstance(text, (list, tuple)):
+            raise ScriptError(f"the script must be a string (or a list of strings), got {type(text).__name__}")
         texts = [text] if single else list(text)
         if not texts:
             raise GenerationError("no texts given")

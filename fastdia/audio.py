@@ -106,6 +106,17 @@ def resample(wave: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
     return np.asarray(soxr.resample(wave, sr_from, sr_to, quality="HQ"), dtype=np.float32)
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Really try: permission bits say nothing for root or read-only file systems."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fastdia-probe-"):
+            return True
+    except OSError:
+        return False
+
+
 def check_output_path(path: str | os.PathLike[str]) -> Path:
     """Validate an output path before any work is done, so a CLI can fail fast.
 
@@ -134,7 +145,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         raise AudioError(f"cannot write {str(p)!r}: folder {str(folder)!r} does not exist")
     if not folder.is_dir():
         raise AudioError(f"cannot write {str(p)!r}: {str(folder)!r} is not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not os.access(folder, os.W_OK | os.X_OK) or not _can_create_in(folder):
         raise AudioError(f"cannot write {str(p)!r}: folder {str(folder)!r} is not writable")
     if p.exists() and not os.access(p, os.W_OK):
         raise AudioError(f"cannot write {str(p)!r}: the file exists and is read-only")

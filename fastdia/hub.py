@@ -54,6 +54,7 @@ def resolve_dir(
         raise ModelNotFoundError(f"huggingface_hub is needed to download {name!r}: {exc}") from exc
 
     try:
+        _check_reachable()
         files = list_repo_files(name)
     except Exception as online_exc:  # network down, repo missing, offline mode, auth...
         # The files may already be in the local cache from an earlier download.
@@ -70,6 +71,26 @@ def resolve_dir(
         return Path(snapshot_download(name, allow_patterns=wanted))
     except Exception as exc:
         raise ModelNotFoundError(f"downloading {what} {name!r} failed ({_short(exc)}). {OFFLINE_HINT}") from None
+
+
+def _check_reachable(timeout: float = 3.0) -> None:
+    """Fail fast when the hub cannot be reached at all.
+
+    Without this, huggingface_hub retries a failed name lookup for ~25 s before giving up.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ConnectionError("offline mode is enabled (HF_HUB_OFFLINE)")
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach {host}: {exc.strerror or exc}") from None
 
 
 def _short(exc: BaseException) -> str:

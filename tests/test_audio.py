@@ -212,3 +212,10 @@ def test_loudness_edge_cases():
     assert out.shape == stereo.shape
     assert abs(pyloudnorm.Meter(SR).integrated_loudness(out.astype(np.float64)) + 16.0) < 0.5
     assert normalize_loudness(np.zeros(0, np.float32), SR).shape == (0,)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux procfs")
+def test_unwritable_folder_even_for_root():
+    """procfs refuses new files to everyone, root included: the check must really try."""
+    with pytest.raises(AudioError, match="not writable"):
+        check_output_path("/proc/fastdia-out.wav")
