@@ -41,6 +41,7 @@ class Dia:
         model: str | Path = DEFAULT_MODEL,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
+        quantize: str | None = None,
     ) -> "Dia":
         """Load a Dia-1 model.
 
@@ -50,10 +51,17 @@ class Dia:
                 ("tiny-random", "dia-1.6b-random").
             device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
             dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
+            quantize: None, "int8" (per-channel) or "int4" (group-wise) weight-only quantization
+                of the decoder's linear layers (see fastdia.quant).
         """
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        return cls(load_model(model, dev, dt), dev, dt)
+        loaded = load_model(model, dev, dt)
+        if quantize is not None:
+            from .quant import quantize_model
+
+            quantize_model(loaded.model, quantize)
+        return cls(loaded, dev, dt)
 
     # ------------------------------------------------------------------ info
     def num_parameters(self) -> int:
