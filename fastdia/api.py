@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .config import DiaConfig
-from .errors import GenerationError, ScriptError
+from .config import PRESETS, DiaConfig
+from .errors import AudioError, GenerationError, ScriptError
 from .generation.dia1 import Dia1Generator
 from .generation.options import GenerationConfig
 from .loading import load_model
@@ -17,23 +19,40 @@ from .runtime import resolve_device, resolve_dtype
 from .text import tokenize, validate_script
 
 DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
+DEFAULT_CODEC = "descript/dac_44khz"
+FRAME_RATE = 44100 / 512  # decoder steps (codec frames) per second of audio
+
+# A prompt longer than this usually makes cloning worse, not better (5-10 s works best).
+PROMPT_WARN_SECONDS = 15.0
 
 PromptCodes = np.ndarray | torch.Tensor
+# An audio prompt: a file path, a float waveform (with sample_rate), or int codes [P, 9].
+AudioPrompt = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+class NoiseModelWarning(UserWarning):
+    """The model is a random preset: its audio is noise, useful only for trials."""
 
 
 class Dia:
-    """A loaded Dia-1 model.
+    """A loaded Dia-1 model and its codec.
 
-    Create it with `Dia.from_pretrained(...)`; then `generate_codes(text)` returns audio codes.
+    Create it with `Dia.from_pretrained(...)`; then `generate(text)` returns a waveform at
+    `sample_rate`, `generate_codes(text)` the audio codes.
     """
 
-    def __init__(self, loaded, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, loaded, device: torch.device, dtype: torch.dtype, codec: str | Path | None = None) -> None:
         self._loaded = loaded
         self.model = loaded.model
         self.config: DiaConfig = loaded.config
         self.device, self.dtype = device, dtype
         self.layout: str = loaded.layout
         self._generator = Dia1Generator(self.model, device, dtype)
+        is_preset = loaded.layout == "preset"
+        # Presets carry their own tiny random codec so everything runs offline.
+        self.codec_source = codec if codec is not None else ("tiny-random" if is_preset else DEFAULT_CODEC)
+        self._codec = None
+        self.is_random = is_preset
 
     @classmethod
     def from_pretrained(
@@ -42,17 +61,20 @@ class Dia:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         quantize: str | None = None,
+        codec: str | Path | None = None,
     ) -> "Dia":
         """Load a Dia-1 model.
 
         Args:
             model: a hub id (e.g. "nari-labs/Dia-1.6B-0626", downloaded once and cached), a local
                 directory with config.json and model.safetensors / dia-v0_1.pth, or a preset
-                ("tiny-random", "dia-1.6b-random").
+                ("tiny-random", "dia-1.6b-random": random weights, for tests and benchmarks).
             device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
             dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
             quantize: None, "int8" (per-channel) or "int4" (group-wise) weight-only quantization
-                of the decoder's linear layers (see fastdia.quant).
+                (see fastdia.quant).
+            codec: the DAC codec: hub id (default "descript/dac_44khz"), local directory or
+                file, or "tiny-random" (the default for presets). Loaded on first use.
         """
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
@@ -61,38 +83,104 @@ class Dia:
             from .quant import quantize_model
 
             quantize_model(loaded.model, quantize)
-        return cls(loaded, dev, dt)
+        return cls(loaded, dev, dt, codec=codec)
 
     # ------------------------------------------------------------------ info
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate in Hz (44100 for DAC 44.1 kHz)."""
+        return self._codec.sample_rate if self._codec is not None else 44100
+
+    @property
+    def codec(self):
+        """The DAC codec, loaded on first use."""
+        if self._codec is None:
+            from .codecs.dac import DAC
+
+            # The codec stays in float32 on CPU: it is small and its output is the audio itself.
+            self._codec = DAC.from_pretrained(self.codec_source, device=self.device,
+                                              dtype="auto" if self.device.type == "cuda" else "float32")
+        return self._codec
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     def __repr__(self) -> str:
         return (f"Dia(model={self._loaded.source!r}, layout={self.layout!r}, device={str(self.device)!r}, "
-                f"dtype={str(self.dtype).removeprefix('torch.')!r})")
+                f"dtype={str(self.dtype).removeprefix('torch.')!r}, codec={str(self.codec_source)!r})")
+
+    # ------------------------------------------------------------------ audio
+    def decode(self, codes: PromptCodes | Sequence[PromptCodes]) -> np.ndarray | list[np.ndarray]:
+        """Codes `[T, 9]` -> np.float32 waveform `[T * 512]` (a list decodes as one batch)."""
+        return self.codec.decode(codes)
+
+    def encode(self, wave: np.ndarray | torch.Tensor, sample_rate: int) -> np.ndarray:
+        """Waveform `[N]` or `[N, channels]` at `sample_rate` -> codes np.int64 `[T, 9]`."""
+        return self.codec.encode(wave, sample_rate)
+
+    def save_audio(self, path: str | os.PathLike, audio: np.ndarray, loudness: float | None = None) -> Path:
+        """Write `audio` (at `sample_rate`); the format comes from the extension (wav, flac, ogg, mp3).
+
+        Args:
+            loudness: optional target in LUFS (e.g. -16); the result never exceeds -1 dBTP.
+        """
+        from .audio import check_output_path, normalize_loudness, write_audio
+
+        path = check_output_path(path)
+        if loudness is not None:
+            audio = normalize_loudness(audio, self.sample_rate, target_lufs=loudness)
+        return write_audio(path, audio, self.sample_rate)
 
     # ------------------------------------------------------------------ generation
     def generation_config(self, **sampling: Any) -> GenerationConfig:
         """The defaults with `sampling` keywords applied (validated)."""
         return GenerationConfig().with_overrides(**sampling)
 
+    def generate(
+        self,
+        text: str | Sequence[str],
+        *,
+        audio_prompt: AudioPrompt | Sequence[AudioPrompt | None] | None = None,
+        prompt_text: str | Sequence[str | None] | None = None,
+        sample_rate: int | None = None,
+        progress: bool = False,
+        **sampling: Any,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Speak a script (or a list of scripts, as one batch).
+
+        Args:
+            text: a script such as "[S1] Hello. [S2] Hi! (laughs)", or a list of them.
+            audio_prompt: a voice to continue from: an audio file path, a float waveform
+                (give `sample_rate`), or codes `[P, 9]`; one per text (or None) for a list.
+            prompt_text: the transcript of the audio prompt, with speaker tags; it is placed
+                before the script, as the model expects. Only the new audio is returned.
+            sample_rate: the rate of a waveform `audio_prompt`.
+            progress: show a progress bar (frames, steps/s, realtime factor).
+            **sampling: max_tokens, cfg_scale, temperature, top_p, cfg_filter_top_k, seed.
+
+        Returns:
+            np.float32 mono waveform at `self.sample_rate` (a list for a list of texts).
+        """
+        codes = self.generate_codes(text, audio_prompt=audio_prompt, prompt_text=prompt_text,
+                                    sample_rate=sample_rate, progress=progress, **sampling)
+        if self.is_random:
+            warnings.warn("this is a random-weight preset: its audio is noise, useful only for trials",
+                          NoiseModelWarning, stacklevel=2)
+        return self.decode(codes)
+
     def generate_codes(
         self,
         text: str | Sequence[str],
         *,
-        audio_prompt: PromptCodes | Sequence[PromptCodes | None] | None = None,
+        audio_prompt: AudioPrompt | Sequence[AudioPrompt | None] | None = None,
+        prompt_text: str | Sequence[str | None] | None = None,
+        sample_rate: int | None = None,
         progress: bool = False,
         **sampling: Any,
     ) -> np.ndarray | list[np.ndarray]:
         """Generate audio codes for a script, or for a list of scripts as one batch.
 
-        Args:
-            text: a script such as "[S1] Hello. [S2] Hi!", or a list of them.
-            audio_prompt: codes `[P, 9]` (0..1023) continuing from which to generate, or one per
-                item (None for no prompt) for a list of texts.
-            progress: show a progress bar.
-            **sampling: max_tokens, cfg_scale, temperature, top_p, cfg_filter_top_k, seed
-                (see GenerationConfig).
+        Takes the same arguments as `generate`.
 
         Returns:
             np.int64 `[T, 9]` codes (a list of them for a list of texts): only new frames, the
@@ -105,11 +193,25 @@ class Dia:
         texts = [text] if single else list(text)
         if not texts:
             raise GenerationError("no texts given")
-        for i, t in enumerate(texts):
-            validate_script(t, what="script" if single else f"script {i}")
-        prompts = self._prompt_list(audio_prompt, len(texts), single)
-        tokens = [tokenize(t) for t in texts]
-        on_step, close = self._progress(progress, gen)
+        transcripts = _per_item(prompt_text, len(texts), single, "prompt_text", is_item=lambda x: isinstance(x, str))
+        full_texts = []
+        for i, (t, pt) in enumerate(zip(texts, transcripts)):
+            name = "script" if single else f"script {i}"
+            validate_script(t, what=name)
+            if pt is not None:
+                validate_script(pt, what="prompt_text" if single else f"prompt_text {i}")
+                t = pt.strip() + " " + t.strip()
+                validate_script(t, what=f"prompt_text + {name}")
+            full_texts.append(t)
+        prompts = [None if p is None else self._prompt_codes(p, sample_rate, i)
+                   for i, p in enumerate(_per_item(audio_prompt, len(texts), single, "audio_prompt", _is_prompt_item))]
+        for i, (p, pt) in enumerate(zip(prompts, transcripts)):
+            if pt is not None and p is None:
+                raise GenerationError(f"prompt_text was given{'' if single else f' for item {i}'} without an audio_prompt")
+            if p is not None:
+                self._check_prompt_room(p, gen, i)
+        tokens = [tokenize(t) for t in full_texts]
+        on_step, close = _progress_bar(progress, gen, prompts)
         try:
             with torch.inference_mode():
                 codes = self._generator.generate(tokens, prompts, gen, on_step=on_step)
@@ -118,49 +220,96 @@ class Dia:
         out = [c.cpu().numpy().astype(np.int64) for c in codes]
         return out[0] if single else out
 
-    def _prompt_list(self, audio_prompt, n: int, single: bool) -> list[torch.Tensor | None]:
-        if audio_prompt is None:
-            return [None] * n
-        if single:
-            items = [audio_prompt]
-        elif _is_codes(audio_prompt):
-            if n != 1:
-                raise GenerationError(
-                    "for a list of texts, give audio_prompt as a list with one entry (or None) per text"
-                )
-            items = [audio_prompt]
-        else:
-            items = list(audio_prompt)
-            if len(items) != n:
-                raise GenerationError(f"got {len(items)} audio prompts for {n} texts; give one (or None) per text")
-        return [None if p is None else self._check_codes(p, i) for i, p in enumerate(items)]
+    # ------------------------------------------------------------------ prompts
+    def _prompt_codes(self, prompt: AudioPrompt, sample_rate: int | None, i: int) -> torch.Tensor | None:
+        """Any accepted prompt form -> codes `(P, 9)` long on our device (None if empty)."""
+        if isinstance(prompt, (str, os.PathLike)):
+            from .audio import read_audio
 
-    def _check_codes(self, codes: PromptCodes, i: int) -> torch.Tensor:
+            wave, sr = read_audio(prompt)
+            return self._prompt_codes(wave, sr, i)
+        arr = prompt.detach().cpu().numpy() if torch.is_tensor(prompt) else np.asarray(prompt)
+        if arr.dtype.kind == "f":  # a waveform
+            if sample_rate is None:
+                raise AudioError("a waveform audio_prompt needs its sample_rate (e.g. sample_rate=44100)")
+            if arr.size == 0:
+                raise AudioError(f"audio prompt {i} is empty")
+            return self._check_codes(self.encode(arr, sample_rate), i)
+        return self._check_codes(arr, i)
+
+    def _check_codes(self, codes: np.ndarray, i: int) -> torch.Tensor | None:
         c = self.config.n_channels
-        t = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes)
+        t = torch.as_tensor(np.asarray(codes))
         if t.ndim != 2 or t.shape[1] != c:
             raise GenerationError(f"audio prompt {i}: expected codes of shape [P, {c}], got {list(t.shape)}")
         if t.is_floating_point() or t.dtype == torch.bool:
             raise GenerationError(f"audio prompt {i}: codes must be integers, got {t.dtype}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.config.eos_id):
-            raise GenerationError(f"audio prompt {i}: codes must be in 0..{self.config.eos_id - 1}")
         if t.shape[0] == 0:
             return None
+        if int(t.min()) < 0 or int(t.max()) >= self.config.eos_id:
+            raise GenerationError(f"audio prompt {i}: codes must be in 0..{self.config.eos_id - 1}")
         return t.to(self.device, torch.long)
 
-    def _progress(self, enabled: bool, gen: GenerationConfig):
-        if not enabled:
-            return None, lambda: None
-        from tqdm.auto import tqdm
+    def _check_prompt_room(self, codes: torch.Tensor, gen: GenerationConfig, i: int) -> None:
+        frames = codes.shape[0]
+        seconds = frames / FRAME_RATE
+        # BOS + prompt + the 15-step end countdown + at least one new frame.
+        room = gen.max_tokens - (1 + frames + self.config.max_delay)
+        if room < 1:
+            raise GenerationError(
+                f"the audio prompt{'' if i == 0 else f' of item {i}'} is {seconds:.1f} s ({frames} frames) and "
+                f"does not fit with the script in max_tokens={gen.max_tokens} ({gen.max_tokens / FRAME_RATE:.1f} s "
+                f"in all, prompt included); use a prompt of 5-10 s or raise max_tokens "
+                f"(at most {self.config.decoder.max_positions})"
+            )
+        if room < FRAME_RATE:
+            warnings.warn(f"the audio prompt leaves only {room / FRAME_RATE:.2f} s for the script within "
+                          f"max_tokens={gen.max_tokens}", UserWarning, stacklevel=4)
+        if seconds > PROMPT_WARN_SECONDS:
+            warnings.warn(
+                f"the audio prompt is {seconds:.1f} s long; 5-10 s usually clones a voice best, and a long "
+                "prompt leaves less room for the script",
+                UserWarning,
+                stacklevel=4,
+            )
 
-        bar = tqdm(total=gen.max_tokens, unit="step", desc="generating", leave=False)
 
-        def on_step(t: int) -> None:
-            bar.n = t
-            bar.refresh() if t % 16 == 0 else None
+def _is_prompt_item(x) -> bool:
+    if isinstance(x, (str, os.PathLike)):
+        return True
+    if torch.is_tensor(x) or isinstance(x, np.ndarray):
+        # A single prompt: a 1-D waveform, or 2-D codes / (samples, channels) waveform.
+        return x.ndim in (1, 2)
+    return False
 
-        return on_step, bar.close
+
+def _per_item(value, n: int, single: bool, name: str, is_item) -> list:
+    """Broadcast a per-item option: None -> all None; one item -> a batch of one; else a list of n."""
+    if value is None:
+        return [None] * n
+    if single or is_item(value):
+        if n != 1:
+            raise GenerationError(f"for a list of texts, give {name} as a list with one entry (or None) per text")
+        return [value]
+    items = list(value)
+    if len(items) != n:
+        raise GenerationError(f"got {len(items)} entries in {name} for {n} texts; give one (or None) per text")
+    return items
 
 
-def _is_codes(x) -> bool:
-    return (torch.is_tensor(x) or isinstance(x, np.ndarray)) and getattr(x, "ndim", 0) == 2
+def _progress_bar(enabled: bool, gen: GenerationConfig, prompts: list):
+    """tqdm bar over decoder steps showing audio frames, steps/s and the realtime factor."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    start = min(1 + (0 if p is None else p.shape[0]) for p in prompts) - 1
+    bar = tqdm(total=gen.max_tokens - start, unit="frame", desc="generating", dynamic_ncols=True)
+
+    def on_step(t: int) -> None:
+        bar.update(1)
+        if bar.n % 8 == 0:
+            rate = bar.format_dict.get("rate") or 0.0
+            bar.set_postfix_str(f"{rate:.1f} steps/s, {rate / FRAME_RATE:.2f}x realtime", refresh=False)
+
+    return on_step, bar.close

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from fastdia import Dia, GenerationConfig
 from fastdia.config import PRESETS, parse_config
-from fastdia.errors import CheckpointError, GenerationError, ModelNotFoundError, ScriptError
+from fastdia.errors import AudioError, CheckpointError, GenerationError, ModelNotFoundError, ScriptError
 from fastdia.text import UnlistedTagWarning, tokenize, validate_script
 from fastdia.weights import export_state_dict, source_table
 from tests.oracle import nested_config, save
@@ -92,10 +92,12 @@ def test_bad_prompts(tiny):
         tiny.generate_codes("[S1] Hi.", audio_prompt=np.zeros((4, 8), dtype=np.int64))
     with pytest.raises(GenerationError, match="0..1023"):
         tiny.generate_codes("[S1] Hi.", audio_prompt=np.full((4, 9), 1024))
-    with pytest.raises(GenerationError, match="integers"):
+    with pytest.raises(AudioError, match="sample_rate"):  # float arrays are waveforms
         tiny.generate_codes("[S1] Hi.", audio_prompt=np.zeros((4, 9), dtype=np.float32))
-    with pytest.raises(GenerationError, match="no room is left"):
+    with pytest.raises(GenerationError, match="does not fit with the script"):
         tiny.generate_codes("[S1] Hi.", audio_prompt=np.zeros((40, 9), dtype=np.int64), max_tokens=50)
+    with pytest.raises(GenerationError, match="without an audio_prompt"):
+        tiny.generate_codes("[S1] Hi.", prompt_text="[S1] before.")
     with pytest.raises(GenerationError, match="one .* per text"):
         tiny.generate_codes(["[S1] a", "[S2] b"], audio_prompt=[np.zeros((3, 9), dtype=np.int64)])
 
