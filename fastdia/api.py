@@ -304,12 +304,12 @@ def _progress_bar(enabled: bool, gen: GenerationConfig, prompts: list):
     from tqdm.auto import tqdm
 
     start = min(1 + (0 if p is None else p.shape[0]) for p in prompts) - 1
-    bar = tqdm(total=gen.max_tokens - start, unit="frame", desc="generating", dynamic_ncols=True)
+    bar = tqdm(total=gen.max_tokens - start, unit="step", desc="generating", dynamic_ncols=True, mininterval=0.5)
 
     def on_step(t: int) -> None:
         bar.update(1)
-        if bar.n % 8 == 0:
+        if bar.n % 16 == 0:
             rate = bar.format_dict.get("rate") or 0.0
-            bar.set_postfix_str(f"{rate:.1f} steps/s, {rate / FRAME_RATE:.2f}x realtime", refresh=False)
+            bar.set_postfix_str(f"{bar.n} frames, {rate / FRAME_RATE:.2f}x realtime", refresh=False)
 
     return on_step, bar.close
