@@ -18,7 +18,8 @@ from transformers import DiaDecoderConfig, DiaEncoderConfig, DiaForConditionalGe
 BOS, PAD, EOS = 1026, 1025, 1024
 DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 
-# Several shapes: MHA and GQA ratios 2 and 4 in the decoder, head dims that are not 128, 1-3 layers.
+# Several shapes: MHA and GQA ratios 2 and 4 (decoder) and 2 (encoder), head dims that are not 128,
+# 1-3 layers.
 SHAPES = {
     "mha-1layer": dict(
         enc=dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
@@ -35,7 +36,7 @@ SHAPES = {
                  cross_head_dim=16),
     ),
     "gqa4-3layers": dict(
-        enc=dict(num_hidden_layers=3, hidden_size=40, intermediate_size=64, num_attention_heads=2,
+        enc=dict(num_hidden_layers=3, hidden_size=40, intermediate_size=64, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=20),
         dec=dict(num_hidden_layers=3, hidden_size=64, intermediate_size=112, num_attention_heads=8,
                  num_key_value_heads=2, head_dim=20, cross_num_attention_heads=4, cross_num_key_value_heads=4,

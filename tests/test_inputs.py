@@ -113,7 +113,7 @@ def test_generation_config_is_frozen_and_validated():
 
 
 def test_parse_both_config_layouts(hf_models, tmp_path):
-    hf = hf_models("gqa4-3layers")
+    hf = hf_models("gqa2-2layers")  # the nested v0.1 format has no encoder KV-head field: MHA encoder
     save(hf, tmp_path / "m", "transformers")
     written = json.loads((tmp_path / "m" / "config.json").read_text())
     a = parse_config(written)
@@ -121,8 +121,9 @@ def test_parse_both_config_layouts(hf_models, tmp_path):
     assert a.source_format == "transformers" and not a.cross_attn_rope
     assert b.source_format == "nari" and b.cross_attn_rope
     for cfg in (a, b):
-        assert cfg.decoder.n_head == 8 and cfg.decoder.n_kv_head == 2 and cfg.decoder.head_dim == 20
-        assert cfg.decoder.cross_head_dim == 12 and cfg.encoder.head_dim == 20 and cfg.encoder.n_layer == 3
+        assert cfg.decoder.n_head == 4 and cfg.decoder.n_kv_head == 2 and cfg.decoder.head_dim == 16
+        assert cfg.decoder.cross_head_dim == 16 and cfg.encoder.head_dim == 16 and cfg.encoder.n_layer == 2
+        assert cfg.encoder.d_model == 32 and cfg.decoder.d_ff == 128
         assert (cfg.bos_id, cfg.eos_id, cfg.pad_id) == (1026, 1024, 1025)
         assert cfg.delay_pattern == (0, 8, 9, 10, 11, 12, 13, 14, 15)
     assert a.encoder == b.encoder and a.decoder == b.decoder
