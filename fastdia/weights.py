@@ -164,7 +164,7 @@ def convert_state_dict(
     tables = {NARI: source_table(cfg, NARI), TRANSFORMERS: source_table(cfg, TRANSFORMERS)}
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     parts: dict[str, dict[int, torch.Tensor]] = {}
-    seen_layouts: set[str] = set()
+    filled_by: dict[str, str] = {}  # target -> the layout whose parts fill it
     unknown: list[str] = []
     for name, value in items:
         layout = layout_of(name)
@@ -172,6 +172,8 @@ def convert_state_dict(
         if src is None:
             unknown.append(name)
             continue
+        if filled_by.setdefault(src.target, layout) != layout:
+            raise CheckpointError(f"{where}: tensor {name!r} duplicates one stored under the other layout's name")
         tensor = value() if callable(value) else value
         if tuple(tensor.shape) != src.shape:
             raise CheckpointError(
@@ -180,10 +182,10 @@ def convert_state_dict(
             )
         if not tensor.is_floating_point():
             raise CheckpointError(f"{where}: tensor {name!r} has dtype {tensor.dtype}, expected a float tensor")
-        seen_layouts.add(layout)
         target_dtype = torch.float32 if keeps_fp32(src.target) else dtype
         parts.setdefault(src.target, {})[src.slot] = src.convert(tensor).to(target_dtype)
-    if not seen_layouts:
+    seen = set(filled_by.values())
+    if not seen:
         shown = ", ".join(repr(n) for n in unknown[:3]) or "none"
         raise CheckpointError(
             f"{where}: unknown checkpoint layout: none of its {len(unknown)} tensors is a Dia tensor "
@@ -195,14 +197,15 @@ def convert_state_dict(
             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
             + ": not part of a Dia checkpoint with this config"
         )
-    layout = seen_layouts.pop() if len(seen_layouts) == 1 else "mixed"
-    # Name missing tensors in the layout the file uses (transformers names for a mixed file).
-    naming = tables[TRANSFORMERS if layout == "mixed" else layout]
-    missing = [name for name, src in naming.items() if src.slot not in parts.get(src.target, {})]
-    if layout == "mixed":
-        # A fused target may be complete through the other layout's parts (e.g. nari embeddings).
-        complete = {t for t, got in parts.items() if len(got) == _slots(tables, t, got)}
-        missing = [n for n in missing if naming[n].target not in complete]
+    layout = seen.pop() if len(seen) == 1 else "mixed"
+    # Name a missing tensor in the layout its target was (partly) filled from, else the file's.
+    default = TRANSFORMERS if layout == "mixed" else layout
+    missing = [
+        name
+        for lay, table in tables.items()
+        for name, src in table.items()
+        if filled_by.get(src.target, default) == lay and src.slot not in parts.get(src.target, {})
+    ]
     if missing:
         raise CheckpointError(
             f"{where}: missing tensor {missing[0]!r}"
@@ -211,11 +214,6 @@ def convert_state_dict(
     state = {t: got[0] if len(got) == 1 else torch.cat([got[i] for i in sorted(got)], dim=0)
              for t, got in parts.items()}
     return state, layout
-
-
-def _slots(tables: Mapping[str, Mapping[str, Source]], target: str, got: Mapping[int, torch.Tensor]) -> int:
-    counts = {src.n_slots for table in tables.values() for src in table.values() if src.target == target}
-    return len(got) if len(got) in counts else max(counts)
 
 
 def export_state_dict(state: Mapping[str, torch.Tensor], cfg: DiaConfig, layout: str) -> dict[str, torch.Tensor]:

@@ -257,3 +257,24 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no config.json" in r.stderr
     r = run_cli("info", "tiny-random", "--dtype", "int3")
     assert r.returncode == 2 and "unknown dtype" in r.stderr
+
+
+def test_mixed_layout_checkpoint():
+    """Layout is detected per key: original names with a transformers-style embedding still load."""
+    from fastdia.config import PRESETS
+    from fastdia.loading import random_state
+    from fastdia.weights import convert_state_dict
+
+    cfg = PRESETS["tiny-random"]
+    ours = random_state(cfg)
+    nari, hf = export_state_dict(ours, cfg, "nari"), export_state_dict(ours, cfg, "transformers")
+    mixed = {k: v for k, v in nari.items() if not k.startswith("decoder.embeddings.")}
+    mixed["model.decoder.embeddings.embed.weight"] = hf["model.decoder.embeddings.embed.weight"]
+    back, layout = convert_state_dict(mixed, cfg, torch.float32)
+    assert layout == "mixed" and all(torch.equal(back[k], ours[k]) for k in ours)
+    mixed.pop("decoder.layers.1.self_attention.v_proj.weight")
+    with pytest.raises(CheckpointError, match=r"missing tensor 'decoder\.layers\.1\.self_attention\.v_proj\.weight'"):
+        convert_state_dict(mixed, cfg, torch.float32)
+    mixed["decoder.embeddings.0.weight"] = nari["decoder.embeddings.0.weight"]
+    with pytest.raises(CheckpointError, match="duplicates"):
+        convert_state_dict(mixed, cfg, torch.float32)
