@@ -1,0 +1,64 @@
+"""Speed-ups applied to a built model from the outside; the model code does not know about them.
+
+CPU float path: a decode step multiplies 2 rows (one utterance with CFG) by every weight, so it
+is a chain of matrix-vector products bound by memory bandwidth. On the machines we measured
+(benchmarks/README.md) `F.linear` (MKL sgemm) streams float32 weights at ~7 GB/s, while oneDNN
+with the weight reordered once into its blocked layout reaches ~20 GB/s for float32 and
+bfloat16 alike. `pack_linears` swaps every `nn.Linear` for a `PackedLinear` holding that
+reordered weight; results equal `F.linear` up to float rounding order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# The reorder takes a batch-size hint; decode runs 2 rows per utterance.
+_BATCH_HINT = 2
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class PackedLinear(nn.Module):
+    """`y = x @ W.T` (no bias) through oneDNN with W pre-reordered (CPU, float32/bfloat16)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _BATCH_HINT)
+        # A plain attribute, not a buffer: the opaque oneDNN tensor cannot be saved or moved, and
+        # state_dict() should keep meaning "our checkpoint layout" (see dense_weight).
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, None, "none", [], "")
+
+    def dense_weight(self) -> torch.Tensor:
+        """The plain `[out, in]` weight (a new tensor)."""
+        return self.packed.to_dense()
+
+    def nbytes(self) -> int:
+        return self.out_features * self.in_features * torch.empty((), dtype=self.dtype).element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, oneDNN"
+
+
+@torch.no_grad()
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Swap every float `nn.Linear` (CPU, no bias) for a `PackedLinear`, in place, one at a time."""
+    if not onednn_available():
+        return model
+    names = [n for n, m in model.named_modules()
+             if type(m) is nn.Linear and m.bias is None and m.weight.device.type == "cpu"
+             and m.weight.dtype in (torch.float32, torch.bfloat16)]
+    for name in names:
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        linear = getattr(owner, attr)
+        setattr(owner, attr, PackedLinear(linear.weight))
+        del linear
+    return model

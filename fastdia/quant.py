@@ -1,0 +1,305 @@
+"""Weight-only int8 / int4 quantization as a module swap plus a state-dict transform.
+
+The model code builds plain `nn.Linear(bias=False)` projections and never learns about this file:
+`quantize_model` replaces them, from the outside, with modules that hold quantized weights and
+compute `x @ W.T` with torch's CPU weight-only kernels (measured in benchmarks/matvec.py):
+
+* **int8**, per output channel, symmetric: `W[n, k] = q[n, k] * scale[n]`, `q` in -127..127;
+  `torch.ops.aten._weight_int8pack_mm` (bfloat16 activations; its float32 path is 10x slower).
+* **int4**, group-wise along the input dim, asymmetric: `W[n, k] = (q[n, k] - 8) * s[n, g] + z[n, g]`
+  with `q` in 0..15 and `g = k // group_size`; `torch.ops.aten._weight_int4pack_mm_for_cpu`.
+
+Which layers (see `plan`): every projection of the decoder layers and the output head, and the
+encoder's. The encoder runs once per request, but left in float32 it alone would be 1 GB, more
+than the whole int4 decoder, and the memory targets matter more than its one-off speed. In int4
+mode the precision-sensitive pieces stay int8: the output head (its logits are what gets
+sampled; 19 M parameters, 3% of the bytes read per step) and the encoder and cross-attention
+K/V projections (run once per utterance, not per step).
+
+Activations stay in the model dtype outside the matmuls (the kernels get a bfloat16 copy of the
+2-row input and the result is cast back), so norms, RoPE, attention and the KV cache are
+unchanged.
+
+The same transform applies to tensors (`quantize_state_dict`), which is what `fastdia convert`
+saves; `Int8Linear.from_stored` / `Int4Linear.from_stored` rebuild modules from it without
+ever materialising a float weight.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import FastDiaError
+
+MODES = ("int8", "int4")
+DEFAULT_GROUP_SIZE = 64
+GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
+KERNEL_DTYPE = torch.bfloat16  # activation dtype the CPU weight-only kernels are fast with
+_INT4_ROW_MULTIPLE = 16  # the CPU int4 packing wants N % 16 == 0: pad rows with zeros
+
+
+def check_mode(mode: str | None) -> str | None:
+    if mode is None or mode in ("none", "float", ""):
+        return None
+    if mode not in MODES:
+        raise FastDiaError(f"unknown quantization {mode!r}; use one of {', '.join(MODES)} (or none)")
+    return mode
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor transforms (pure functions; what convert stores)
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[N, K]` float -> (int8 `[N, K]`, float32 scales `[N]`), symmetric per output channel."""
+    w = w.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale[:, None].float()
+
+
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[N, K]` float -> (uint8 `[N, K/2]` two codes per byte, scales `[N, G]`, zeros `[N, G]`).
+
+    Asymmetric min/max per group of `group_size` inputs: `W = (q - 8) * scale + zero`, q in 0..15
+    (the convention of torch's int4 kernels). Byte j of a row holds codes 2j (low nibble) and
+    2j + 1 (high nibble).
+    """
+    n, k = w.shape
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of the group size {group_size}")
+    wg = w.float().view(n, k // group_size, group_size)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).view(n, k)
+    zero = lo + 8.0 * scale
+    return pack_nibbles(q), scale, zero
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 `[N, K]` -> `[N, K/2]`."""
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """`[N, K/2]` -> uint8 codes `[N, K]`."""
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).view(packed.shape[0], -1)
+
+
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    q = unpack_nibbles(packed).float()
+    n, k = q.shape
+    g = scale.shape[1]
+    w = (q.view(n, g, k // g) - 8.0) * scale[..., None].float() + zero[..., None].float()
+    return w.view(n, k)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+
+
+class Int8Linear(nn.Module):
+    """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scales", scale.to(KERNEL_DTYPE).contiguous())
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> "Int8Linear":
+        return cls(*quantize_int8(weight))
+
+    @classmethod
+    def from_stored(cls, qweight: torch.Tensor, scale: torch.Tensor) -> "Int8Linear":
+        return cls(qweight, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
+
+    def nbytes(self) -> int:
+        return self.qweight.numel() + self.scales.numel() * self.scales.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class Int4Linear(nn.Module):
+    """`y = x @ W.T` with W int4 group-wise (see `quantize_int4`), packed for torch's CPU kernel."""
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> None:
+        super().__init__()
+        n, half_k = packed.shape
+        self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
+        pad = -n % _INT4_ROW_MULTIPLE
+        codes = unpack_nibbles(packed)
+        if pad:
+            codes = torch.cat((codes, codes.new_full((pad, codes.shape[1]), 8)))
+            scale = torch.cat((scale, scale.new_zeros(pad, scale.shape[1])))
+            zero = torch.cat((zero, zero.new_zeros(pad, zero.shape[1])))
+        kernel_packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+        # The kernel wants (K/group, N, 2): scale and zero interleaved, groups outermost.
+        scales_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).to(KERNEL_DTYPE).contiguous()
+        self.register_buffer("qweight", kernel_packed)
+        self.register_buffer("scales_zeros", scales_zeros)
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, group_size: int) -> "Int4Linear":
+        return cls(*quantize_int4(weight, group_size), group_size)
+
+    @classmethod
+    def from_stored(cls, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> "Int4Linear":
+        return cls(packed, scale, zero, group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_zeros)
+        if y.shape[1] != self.out_features:
+            y = y[:, : self.out_features]
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def nbytes(self) -> int:
+        return self.qweight.numel() + self.scales_zeros.numel() * self.scales_zeros.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+
+
+# --------------------------------------------------------------------------------------------
+# Which layer gets what
+
+
+def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
+    """The format for the Linear called `name` (a DiaModel module path) under `mode`.
+
+    Returns "int8", "int4" or None (keep float).
+    """
+    mode = check_mode(mode)
+    if mode is None:
+        return None
+    if mode == "int8":
+        return "int8"
+    # int4: the per-step decoder projections only; the head, the encoder and the once-per-
+    # utterance cross-attention K/V stay int8 (quality where it is cheap, see module docstring).
+    per_step = name.startswith("decoder.layers.") and not name.endswith("cross_attn.kv")
+    if per_step and in_features % group_size == 0:
+        return "int4"
+    return "int8"
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Module paths of every projection a quantization may replace."""
+    from .accel import PackedLinear
+
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, PackedLinear))]
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    from .accel import PackedLinear
+
+    if isinstance(module, PackedLinear):
+        return module.dense_weight()
+    return module.weight
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_SIZE) -> nn.Module:
+    """Replace the model's float projections by int8/int4 modules, in place, one at a time.
+
+    Each float weight is released as soon as its quantized module exists, so the peak memory is
+    the float model plus one layer, not two models.
+
+    Args:
+        model: a DiaModel (float, CPU).
+        mode: "int8" or "int4" (None/"none" does nothing).
+        group_size: int4 group size along the input dimension (32, 64, 128 or 256).
+
+    Returns:
+        `model`.
+    """
+    mode = check_mode(mode)
+    if mode is None:
+        return model
+    if group_size not in GROUP_SIZES:
+        raise FastDiaError(f"int4 group size must be one of {GROUP_SIZES}, got {group_size}")
+    for name in linear_names(model):
+        module = model.get_submodule(name)
+        weight = _dense_weight(module)
+        fmt = plan(name, weight.shape[1], mode, group_size)
+        if fmt is None:
+            continue
+        if fmt == "int8":
+            new = Int8Linear.from_float(weight)
+        else:
+            new = Int4Linear.from_float(weight, group_size)
+        del weight
+        _set(model, name, new)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# State-dict transform (convert) and rebuilding modules from it (load)
+
+QUANT_KEY = "fastdia_quantization"
+FORMAT_VERSION = 1
+
+
+def quantize_state_dict(
+    tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
+    linear: set[str],
+    mode: str,
+    group_size: int = DEFAULT_GROUP_SIZE,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Our float state dict -> the stored quantized one, tensor by tensor.
+
+    A linear `X.weight` (X in `linear`) becomes `X.qweight` + `X.scales` (int8) or
+    `X.qweight` + `X.scales` + `X.zeros` (int4); everything else passes through unchanged.
+    """
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    for name, tensor in items:
+        module = name.removesuffix(".weight")
+        if module not in linear or not name.endswith(".weight"):
+            yield name, tensor
+            continue
+        fmt = plan(module, tensor.shape[1], mode, group_size)
+        if fmt == "int8":
+            q, s = quantize_int8(tensor)
+            yield f"{module}.qweight", q
+            yield f"{module}.scales", s
+        elif fmt == "int4":
+            q, s, z = quantize_int4(tensor, group_size)
+            yield f"{module}.qweight", q
+            yield f"{module}.scales", s.contiguous()
+            yield f"{module}.zeros", z.contiguous()
+        else:
+            yield name, tensor
+
+
+def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int) -> nn.Module:
+    """Rebuild one quantized module from its stored tensors (`qweight`, `scales`[, `zeros`])."""
+    q = parts["qweight"]
+    if "zeros" in parts:
+        return Int4Linear.from_stored(q, parts["scales"], parts["zeros"], group_size)
+    return Int8Linear.from_stored(q, parts["scales"])
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers (quantized weights at their stored size)."""
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
