@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -43,26 +44,32 @@ def _choose_files(files) -> list[str]:
     raise CheckpointError("the repository has no model.safetensors or .pth weights")
 
 
+def iter_random_state(
+    cfg: DiaConfig, seed: int = PRESET_SEED, dtype: torch.dtype = torch.float32
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of `random_state`, one at a time (so a quantized preset never holds them all)."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in DiaModel(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    for name in sorted(shapes):
+        shape = shapes[name]
+        if keeps_fp32(name):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            yield name, t.float()
+            continue
+        fan_in = shape[1] if len(shape) == 2 and "embedding" not in name else 1
+        std = fan_in ** -0.5
+        t = torch.randn(shape, generator=gen).mul_(std)
+        yield name, t if dtype == torch.float32 else t.to(dtype)
+
+
 def random_state(cfg: DiaConfig, seed: int = PRESET_SEED, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights in our layout, reproducible from `seed` on any machine (CPU generator).
 
     Scaled so activations stay O(1) and logits have real spread: a preset's greedy output then
     varies with the text instead of sitting on near-ties.
     """
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in DiaModel(cfg).state_dict().items()}
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for name in sorted(shapes):
-        shape = shapes[name]
-        if keeps_fp32(name):
-            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-            out[name] = t.float()
-            continue
-        fan_in = shape[1] if len(shape) == 2 and "embedding" not in name else 1
-        std = fan_in ** -0.5
-        out[name] = (torch.randn(shape, generator=gen) * std).to(dtype)
-    return out
+    return dict(iter_random_state(cfg, seed, dtype))
 
 
 def build_model(cfg: DiaConfig, state: dict[str, torch.Tensor], device: torch.device) -> DiaModel:
@@ -75,14 +82,65 @@ def build_model(cfg: DiaConfig, state: dict[str, torch.Tensor], device: torch.de
     return model.to(device).eval().requires_grad_(False)
 
 
-def load_model(source: str | Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Resolve `source` (preset, directory, hub id) and return the model on `device` in `dtype`."""
+def load_model(
+    source: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    quantize: str | None = None,
+    group_size: int | None = None,
+    optimize: bool = True,
+) -> LoadedModel:
+    """Resolve `source` (preset, directory, hub id) and return the model on `device` in `dtype`.
+
+    Args:
+        quantize: None, "int8" or "int4": build the model with weight-only quantized projections
+            (fastdia.quant) directly, one tensor at a time, never holding a float copy of the
+            whole model where the source allows it (presets; checkpoints saved by
+            `fastdia convert` are quantized already and load as they are).
+        group_size: int4 group size (default fastdia.quant.DEFAULT_GROUP_SIZE).
+        optimize: on CPU, put the remaining float projections into oneDNN's packed layout
+            (fastdia.accel), the fast path for 2-row decode matmuls.
+    """
+    from . import quant
+
+    quantize = quant.check_mode(quantize)
+    group = group_size or quant.DEFAULT_GROUP_SIZE
     name = str(source)
     if name in PRESETS:
         cfg = PRESETS[name]
-        state = random_state(cfg, dtype=dtype)
-        return LoadedModel(build_model(cfg, state, device), cfg, "preset", name, None)
-    directory = resolve_dir(source, _choose_files, what="model")
-    cfg = load_config(directory / "config.json")
-    state, layout = load_dir_state(directory, cfg, dtype)
-    return LoadedModel(build_model(cfg, state, device), cfg, layout, name, directory)
+        if quantize is not None:
+            model = quant.build_quantized(cfg, iter_random_state(cfg, dtype=dtype), quantize, group, dtype)
+        else:
+            state = random_state(cfg, dtype=dtype)
+            model = build_model(cfg, state, device)
+            del state  # the model holds the only references now, so packing frees as it goes
+        loaded = LoadedModel(model, cfg, "preset", name, None)
+    else:
+        directory = resolve_dir(source, _choose_files, what="model")
+        cfg = load_config(directory / "config.json")
+        stored = quant.stored_quantization(directory / "config.json")
+        if stored is not None:
+            model = quant.load_quantized_dir(directory, cfg, stored, dtype)
+            layout = "fastdia-" + stored["mode"]
+            if quantize is not None and stored["mode"] == "float":
+                quant.quantize_model(model, quantize, group)
+        else:
+            state, layout = load_dir_state(directory, cfg, dtype)
+            if quantize is not None:
+                model = quant.build_quantized(cfg, _drain(state), quantize, group, dtype)
+            else:
+                model = build_model(cfg, state, device)
+            del state
+        loaded = LoadedModel(model, cfg, layout, name, directory)
+    model = loaded.model.to(device).eval().requires_grad_(False)
+    if optimize and device.type == "cpu":
+        from .accel import pack_linears
+
+        pack_linears(model)
+    return loaded
+
+
+def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield and forget the entries of `state`, so each float tensor can be freed once used."""
+    for name in sorted(state):
+        yield name, state.pop(name)

@@ -303,3 +303,172 @@ def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int) -> nn
 def quantized_bytes(model: nn.Module) -> int:
     """Bytes of all parameters and buffers (quantized weights at their stored size)."""
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+# --------------------------------------------------------------------------------------------
+# Building a model straight into its quantized form (no float copy of the whole model)
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
+
+
+def _check_complete(model: nn.Module, where: str) -> None:
+    from .errors import CheckpointError
+
+    missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if missing:
+        raise CheckpointError(f"{where}: missing tensor {missing[0]!r}"
+                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+@torch.no_grad()
+def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str, group_size: int,
+                    dtype: torch.dtype) -> nn.Module:
+    """A DiaModel whose projections are quantized as each float tensor arrives.
+
+    Args:
+        cfg: the DiaConfig.
+        tensors: (name, float tensor) in our layout, e.g. `fastdia.loading.iter_random_state`;
+            each is dropped once used, so the peak holds one float tensor, not the model.
+        mode: "int8" or "int4".
+        group_size: int4 group size.
+        dtype: dtype of the tensors that stay float (norm gains stay float32).
+    """
+    from .models.dia1 import DiaModel
+    from .weights import keeps_fp32
+
+    with torch.device("meta"):
+        model = DiaModel(cfg)
+    linear = set(linear_names(model))
+    for name, tensor in tensors:
+        module = name.removesuffix(".weight")
+        if module in linear and name.endswith(".weight"):
+            fmt = plan(module, tensor.shape[1], mode, group_size)
+            new = Int8Linear.from_float(tensor) if fmt == "int8" else Int4Linear.from_float(tensor, group_size)
+            _set(model, module, new)
+        else:
+            _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
+        del tensor
+    _check_complete(model, "quantized build")
+    return model.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------
+# Quantized checkpoints (`fastdia convert`)
+
+
+def stored_quantization(config_path) -> dict | None:
+    """The layout marker of a config.json written by `fastdia convert` (None for other checkpoints).
+
+    Returns {"format", "mode", "group_size"} with mode "float", "int8" or "int4".
+    """
+    import json
+
+    from .errors import CheckpointError
+
+    try:
+        raw = json.loads(open(config_path).read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("fastdia_layout") != "fused":
+        return None
+    marker = raw.get(QUANT_KEY) or {"format": FORMAT_VERSION, "mode": "float"}
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT_VERSION \
+            or marker.get("mode") not in MODES + ("float",):
+        raise CheckpointError(f"{config_path}: unsupported fastdia checkpoint marker {marker!r}; "
+                              f"convert it again with this version of fastdia")
+    return marker
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """`t` in memory of its own with a 64-byte aligned start.
+
+    safetensors hands out views into one file buffer at arbitrary offsets; torch's weight-only
+    kernels read with aligned vector loads and crash on such pointers.
+    """
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+@torch.no_grad()
+def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> nn.Module:
+    """Build a DiaModel from a checkpoint saved by `save_converted`, without any float weight."""
+    from safetensors import safe_open
+
+    from .errors import CheckpointError
+    from .models.dia1 import DiaModel
+    from .weights import keeps_fp32
+
+    group_size = int(marker.get("group_size", DEFAULT_GROUP_SIZE))
+    path = directory / "model.safetensors"
+    with torch.device("meta"):
+        model = DiaModel(cfg)
+    linear = set(linear_names(model))
+    expected = dict(model.state_dict())
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    with handle as f:
+        for name in f.keys():
+            module, _, part = name.rpartition(".")
+            if module in linear and part in ("qweight", "scales", "zeros"):
+                pending.setdefault(module, {})[part] = _aligned(f.get_tensor(name))
+                continue
+            if name not in expected:
+                raise CheckpointError(f"{path}: unexpected tensor {name!r}")
+            tensor = _aligned(f.get_tensor(name))
+            if tuple(tensor.shape) != tuple(expected[name].shape):
+                raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
+                                      f"expected {list(expected[name].shape)}")
+            _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
+    for module, parts in pending.items():
+        if "qweight" not in parts or "scales" not in parts:
+            raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
+        new = module_from_stored(parts, group_size)
+        want = expected[module + ".weight"].shape
+        if (new.out_features, new.in_features) != tuple(want):
+            raise CheckpointError(f"{path}: {module!r} holds a {new.out_features}x{new.in_features} weight, "
+                                  f"expected {want[0]}x{want[1]}")
+        _set(model, module, new)
+    _check_complete(model, str(path))
+    return model.eval().requires_grad_(False)
+
+
+def save_converted(state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], cfg, out_dir,
+                   mode: str | None, group_size: int = DEFAULT_GROUP_SIZE) -> dict:
+    """Write `state` (our float layout) to `out_dir` as config.json + model.safetensors.
+
+    With `mode` the linear weights are stored quantized (`quantize_state_dict`) and config.json
+    carries a `fastdia_quantization` marker; without, the float tensors are stored in our fused
+    layout. Returns the marker (or {}).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from .models.dia1 import DiaModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mode = check_mode(mode)
+    if mode is None:
+        tensors = dict(state.items() if isinstance(state, Mapping) else state)
+        marker = {}
+    else:
+        with torch.device("meta"):
+            linear = set(linear_names(DiaModel(cfg)))
+        tensors = dict(quantize_state_dict(state, linear, mode, group_size))
+        marker = {"format": FORMAT_VERSION, "mode": mode, "group_size": group_size}
+    raw = cfg.to_transformers_dict()
+    raw["fastdia_layout"] = "fused"
+    if marker:
+        raw[QUANT_KEY] = marker
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt", "fastdia": json.dumps(marker or {"mode": "float"})})
+    (out / "config.json").write_text(json.dumps(raw, indent=2))
+    return marker
