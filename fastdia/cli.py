@@ -197,5 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+from .bench import register as _register_bench  # noqa: E402
+
+_EXTRA_COMMANDS.append(_register_bench)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,484 @@
+"""`fastdia bench`: decode speed, memory and quantization quality, each variant in a fresh process.
+
+A decode step reads every per-step decoder weight once (spec 7.2), so speed is bounded by memory
+bandwidth: `ceiling steps/s = read bandwidth / weight bytes read per step`. The benchmark
+measures the machine's read bandwidth, then runs each variant (dtype x quantization, optionally
+transformers' DiaForConditionalGeneration with the same weights) in its own subprocess, so
+peak RSS is that variant's alone and nothing is shared between runs.
+
+Decoding drives `Dia1Generator.prepare()` then `.step()` a fixed number of times: CFG on,
+default sampling, EOS never ends the run (step() keeps decoding finished items).
+
+`--quality` teacher-forces quantized/bfloat16 variants over the tokens a float32 run picked and
+reports top-1 agreement of the CFG-guided logits with float32 and their relative error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS_PER_AUDIO_SECOND = 86.13
+DEFAULT_TEXT = (
+    "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts "
+    "and voices. [S1] Wow. Amazing. (laughs) [S2] Try it now on GitHub."
+)
+RESULT_TAG = "FASTDIA_BENCH_RESULT "
+
+
+# ============================================================================================
+# Child side: one variant per process
+
+
+def _setup_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _linear_bytes(module) -> int:
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        return module.weight.numel() * module.weight.element_size()
+    return module.nbytes()
+
+
+def step_weight_bytes(model) -> int:
+    """Bytes of weights one decode step reads (spec 7.2): per-layer projections except the
+    cross-attention K/V (computed once per utterance), norms, the head; embeddings rows are
+    negligible."""
+    dec = model.decoder
+    total = _linear_bytes(dec.head) + dec.norm.weight.numel() * 4
+    for layer in dec.layers:
+        for m in (layer.self_attn.qkv, layer.self_attn.o, layer.cross_attn.q, layer.cross_attn.o,
+                  layer.mlp.gate_up, layer.mlp.down):
+            total += _linear_bytes(m)
+        total += sum(n.weight.numel() * 4 for n in (layer.pre_sa_norm, layer.pre_ca_norm, layer.pre_mlp_norm))
+    return total
+
+
+def _child_bandwidth(spec: dict) -> dict:
+    """Best-of-N read (sum) and copy bandwidth over a 1 GiB float32 tensor, GB/s."""
+    import torch
+
+    n = (1 << 30) // 4
+    x = torch.ones(n)
+    y = torch.empty_like(x)
+    x.sum()
+    y.copy_(x)
+    read = copy = math.inf
+    for _ in range(spec.get("reps", 7)):
+        t0 = time.perf_counter()
+        x.sum()
+        read = min(read, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        y.copy_(x)
+        copy = min(copy, time.perf_counter() - t0)
+    nbytes = n * 4
+    return {"read_GBps": nbytes / read / 1e9, "copy_GBps": 2 * nbytes / copy / 1e9}
+
+
+def _child_fastdia(spec: dict) -> dict:
+    import torch
+
+    from .generation.dia1 import Dia1Generator
+    from .generation.options import GenerationConfig
+    from .loading import load_model
+    from .runtime import resolve_device, resolve_dtype
+    from .text import tokenize
+
+    dev = resolve_device(spec["device"])
+    dt = resolve_dtype(spec["dtype"], dev)
+    steps, batch = spec["steps"], spec["batch"]
+    t0 = time.perf_counter()
+    loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
+    load_s = time.perf_counter() - t0
+    model = loaded.model
+    gen = Dia1Generator(model, dev, dt)
+    gcfg = GenerationConfig(max_tokens=max(steps + 1, 2 * loaded.config.max_delay + 2), seed=0)
+    texts = [tokenize(spec["text"])] * batch
+    times = []
+    with torch.inference_mode():
+        t1 = time.perf_counter()
+        state = gen.prepare(texts, [None] * batch, gcfg)
+        _sync(dev)
+        t2 = time.perf_counter()
+        for _ in range(steps):
+            gen.step(state, gcfg)
+            _sync(dev)
+            times.append(time.perf_counter())
+    per_step = [b - a for a, b in zip([t2] + times[:-1], times)]
+    steady = per_step[1:] or per_step
+    return {
+        "impl": "fastdia",
+        "dtype": str(dt).removeprefix("torch."),
+        "quantize": spec["quantize"] or "none",
+        "load_s": load_s,
+        "prefill_ms": (t2 - t1) * 1e3,
+        "ttfs_ms": (times[0] - t1) * 1e3,
+        "steps_per_s": len(steady) / sum(steady),
+        "median_step_ms": sorted(steady)[len(steady) // 2] * 1e3,
+        "weight_bytes_per_step": step_weight_bytes(model),
+        "parameters_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        + sum(m.nbytes() for m in model.modules() if hasattr(m, "packed")),
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _child_transformers(spec: dict) -> dict:
+    """transformers' DiaForConditionalGeneration.generate, float32, same weights, EOS blocked."""
+    import torch
+    from transformers import DiaConfig as HFConfig
+    from transformers import DiaForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+
+    from .config import PRESETS, load_config
+    from .hub import resolve_dir
+    from .loading import _choose_files, random_state
+    from .text import tokenize
+    from .weights import export_state_dict, load_dir_state
+
+    steps, batch = spec["steps"], spec["batch"]
+    t0 = time.perf_counter()
+    if spec["model"] in PRESETS:
+        cfg = PRESETS[spec["model"]]
+        state = random_state(cfg)
+    else:
+        directory = resolve_dir(spec["model"], _choose_files, what="model")
+        cfg = load_config(directory / "config.json")
+        state, _ = load_dir_state(directory, cfg, torch.float32)
+    hf_state = export_state_dict(state, cfg, "transformers")
+    del state
+    model = DiaForConditionalGeneration.from_pretrained(
+        None, config=HFConfig.from_dict(cfg.to_transformers_dict()), state_dict=hf_state, dtype=torch.float32
+    ).eval()
+    del hf_state
+    load_s = time.perf_counter() - t0
+
+    ids = tokenize(spec["text"])
+    tokens = torch.tensor([ids] * batch, dtype=torch.long)
+    mask = torch.ones_like(tokens)
+    stamps: list[float] = []
+
+    class Stamp(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stamps.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    with torch.inference_mode():
+        t1 = time.perf_counter()
+        model.generate(
+            input_ids=tokens, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+            do_sample=True, temperature=1.2, top_p=0.95, top_k=45, guidance_scale=3.0,
+            stopping_criteria=StoppingCriteriaList([Stamp()]),
+        )
+    per_step = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    return {
+        "impl": "transformers",
+        "dtype": "float32",
+        "quantize": "none",
+        "load_s": load_s,
+        "prefill_ms": None,
+        "ttfs_ms": (stamps[0] - t1) * 1e3,
+        "steps_per_s": len(per_step) / sum(per_step) if per_step else None,
+        "median_step_ms": sorted(per_step)[len(per_step) // 2] * 1e3 if per_step else None,
+        "decode_steps": len(stamps),
+        "weight_bytes_per_step": _hf_step_bytes(cfg),
+        "peak_rss_bytes": _peak_rss_bytes(),
+    }
+
+
+def _hf_step_bytes(cfg) -> int:
+    d = cfg.decoder
+    per_layer = (d.d_model * (d.n_head + 2 * d.n_kv_head) * d.head_dim + d.n_head * d.head_dim * d.d_model
+                 + 2 * d.d_model * d.cross_n_head * d.cross_head_dim + 3 * d.d_model * d.d_ff + 3 * d.d_model)
+    return 4 * (d.n_layer * per_layer + d.d_model * d.n_channels * d.vocab_size + d.d_model)
+
+
+def teacher_forced_guided(model, gen, texts: list[list[int]], steps: int, cfg_scale: float,
+                          ref_tokens=None):
+    """CFG-guided logits `(B, steps, C, V)` over `steps` decode steps, and the token grid used.
+
+    Without `ref_tokens` the next frame is the argmax of the guided logits over the audio codes
+    (0..1023); with it, the given grid is fed (teacher forcing), so every variant sees the same
+    inputs.
+    """
+    import torch
+
+    from .generation.delay import UNKNOWN
+    from .generation.options import GenerationConfig
+
+    cfg = model.config
+    b = len(texts)
+    gcfg = GenerationConfig(max_tokens=max(steps + 1, 2 * cfg.max_delay + 2), temperature=0, cfg_scale=cfg_scale)
+    state = gen.prepare(texts, [None] * b, gcfg)
+    out = []
+    for _ in range(steps):
+        t = state.t
+        current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
+        positions = torch.full((2 * b, 1), t, dtype=torch.long, device=gen.device)
+        logits = model.decoder(current, positions, state.cache, state.cross, kv_len=t + 1)
+        logits = logits.view(b, 2, cfg.n_channels, -1).float()
+        guided = logits[:, 1] + cfg_scale * (logits[:, 1] - logits[:, 0])  # (B, C, V)
+        out.append(guided[..., : cfg.eos_id].cpu())
+        if ref_tokens is None:
+            nxt = guided[..., : cfg.eos_id].argmax(-1)
+        else:
+            nxt = ref_tokens[:, t + 1].to(gen.device)
+        known = state.tokens[:, t + 1]
+        state.tokens[:, t + 1] = torch.where(known == UNKNOWN, nxt, known)
+        state.t = t + 1
+    return torch.stack(out, dim=1), state.tokens.cpu()
+
+
+def _child_quality(spec: dict) -> dict:
+    import torch
+
+    from .generation.dia1 import Dia1Generator
+    from .loading import load_model
+    from .runtime import resolve_device, resolve_dtype
+    from .text import tokenize
+
+    dev = resolve_device(spec["device"])
+    dt = resolve_dtype(spec["dtype"], dev)
+    loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
+    gen = Dia1Generator(loaded.model, dev, dt)
+    texts = [tokenize(spec["text"])]
+    ref = torch.load(spec["ref_tokens"]) if spec.get("ref_tokens") else None
+    with torch.inference_mode():
+        guided, tokens = teacher_forced_guided(loaded.model, gen, texts, spec["steps"], 3.0, ref)
+    torch.save({"guided": guided, "tokens": tokens}, spec["out"])
+    return {"out": spec["out"], "dtype": str(dt).removeprefix("torch."), "quantize": spec["quantize"] or "none"}
+
+
+def compare_guided(test, ref) -> dict:
+    """Top-1 agreement and relative Frobenius error of guided logits `(B, T, C, V)`."""
+    agree = (test.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    rel = ((test - ref).norm() / ref.norm()).item()
+    return {"top1_agreement": agree, "rel_logit_error": rel}
+
+
+_CHILDREN = {"bandwidth": _child_bandwidth, "fastdia": _child_fastdia, "transformers": _child_transformers,
+             "quality": _child_quality}
+
+
+def child_main(spec_json: str) -> int:
+    spec = json.loads(spec_json)
+    _setup_threads(spec["threads"])
+    result = _CHILDREN[spec["kind"]](spec)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+# ============================================================================================
+# Parent side
+
+
+def run_child(spec: dict, timeout: float | None = None) -> dict:
+    """Run one measurement in a fresh interpreter with `spec["threads"]` threads."""
+    env = dict(os.environ)
+    threads = str(spec["threads"])
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "fastdia.bench", "--child", json.dumps(spec)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise RuntimeError(f"benchmark child {spec['kind']} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _split(value: str | None, default: str) -> list[str]:
+    return [v.strip() for v in (value or default).split(",") if v.strip()]
+
+
+def _label(r: dict) -> str:
+    if r["impl"] == "transformers":
+        return "transformers float32"
+    q = r["quantize"]
+    return f"fastdia {r['dtype']}" + ("" if q == "none" else f" {q}")
+
+
+def _gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f}"
+
+
+def run_bench(args: argparse.Namespace, log=print) -> dict:
+    """Run the variants `args` asks for; returns everything measured (what --json prints)."""
+    import platform
+
+    from .quant import check_mode
+
+    threads = args.threads or os.cpu_count() or 1
+    base = {"model": args.model, "device": args.device, "threads": threads, "batch": args.batch,
+            "steps": args.steps, "text": args.text, "group_size": args.group_size}
+    log(f"bench: {args.model}, {threads} threads, batch {args.batch} (x2 CFG rows), {args.steps} steps, "
+        f"text {len(args.text.encode())} bytes")
+    bw = run_child({"kind": "bandwidth", "threads": threads})
+    log(f"bench: memory read bandwidth {bw['read_GBps']:.1f} GB/s (copy {bw['copy_GBps']:.1f} GB/s)")
+    out = {"machine": _machine(), "python": platform.python_version(), "torch": _torch_version(),
+           "config": {k: v for k, v in base.items() if k != "text"} | {"text_bytes": len(args.text.encode())},
+           "bandwidth": bw, "results": []}
+
+    variants = [(d, check_mode(q) if q != "none" else None)
+                for d in _split(args.dtype, "auto") for q in _split(args.quantize, "none")]
+    specs = []
+    if args.compare == "transformers":
+        specs.append(dict(base, kind="transformers"))
+    specs += [dict(base, kind="fastdia", dtype=d, quantize=q) for d, q in variants]
+    for spec in specs:
+        what = "transformers float32" if spec["kind"] == "transformers" else \
+            f"fastdia {spec['dtype']}{'' if spec.get('quantize') is None else ' ' + spec['quantize']}"
+        log(f"bench: running {what} ...")
+        r = run_child(spec)
+        ceiling = bw["read_GBps"] * 1e9 / r["weight_bytes_per_step"]
+        r["ceiling_steps_per_s"] = ceiling
+        r["fraction_of_ceiling"] = r["steps_per_s"] / ceiling if r["steps_per_s"] else None
+        r["realtime_factor"] = r["steps_per_s"] / STEPS_PER_AUDIO_SECOND if r["steps_per_s"] else None
+        out["results"].append(r)
+        log(f"bench: {_label(r):28s} {r['steps_per_s']:7.2f} steps/s  (x{r['realtime_factor']:.3f} realtime, "
+            f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
+            f"first step {r['ttfs_ms']:.0f} ms, peak RSS {_gb(r['peak_rss_bytes'])} GB")
+    ref = next((r for r in out["results"] if r["impl"] == "transformers"), None)
+    if ref and ref["steps_per_s"]:
+        for r in out["results"]:
+            r["vs_transformers"] = r["steps_per_s"] / ref["steps_per_s"]
+
+    if args.quality:
+        out["quality"] = run_quality(base, [(d, q) for d, q in variants if (d, q) != ("float32", None)], log)
+    return out
+
+
+def run_quality(base: dict, variants: list[tuple[str, str | None]], log=print) -> list[dict]:
+    """Teacher-forced guided-logit agreement of each variant with float32 (see module docstring)."""
+    import torch
+
+    steps = base.get("quality_steps") or 64
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = dict(base, kind="quality", steps=steps, dtype="float32", quantize=None, out=f"{tmp}/ref.pt")
+        log(f"bench: quality reference (float32, {steps} teacher-forced steps) ...")
+        run_child(spec)
+        ref = torch.load(f"{tmp}/ref.pt")
+        torch.save(ref["tokens"], f"{tmp}/tokens.pt")
+        for i, (d, q) in enumerate(variants):
+            out = f"{tmp}/v{i}.pt"
+            run_child(dict(spec, dtype=d, quantize=q, out=out, ref_tokens=f"{tmp}/tokens.pt"))
+            got = torch.load(out)
+            r = {"dtype": d, "quantize": q or "none", "steps": steps} | compare_guided(got["guided"], ref["guided"])
+            results.append(r)
+            log(f"bench: quality {d} {q or ''}: top-1 agreement {100 * r['top1_agreement']:.1f}%, "
+                f"relative logit error {r['rel_logit_error']:.4f}")
+    return results
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _machine() -> dict:
+    import platform
+
+    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
+                       if f" {f}" in flags]
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def print_table(out: dict) -> None:
+    print(f"{'variant':30s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
+          f"{'prefill ms':>10s} {'1st step ms':>11s} {'GB/step':>7s} {'peak RSS GB':>11s}")
+    for r in out["results"]:
+        vs = r.get("vs_transformers")
+        pre = r.get("prefill_ms")
+        print(f"{_label(r):30s} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
+              f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
+              f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
+              f"{r['ttfs_ms']:11.0f} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
+    for q in out.get("quality", []):
+        print(f"quality {q['dtype']} {q['quantize']}: top-1 agreement {100 * q['top1_agreement']:.1f}% of "
+              f"{q['steps']} teacher-forced steps x channels, relative logit error {q['rel_logit_error']:.4f}")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .errors import FastDiaError
+
+    try:
+        out = run_bench(args, log=(lambda m: print(m, file=sys.stderr, flush=True)) if args.json else
+                        (lambda m: print(m, flush=True)))
+    except RuntimeError as exc:
+        raise FastDiaError(str(exc)) from None
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print()
+        print_table(out)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure decode speed, memory and quantization quality",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="dia-1.6b-random",
+                   help="preset, local directory or hub id (default: %(default)s, the full-size "
+                        "architecture with random weights)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto",
+                   help="comma-separated compute dtypes to run: auto, float32, bfloat16 (default: auto)")
+    p.add_argument("--quantize", default="none",
+                   help="comma-separated weight quantizations to run: none, int8, int4 (default: none)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group size (default: 64)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--batch", type=int, default=1, help="utterances decoded together (default: 1)")
+    p.add_argument("--steps", type=int, default=32, help="decode steps to time (default: %(default)s)")
+    p.add_argument("--text", default=DEFAULT_TEXT, help="script to encode (default: a 150-byte dialogue)")
+    p.add_argument("--compare", choices=["transformers"], default=None,
+                   help="also run transformers' DiaForConditionalGeneration (float32, same weights)")
+    p.add_argument("--quality", action="store_true",
+                   help="also measure guided-logit agreement of each variant with float32 (64 steps)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
+    p.set_defaults(func=cmd_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--child":
+        return child_main(argv[1])
+    from .cli import main as cli_main
+
+    return cli_main(["bench", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
