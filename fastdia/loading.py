@@ -60,7 +60,27 @@ def iter_random_state(
         fan_in = shape[1] if len(shape) == 2 and "embedding" not in name else 1
         std = fan_in ** -0.5
         t = torch.randn(shape, generator=gen).mul_(std)
+        _temper_attention(cfg, name, t)
         yield name, t if dtype == torch.float32 else t.to(dtype)
+
+
+def _temper_attention(cfg: DiaConfig, name: str, w: torch.Tensor) -> None:
+    """Scale random query/key rows by head_dim**-0.25 each, in place.
+
+    Dia's attention has no 1/sqrt(head_dim) (spec 1.4): trained weights absorb it. Plain
+    fan-in-scaled random q and k would give scores of std sqrt(head_dim) (~11 at full size), an
+    argmax-like softmax whose choices flip on 1e-3 weight changes, a chaotic model on which no
+    precision or quantization comparison means anything. This makes scores O(1), as trained.
+    """
+    e, d = cfg.encoder, cfg.decoder
+    if name.endswith("attn.qkv.weight"):
+        enc = name.startswith("encoder.")
+        n_head, n_kv, hd = (e.n_head, e.n_kv_head, e.head_dim) if enc else (d.n_head, d.n_kv_head, d.head_dim)
+        w[: (n_head + n_kv) * hd].mul_(hd ** -0.25)
+    elif name.endswith("cross_attn.q.weight"):
+        w.mul_(d.cross_head_dim ** -0.25)
+    elif name.endswith("cross_attn.kv.weight"):
+        w[: d.cross_n_kv_head * d.cross_head_dim].mul_(d.cross_head_dim ** -0.25)
 
 
 def random_state(cfg: DiaConfig, seed: int = PRESET_SEED, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
