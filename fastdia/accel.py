@@ -34,7 +34,8 @@ class PackedLinear(nn.Module):
         self.packed = packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, None, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, None, "none", [], "")
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def dense_weight(self) -> torch.Tensor:
         """The plain `[out, in]` weight (a new tensor)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import FastDiaError
@@ -66,38 +67,43 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`[N, K]` float -> (uint8 `[N, K/2]` two codes per byte, scales `[N, G]`, zeros `[N, G]`).
+    """`[N, K]` float -> (uint8 `[N, K/2]`, scales `[N, G]`, offsets `[N, G]`), G = K / group_size.
 
-    Asymmetric min/max per group of `group_size` inputs: `W = (q - 8) * scale + zero`, q in 0..15
-    (the convention of torch's int4 kernels). Byte j of a row holds codes 2j (low nibble) and
-    2j + 1 (high nibble).
+    Asymmetric min/max per group of `group_size` inputs: `W = q * scale + offset`, q in 0..15,
+    offset = the group's minimum. Codes are packed in blocks of 64 inputs (see
+    fastdia.cpu_kernels): byte j of block b holds input 64b + j (low nibble) and 64b + 32 + j
+    (high nibble).
     """
     n, k = w.shape
-    if k % group_size:
-        raise ValueError(f"in_features {k} is not a multiple of the group size {group_size}")
+    if k % group_size or k % 64 or group_size % 32:
+        raise ValueError(f"int4 needs in_features ({k}) a multiple of 64 and of the group size ({group_size})")
     wg = w.float().view(n, k // group_size, group_size)
     lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
     scale = ((hi - lo) / 15.0).clamp(min=1e-12)
     q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).view(n, k)
-    zero = lo + 8.0 * scale
-    return pack_nibbles(q), scale, zero
+    return pack_int4(q), scale, lo
 
 
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """uint8 codes 0..15 `[N, K]` -> `[N, K/2]`."""
-    return q[:, 0::2] | (q[:, 1::2] << 4)
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 `[N, K]` -> `[N, K/2]` in blocks of 64 inputs."""
+    n, k = q.shape
+    blocks = q.view(n, k // 64, 2, 32)
+    return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
 
 
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """`[N, K/2]` -> uint8 codes `[N, K]`."""
-    return torch.stack((packed & 0xF, packed >> 4), dim=-1).view(packed.shape[0], -1)
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """`[N, K/2]` (blocks of 64 inputs) -> uint8 codes `[N, K]`."""
+    n, half = packed.shape
+    blocks = packed.view(n, half // 32, 32)
+    return torch.stack((blocks & 0xF, blocks >> 4), dim=2).view(n, 2 * half)
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    q = unpack_nibbles(packed).float()
+def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    q = unpack_int4(packed).to(dtype)
     n, k = q.shape
     g = scale.shape[1]
-    w = (q.view(n, g, k // g) - 8.0) * scale[..., None].float() + zero[..., None].float()
+    w = q.view(n, g, k // g) * scale[..., None].to(dtype) + offset[..., None].to(dtype)
     return w.view(n, k)
 
 
@@ -105,14 +111,27 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
 # Modules
 
 
+def _kernels() -> bool:
+    from . import cpu_kernels
+
+    return cpu_kernels.available()
+
+
 class Int8Linear(nn.Module):
-    """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias."""
+    """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
+
+    Decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go through fastdia's VNNI kernel
+    with float32 activations; larger ones (prefill of an audio prompt) through torch's
+    `_weight_int8pack_mm` with bfloat16 activations.
+    """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.register_buffer("qweight", qweight.contiguous())
-        self.register_buffer("scales", scale.to(KERNEL_DTYPE).contiguous())
+        self.register_buffer("scales", scale.float().contiguous())
+        self.use_kernel = _kernels() and self.in_features % 32 == 0
+        self._scales_bf16 = self.scales.to(KERNEL_DTYPE)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> "Int8Linear":
@@ -123,55 +142,79 @@ class Int8Linear(nn.Module):
         return cls(qweight, scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import cpu_kernels
+
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scales)
+        x2 = x.reshape(-1, self.in_features)
+        if self.use_kernel and x2.shape[0] <= cpu_kernels.MAX_ROWS:
+            y = cpu_kernels.q8_gemv(x2.float(), self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.qweight, self._scales_bf16)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def nbytes(self) -> int:
-        return self.qweight.numel() + self.scales.numel() * self.scales.element_size()
+        return self.qweight.numel() + self.scales.numel() * 4
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 
 
 class Int4Linear(nn.Module):
-    """`y = x @ W.T` with W int4 group-wise (see `quantize_int4`), packed for torch's CPU kernel."""
+    """`y = x @ W.T` with W int4 group-wise (see `quantize_int4`).
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> None:
+    With fastdia's VNNI kernel (float32 activations) the weight stays in its stored layout;
+    inputs of more than `cpu_kernels.MAX_ROWS` rows dequantize it for that call. Without the
+    kernel it is repacked once for torch's `_weight_int4pack_mm_for_cpu` (bfloat16 activations).
+    """
+
+    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> None:
         super().__init__()
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
+        self.use_kernel = _kernels()
+        if self.use_kernel:
+            self.register_buffer("qweight", packed.contiguous())
+            self.register_buffer("scales", scale.float().contiguous())
+            self.register_buffer("offsets", offset.float().contiguous())
+            return
+        # torch's layout: codes repacked by its own op, N padded to a multiple of 16, and
+        # (K/group, N, 2) scale/zero pairs with W = (q - 8) * scale + zero.
         pad = -n % _INT4_ROW_MULTIPLE
-        codes = unpack_nibbles(packed)
+        codes = unpack_int4(packed)
+        zero = offset.float() + 8.0 * scale.float()
+        scale = scale.float()
         if pad:
             codes = torch.cat((codes, codes.new_full((pad, codes.shape[1]), 8)))
             scale = torch.cat((scale, scale.new_zeros(pad, scale.shape[1])))
             zero = torch.cat((zero, zero.new_zeros(pad, zero.shape[1])))
-        kernel_packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
-        # The kernel wants (K/group, N, 2): scale and zero interleaved, groups outermost.
-        scales_zeros = torch.stack((scale, zero), dim=-1).transpose(0, 1).to(KERNEL_DTYPE).contiguous()
-        self.register_buffer("qweight", kernel_packed)
-        self.register_buffer("scales_zeros", scales_zeros)
+        self.register_buffer("qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1))
+        self.register_buffer("scales", torch.stack((scale, zero), dim=-1).transpose(0, 1).to(KERNEL_DTYPE).contiguous())
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, group_size: int) -> "Int4Linear":
         return cls(*quantize_int4(weight, group_size), group_size)
 
     @classmethod
-    def from_stored(cls, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> "Int4Linear":
-        return cls(packed, scale, zero, group_size)
+    def from_stored(cls, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> "Int4Linear":
+        return cls(packed, scale, offset, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import cpu_kernels
+
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(KERNEL_DTYPE)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_zeros)
-        if y.shape[1] != self.out_features:
+        x2 = x.reshape(-1, self.in_features)
+        if not self.use_kernel:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), self.qweight, self.group_size,
+                                                          self.scales)
             y = y[:, : self.out_features]
+        elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
+            y = cpu_kernels.q4_gemv(x2.float(), self.qweight, self.scales, self.offsets, self.group_size)
+        else:
+            y = F.linear(x2.float(), dequantize_int4(self.qweight, self.scales, self.offsets))
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def nbytes(self) -> int:
-        return self.qweight.numel() + self.scales_zeros.numel() * self.scales_zeros.element_size()
+        return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
@@ -184,17 +227,17 @@ class Int4Linear(nn.Module):
 def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
     """The format for the Linear called `name` (a DiaModel module path) under `mode`.
 
-    Returns "int8", "int4" or None (keep float).
+    Returns "int8", "int4", "bf16" (bfloat16 weights) or None (keep as is). Measured on random
+    models (benchmarks/README.md): the attention projections are the precision-sensitive part
+    (scores are unscaled, spec 1.4), the MLPs (70% of the per-step bytes) take int4 well, and
+    the encoder, run once per utterance, gains nothing per step from quantization.
     """
     mode = check_mode(mode)
     if mode is None:
         return None
-    if mode == "int8":
-        return "int8"
-    # int4: the per-step decoder projections only; the head, the encoder and the once-per-
-    # utterance cross-attention K/V stay int8 (quality where it is cheap, see module docstring).
-    per_step = name.startswith("decoder.layers.") and not name.endswith("cross_attn.kv")
-    if per_step and in_features % group_size == 0:
+    if name.startswith("encoder."):
+        return "bf16"
+    if mode == "int4" and ".mlp." in name and in_features % group_size == 0 and in_features % 64 == 0:
         return "int4"
     return "int8"
 
@@ -209,6 +252,23 @@ def linear_names(model: nn.Module) -> list[str]:
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def make_module(fmt: str | None, weight: torch.Tensor, group_size: int) -> nn.Module:
+    """The module for a float `[out, in]` weight in format `fmt` (see `plan`)."""
+    if fmt == "int8":
+        return Int8Linear.from_float(weight)
+    if fmt == "int4":
+        return Int4Linear.from_float(weight, group_size)
+    if fmt == "bf16":
+        weight = weight.to(torch.bfloat16)
+    from .accel import PackedLinear, onednn_available
+
+    if weight.device.type == "cpu" and onednn_available():
+        return PackedLinear(weight)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    return linear
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
@@ -245,10 +305,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
         fmt = plan(name, weight.shape[1], mode, group_size)
         if fmt is None:
             continue
-        if fmt == "int8":
-            new = Int8Linear.from_float(weight)
-        else:
-            new = Int4Linear.from_float(weight, group_size)
+        new = make_module(fmt, weight, group_size)
         del weight
         _set(model, name, new)
     return model
@@ -270,7 +327,7 @@ def quantize_state_dict(
     """Our float state dict -> the stored quantized one, tensor by tensor.
 
     A linear `X.weight` (X in `linear`) becomes `X.qweight` + `X.scales` (int8) or
-    `X.qweight` + `X.scales` + `X.zeros` (int4); everything else passes through unchanged.
+    `X.qweight` + `X.scales` + `X.offsets` (int4), or stays `X.weight` in bfloat16; everything else passes through unchanged.
     """
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     for name, tensor in items:
@@ -287,16 +344,18 @@ def quantize_state_dict(
             q, s, z = quantize_int4(tensor, group_size)
             yield f"{module}.qweight", q
             yield f"{module}.scales", s.contiguous()
-            yield f"{module}.zeros", z.contiguous()
+            yield f"{module}.offsets", z.contiguous()
+        elif fmt == "bf16":
+            yield name, tensor.to(torch.bfloat16)
         else:
             yield name, tensor
 
 
 def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int) -> nn.Module:
-    """Rebuild one quantized module from its stored tensors (`qweight`, `scales`[, `zeros`])."""
+    """Rebuild one quantized module from its stored tensors (`qweight`, `scales`[, `offsets`])."""
     q = parts["qweight"]
-    if "zeros" in parts:
-        return Int4Linear.from_stored(q, parts["scales"], parts["zeros"], group_size)
+    if "offsets" in parts:
+        return Int4Linear.from_stored(q, parts["scales"], parts["offsets"], group_size)
     return Int8Linear.from_stored(q, parts["scales"])
 
 
@@ -347,8 +406,7 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
         module = name.removesuffix(".weight")
         if module in linear and name.endswith(".weight"):
             fmt = plan(module, tensor.shape[1], mode, group_size)
-            new = Int8Linear.from_float(tensor) if fmt == "int8" else Int4Linear.from_float(tensor, group_size)
-            _set(model, module, new)
+            _set(model, module, make_module(fmt, tensor, group_size))
         else:
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
         del tensor
@@ -415,7 +473,7 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
     with handle as f:
         for name in f.keys():
             module, _, part = name.rpartition(".")
-            if module in linear and part in ("qweight", "scales", "zeros"):
+            if module in linear and part in ("qweight", "scales", "offsets"):
                 pending.setdefault(module, {})[part] = _aligned(f.get_tensor(name))
                 continue
             if name not in expected:
@@ -424,6 +482,10 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
                                       f"expected {list(expected[name].shape)}")
+            if name.removesuffix(".weight") in linear and tensor.dtype == torch.bfloat16 and dtype != tensor.dtype:
+                # Stored in bfloat16 on purpose (see `plan`): keep it so, compute in the model dtype.
+                _set(model, name.removesuffix(".weight"), make_module("bf16", tensor, group_size))
+                continue
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
     for module, parts in pending.items():
         if "qweight" not in parts or "scales" not in parts:

@@ -1,0 +1,231 @@
+"""Weight-only int8 / int4 matrix-vector kernels for x86 CPUs with AVX-512 VNNI (C, built on first use).
+
+Why our own: decoding multiplies 2 rows (one utterance with CFG) by every weight, so each matmul
+is bound by how fast weights stream from memory; torch's weight-only CPU kernels convert every
+weight to float before multiplying and top out near 12 GB/s of int8 on 2 cores (see
+benchmarks/README.md), a third of the memory bandwidth. Here the activations (at most a few
+rows) are quantized per row to 15-bit integers (relative error ~1e-4, far below bfloat16's), and
+`vpdpwssd` multiplies 32 int16 pairs per instruction straight against the sign/zero-extended
+weights, accumulating exactly in int32; scales are applied per output row (int8) or per group
+(int4) in float32.
+
+Weight formats:
+  * int8: `[N, K]` int8, float32 scale per row.
+  * int4: `[N, K/2]` uint8 in blocks of 64 inputs: byte j of block b holds input 64b + j in its
+    low nibble and input 64b + 32 + j in its high nibble (so one shift/mask unpacks 32 inputs in
+    order); float32 scale and `zero - 8 * scale` per (row, group), groups a multiple of 32.
+
+The library is compiled with the system C compiler into a per-user cache directory and loaded
+with ctypes; threads come from the OpenMP runtime torch already loaded (same soname), so the
+kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
+VNNI, `available()` is False and fastdia.quant falls back to torch's kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+MAX_ROWS = 8  # beyond this many activation rows the caller uses a dense fallback
+
+_SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+#include <math.h>
+#include <omp.h>
+
+#define MAXM 8
+
+/* Per-row symmetric quantization of x (M x K float) to int16 in [-16383, 16383]:
+   15 bits keep the int32 accumulators of K <= 16384 products safe from overflow. */
+static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (int64_t)m * K;
+        float amax = 0.f;
+        for (int k = 0; k < K; k++) { float a = fabsf(r[k]); amax = a > amax ? a : amax; }
+        float s = amax > 0.f ? amax / 16383.f : 1.f;
+        float inv = 1.f / s;
+        sx[m] = s;
+        int16_t *q = xq + (int64_t)m * K;
+        for (int k = 0; k < K; k++) q[k] = (int16_t)lrintf(r[k] * inv);
+    }
+}
+
+void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
+                float *y, int16_t *xq, int nthreads) {
+    float sx[MAXM];
+    quant_rows(x, M, K, xq, sx);
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int n = 0; n < N; n++) {
+        const int8_t *wr = w + (int64_t)n * K;
+        __m512i acc[MAXM];
+        for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
+        for (int k = 0; k < K; k += 32) {
+            __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wr + k)));
+            for (int m = 0; m < M; m++) {
+                __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
+                acc[m] = _mm512_dpwssd_epi32(acc[m], xv, wv);
+            }
+        }
+        for (int m = 0; m < M; m++)
+            y[(int64_t)m * N + n] = (float)_mm512_reduce_add_epi32(acc[m]) * sx[m] * scale[n];
+    }
+}
+
+void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const float *scale, const float *zz,
+                int group, int N, float *y, int16_t *xq, float *xsum, int nthreads) {
+    float sx[MAXM];
+    quant_rows(x, M, K, xq, sx);
+    int G = K / group;
+    for (int m = 0; m < M; m++)
+        for (int g = 0; g < G; g++) {
+            float s = 0.f;
+            for (int k = g * group; k < (g + 1) * group; k++) s += x[(int64_t)m * K + k];
+            xsum[m * G + g] = s;
+        }
+    int vec_per_group = group / 32;
+    const __m512i lo_mask = _mm512_set1_epi16(0x0F);
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int n = 0; n < N; n++) {
+        const uint8_t *wr = w + (int64_t)n * (K / 2);
+        const float *sr = scale + (int64_t)n * G;
+        __m512 accf[MAXM];
+        __m512i acc[MAXM];
+        for (int m = 0; m < M; m++) { accf[m] = _mm512_setzero_ps(); acc[m] = _mm512_setzero_si512(); }
+        int v = 0;  /* 32-input vectors done in the current group */
+        int g = 0;
+        for (int b = 0; b < K; b += 64) {
+            __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
+            __m512i lo = _mm512_and_si512(bytes, lo_mask);
+            __m512i hi = _mm512_srli_epi16(bytes, 4);
+            for (int half = 0; half < 2; half++) {
+                __m512i wv = half ? hi : lo;
+                int k = b + 32 * half;
+                for (int m = 0; m < M; m++) {
+                    __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
+                    acc[m] = _mm512_dpwssd_epi32(acc[m], xv, wv);
+                }
+                if (++v == vec_per_group) {
+                    __m512 s = _mm512_set1_ps(sr[g]);
+                    for (int m = 0; m < M; m++) {
+                        accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), s, accf[m]);
+                        acc[m] = _mm512_setzero_si512();
+                    }
+                    v = 0;
+                    g++;
+                }
+            }
+        }
+        const float *zr = zz + (int64_t)n * G;
+        for (int m = 0; m < M; m++) {
+            float t = 0.f;
+            const float *xs = xsum + m * G;
+            for (int gg = 0; gg < G; gg++) t += zr[gg] * xs[gg];
+            y[(int64_t)m * N + n] = _mm512_reduce_add_ps(accf[m]) * sx[m] + t;
+        }
+    }
+}
+"""
+
+_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma"]
+_lib = None
+_tried = False
+_error: str | None = None
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    have = set(flags.split(":", 1)[1].split())
+    return {"avx512f", "avx512bw", "avx512_vnni"} <= have
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("FASTDIA_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fastdia" / "kernels"
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc/cc) found")
+    digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + cc).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"fastdia_wonly_{digest}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "wonly.c"
+            src.write_text(_SOURCE)
+            tmp_out = Path(tmp) / out.name
+            proc = subprocess.run([cc, *_FLAGS, str(src), "-o", str(tmp_out)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"compiling the int8/int4 kernels failed: {proc.stderr.strip()[-500:]}")
+            os.replace(tmp_out, out)  # atomic: concurrent builders never see a partial file
+    lib = ctypes.CDLL(str(out))
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, p, i]
+    lib.fd_q8_gemv.restype = None
+    lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, i, i, p, p, p, i]
+    lib.fd_q4_gemv.restype = None
+    return lib
+
+
+def available() -> bool:
+    """True when the kernels can run here (x86 AVX-512 VNNI CPU, a C compiler, not disabled)."""
+    global _lib, _tried, _error
+    if _tried:
+        return _lib is not None
+    _tried = True
+    if os.environ.get("FASTDIA_NO_KERNELS"):
+        _error = "disabled by FASTDIA_NO_KERNELS"
+    elif sys.platform != "linux" or not _cpu_has_vnni():
+        _error = "needs Linux on an x86 CPU with AVX-512 VNNI"
+    else:
+        try:
+            _lib = _build()
+        except (RuntimeError, OSError) as exc:
+            _error = str(exc)
+    return _lib is not None
+
+
+def unavailable_reason() -> str | None:
+    available()
+    return _error
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """`x (M, K) float32 @ (w (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS."""
+    m, k = x.shape
+    n = w.shape[0]
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=torch.float32)
+    xq = torch.empty((m, k), dtype=torch.int16)
+    _lib.fd_q8_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), n, _ptr(y), _ptr(xq), torch.get_num_threads())
+    return y
+
+
+def q4_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zz: torch.Tensor, group: int) -> torch.Tensor:
+    """`x (M, K) float32` times the int4 weight (format in the module docstring) -> `(M, N)` float32."""
+    m, k = x.shape
+    n = w.shape[0]
+    x = x.contiguous()
+    y = torch.empty((m, n), dtype=torch.float32)
+    xq = torch.empty((m, k), dtype=torch.int16)
+    xsum = torch.empty((m, k // group), dtype=torch.float32)
+    _lib.fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), _ptr(zz), group, n, _ptr(y), _ptr(xq), _ptr(xsum),
+                    torch.get_num_threads())
+    return y
