@@ -144,6 +144,24 @@ def variants():
                 return y[:, :9252] if y.shape[1] == 9264 else y
 
             v[f"int4 g{group} _weight_int4pack_mm {'bf16' if xdt == torch.bfloat16 else 'fp32'}x"] = (prep, run, xdt)
+    try:
+        from fastdia import cpu_kernels
+        from fastdia.quant import quantize_int4, quantize_int8
+    except ImportError:
+        return v
+    if cpu_kernels.available():
+        v["int8 fastdia VNNI fp32x"] = (
+            lambda w: ((lambda q, s: ((q, s), q.numel() + s.numel() * 4))(*quantize_int8(w))),
+            lambda x, p: cpu_kernels.q8_gemv(x, p[0], p[1]),
+            torch.float32,
+        )
+        for group in (32, 64, 128):
+            v[f"int4 g{group} fastdia VNNI fp32x"] = (
+                lambda w, group=group: ((lambda q, s, o: ((q, s, o), q.numel() + 8 * s.numel()))(
+                    *quantize_int4(w, group))),
+                lambda x, p, group=group: cpu_kernels.q4_gemv(x, p[0], p[1], p[2], group),
+                torch.float32,
+            )
     return v
 
 

@@ -43,6 +43,9 @@ _SOURCE = r"""
 #include <omp.h>
 
 #define MAXM 8
+#ifndef PF
+#define PF 4096
+#endif
 
 /* Per-row symmetric quantization of x (M x K float) to int16 in [-16383, 16383]:
    15 bits keep the int32 accumulators of K <= 16384 products safe from overflow. */
@@ -59,28 +62,97 @@ static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
     }
 }
 
+#define INLINE static inline __attribute__((always_inline))
+
+/* Two weight rows at a time share every activation load; M (rows of x) is a compile-time
+   constant in each specialisation so the accumulators live in registers. */
+INLINE void q8_rows(const int16_t *xq, int K, const int8_t *w0, const int8_t *w1, int M,
+                    int32_t *out0, int32_t *out1) {
+    __m512i a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_si512(); a1[m] = _mm512_setzero_si512(); }
+    for (int k = 0; k < K; k += 32) {
+        if ((k & 63) == 0) {
+            /* the next row pair, PF bytes ahead: keeps enough loads in flight to stream DRAM */
+            _mm_prefetch((const char *)(w0 + k + PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k + PF), _MM_HINT_T0);
+        }
+        __m512i v0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w0 + k)));
+        __m512i v1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w1 + k)));
+        for (int m = 0; m < M; m++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
+            a0[m] = _mm512_dpwssd_epi32(a0[m], xv, v0);
+            a1[m] = _mm512_dpwssd_epi32(a1[m], xv, v1);
+        }
+    }
+    for (int m = 0; m < M; m++) { out0[m] = _mm512_reduce_add_epi32(a0[m]); out1[m] = _mm512_reduce_add_epi32(a1[m]); }
+}
+
+#define Q8_CASE(MM) case MM: q8_rows(xq, K, w0, w1, MM, o0, o1); break;
+
 void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
                 float *y, int16_t *xq, int nthreads) {
     float sx[MAXM];
     quant_rows(x, M, K, xq, sx);
+    int pairs = (N + 1) / 2;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int n = 0; n < N; n++) {
-        const int8_t *wr = w + (int64_t)n * K;
-        __m512i acc[MAXM];
-        for (int m = 0; m < M; m++) acc[m] = _mm512_setzero_si512();
-        for (int k = 0; k < K; k += 32) {
-            __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wr + k)));
-            for (int m = 0; m < M; m++) {
-                __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
-                acc[m] = _mm512_dpwssd_epi32(acc[m], xv, wv);
-            }
+    for (int p = 0; p < pairs; p++) {
+        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
+        const int8_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
+        int32_t o0[MAXM], o1[MAXM];
+        switch (M) { Q8_CASE(1) Q8_CASE(2) Q8_CASE(3) Q8_CASE(4) Q8_CASE(5) Q8_CASE(6) Q8_CASE(7) Q8_CASE(8) }
+        for (int m = 0; m < M; m++) {
+            y[(int64_t)m * N + n0] = (float)o0[m] * sx[m] * scale[n0];
+            y[(int64_t)m * N + n1] = (float)o1[m] * sx[m] * scale[n1];
         }
-        for (int m = 0; m < M; m++)
-            y[(int64_t)m * N + n] = (float)_mm512_reduce_add_epi32(acc[m]) * sx[m] * scale[n];
     }
 }
 
-void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const float *scale, const float *zz,
+/* One int4 weight row: blocks of 64 inputs, 32 bytes each (low nibbles = first 32 inputs). */
+INLINE void q4_row(const int16_t *xq, int K, const uint8_t *wr, const float *sr, int group, int M,
+                   float *out) {
+    const __m512i lo_mask = _mm512_set1_epi16(0x0F);
+    __m512 accf[MAXM];
+    __m512i acc[MAXM];
+    for (int m = 0; m < M; m++) { accf[m] = _mm512_setzero_ps(); acc[m] = _mm512_setzero_si512(); }
+    if (group == 32) {
+        for (int b = 0; b < K; b += 64) {
+            if ((b & 127) == 0) _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0);
+            __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
+            __m512i lo = _mm512_and_si512(bytes, lo_mask), hi = _mm512_srli_epi16(bytes, 4);
+            __m512 s0 = _mm512_set1_ps(sr[b / 32]), s1 = _mm512_set1_ps(sr[b / 32 + 1]);
+            for (int m = 0; m < M; m++) {
+                const int16_t *xr = xq + (int64_t)m * K + b;
+                __m512i p0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)xr), lo);
+                __m512i p1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void *)(xr + 32)), hi);
+                accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), s0, accf[m]);
+                accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), s1, accf[m]);
+            }
+        }
+    } else {
+        for (int g0 = 0; g0 < K; g0 += group) {
+            for (int b = g0; b < g0 + group; b += 64) {
+                if ((b & 127) == 0) _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0);
+                __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
+                __m512i lo = _mm512_and_si512(bytes, lo_mask), hi = _mm512_srli_epi16(bytes, 4);
+                for (int m = 0; m < M; m++) {
+                    const int16_t *xr = xq + (int64_t)m * K + b;
+                    acc[m] = _mm512_dpwssd_epi32(acc[m], _mm512_loadu_si512((const void *)xr), lo);
+                    acc[m] = _mm512_dpwssd_epi32(acc[m], _mm512_loadu_si512((const void *)(xr + 32)), hi);
+                }
+            }
+            __m512 s = _mm512_set1_ps(sr[g0 / group]);
+            for (int m = 0; m < M; m++) {
+                accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), s, accf[m]);
+                acc[m] = _mm512_setzero_si512();
+            }
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = _mm512_reduce_add_ps(accf[m]);
+}
+
+#define Q4_CASE(MM) case MM: q4_row(xq, K, wr, sr, group, MM, o); break;
+
+void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const float *scale, const float *offset,
                 int group, int N, float *y, int16_t *xq, float *xsum, int nthreads) {
     float sx[MAXM];
     quant_rows(x, M, K, xq, sx);
@@ -91,45 +163,18 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const float *sca
             for (int k = g * group; k < (g + 1) * group; k++) s += x[(int64_t)m * K + k];
             xsum[m * G + g] = s;
         }
-    int vec_per_group = group / 32;
-    const __m512i lo_mask = _mm512_set1_epi16(0x0F);
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int n = 0; n < N; n++) {
         const uint8_t *wr = w + (int64_t)n * (K / 2);
         const float *sr = scale + (int64_t)n * G;
-        __m512 accf[MAXM];
-        __m512i acc[MAXM];
-        for (int m = 0; m < M; m++) { accf[m] = _mm512_setzero_ps(); acc[m] = _mm512_setzero_si512(); }
-        int v = 0;  /* 32-input vectors done in the current group */
-        int g = 0;
-        for (int b = 0; b < K; b += 64) {
-            __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
-            __m512i lo = _mm512_and_si512(bytes, lo_mask);
-            __m512i hi = _mm512_srli_epi16(bytes, 4);
-            for (int half = 0; half < 2; half++) {
-                __m512i wv = half ? hi : lo;
-                int k = b + 32 * half;
-                for (int m = 0; m < M; m++) {
-                    __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
-                    acc[m] = _mm512_dpwssd_epi32(acc[m], xv, wv);
-                }
-                if (++v == vec_per_group) {
-                    __m512 s = _mm512_set1_ps(sr[g]);
-                    for (int m = 0; m < M; m++) {
-                        accf[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), s, accf[m]);
-                        acc[m] = _mm512_setzero_si512();
-                    }
-                    v = 0;
-                    g++;
-                }
-            }
-        }
-        const float *zr = zz + (int64_t)n * G;
+        float o[MAXM];
+        switch (M) { Q4_CASE(1) Q4_CASE(2) Q4_CASE(3) Q4_CASE(4) Q4_CASE(5) Q4_CASE(6) Q4_CASE(7) Q4_CASE(8) }
+        const float *zr = offset + (int64_t)n * G;
         for (int m = 0; m < M; m++) {
             float t = 0.f;
             const float *xs = xsum + m * G;
-            for (int gg = 0; gg < G; gg++) t += zr[gg] * xs[gg];
-            y[(int64_t)m * N + n] = _mm512_reduce_add_ps(accf[m]) * sx[m] + t;
+            for (int g = 0; g < G; g++) t += zr[g] * xs[g];
+            y[(int64_t)m * N + n] = o[m] * sx[m] + t;
         }
     }
 }
@@ -207,6 +252,12 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _library() -> ctypes.CDLL:
+    if _lib is None and not available():
+        raise RuntimeError(f"fastdia CPU kernels unavailable: {_error}")
+    return _lib
+
+
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """`x (M, K) float32 @ (w (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS."""
     m, k = x.shape
@@ -214,7 +265,7 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor) -> torch.Tens
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
-    _lib.fd_q8_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), n, _ptr(y), _ptr(xq), torch.get_num_threads())
+    _library().fd_q8_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), n, _ptr(y), _ptr(xq), torch.get_num_threads())
     return y
 
 
@@ -226,6 +277,6 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zz: torch.Ten
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
     xsum = torch.empty((m, k // group), dtype=torch.float32)
-    _lib.fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), _ptr(zz), group, n, _ptr(y), _ptr(xq), _ptr(xsum),
+    _library().fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), _ptr(zz), group, n, _ptr(y), _ptr(xq), _ptr(xsum),
                     torch.get_num_threads())
     return y
