@@ -148,8 +148,9 @@ class Decoder(nn.Module):
             k, v = layer.cross_attn.project_kv(enc_out)
             if self.cross_attn_rope:
                 k = Rope.apply(k, cos, sin)
-            ks.append(k)
-            vs.append(v)
+            # Contiguous once here, not a strided copy inside every decode step's attention.
+            ks.append(k.contiguous())
+            vs.append(v.contiguous())
         return CrossState(ks, vs, text_mask[:, None, None, :])
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -27,9 +27,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        # One fused op instead of six: the norms were ~5% of a quantized CPU decode step.
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class Rope:
@@ -76,9 +75,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.
         `(B, Hq, L, D)`.
     """
     # Dia was trained with unscaled scores (no 1/sqrt(D)): scale=1.0 is essential (spec 1.4).
+    if q.shape[2] == 1 and q.device.type == "cpu":
+        return _single_query_attention(q, k, v, allowed)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=allowed, scale=1.0, enable_gqa=q.shape[1] != k.shape[1]
     )
+
+
+def _single_query_attention(q, k, v, allowed):
+    """One query per row (a decode step): two small matmuls and a float32 softmax.
+
+    torch's CPU SDPA kernel costs ~0.9 ms per call here whatever the size (measured: 30 ms of
+    a 200 ms bfloat16 step across 36 calls), while this is tens of microseconds.
+    """
+    b, hq, _, d = q.shape
+    hkv = k.shape[1]
+    qg = q.view(b, hkv, hq // hkv, d)  # query head h reads KV head h // group (spec 1.4)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float()  # (B, Hkv, G, S)
+    scores = scores.masked_fill(~allowed.view(allowed.shape[0], 1, 1, -1), float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).view(b, hq, 1, d)
 
 
 class GatedMLP(nn.Module):
