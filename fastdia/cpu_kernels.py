@@ -72,9 +72,12 @@ INLINE void q8_rows(const int16_t *xq, int K, const int8_t *w0, const int8_t *w1
     for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_si512(); a1[m] = _mm512_setzero_si512(); }
     for (int k = 0; k < K; k += 32) {
         if ((k & 63) == 0) {
-            /* the next row pair, PF bytes ahead: keeps enough loads in flight to stream DRAM */
+            /* PF bytes ahead into L1 and 4 PF into L2: without enough loads in flight a core streams
+               DRAM at half the bandwidth (measured: ~15 -> 21-30 GB/s on 2 cores) */
             _mm_prefetch((const char *)(w0 + k + PF), _MM_HINT_T0);
             _mm_prefetch((const char *)(w1 + k + PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + k + 4 * PF), _MM_HINT_T1);
+            _mm_prefetch((const char *)(w1 + k + 4 * PF), _MM_HINT_T1);
         }
         __m512i v0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w0 + k)));
         __m512i v1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w1 + k)));
@@ -116,7 +119,7 @@ INLINE void q4_row(const int16_t *xq, int K, const uint8_t *wr, const float *sr,
     for (int m = 0; m < M; m++) { accf[m] = _mm512_setzero_ps(); acc[m] = _mm512_setzero_si512(); }
     if (group == 32) {
         for (int b = 0; b < K; b += 64) {
-            if ((b & 127) == 0) _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0);
+            if ((b & 127) == 0) { _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0); _mm_prefetch((const char *)(wr + b / 2 + 4 * PF), _MM_HINT_T1); }
             __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
             __m512i lo = _mm512_and_si512(bytes, lo_mask), hi = _mm512_srli_epi16(bytes, 4);
             __m512 s0 = _mm512_set1_ps(sr[b / 32]), s1 = _mm512_set1_ps(sr[b / 32 + 1]);
@@ -131,7 +134,7 @@ INLINE void q4_row(const int16_t *xq, int K, const uint8_t *wr, const float *sr,
     } else {
         for (int g0 = 0; g0 < K; g0 += group) {
             for (int b = g0; b < g0 + group; b += 64) {
-                if ((b & 127) == 0) _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0);
+                if ((b & 127) == 0) { _mm_prefetch((const char *)(wr + b / 2 + PF), _MM_HINT_T0); _mm_prefetch((const char *)(wr + b / 2 + 4 * PF), _MM_HINT_T1); }
                 __m512i bytes = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(wr + b / 2)));
                 __m512i lo = _mm512_and_si512(bytes, lo_mask), hi = _mm512_srli_epi16(bytes, 4);
                 for (int m = 0; m < M; m++) {
