@@ -97,12 +97,12 @@ def _child_fastdia(spec: dict) -> dict:
 
     from .generation.dia1 import Dia1Generator
     from .generation.options import GenerationConfig
-    from .loading import load_model
+    from .loading import load_model, source_parameters
     from .runtime import resolve_device, resolve_dtype
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
-    dt = resolve_dtype(spec["dtype"], dev)
+    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), spec["quantize"])
     steps, batch = spec["steps"], spec["batch"]
     t0 = time.perf_counter()
     loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
@@ -255,12 +255,12 @@ def _child_quality(spec: dict) -> dict:
     import torch
 
     from .generation.dia1 import Dia1Generator
-    from .loading import load_model
+    from .loading import load_model, source_parameters
     from .runtime import resolve_device, resolve_dtype
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
-    dt = resolve_dtype(spec["dtype"], dev)
+    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), spec["quantize"])
     loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
     gen = Dia1Generator(loaded.model, dev, dt)
     texts = [tokenize(spec["text"])]

@@ -198,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 from .bench import register as _register_bench  # noqa: E402
+from .convert import register as _register_convert  # noqa: E402
 
 _EXTRA_COMMANDS.append(_register_bench)
+_EXTRA_COMMANDS.append(_register_convert)
 
 
 if __name__ == "__main__":  # pragma: no cover

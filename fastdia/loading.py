@@ -92,6 +92,26 @@ def random_state(cfg: DiaConfig, seed: int = PRESET_SEED, dtype: torch.dtype = t
     return dict(iter_random_state(cfg, seed, dtype))
 
 
+def parameter_count(cfg: DiaConfig) -> int:
+    """Parameters of a DiaModel with `cfg` (built on the meta device: free)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in DiaModel(cfg).parameters())
+
+
+def source_parameters(source: str | Path) -> int | None:
+    """Parameter count of a preset or a local model directory, without loading weights; else None."""
+    name = str(source)
+    if name in PRESETS:
+        return parameter_count(PRESETS[name])
+    path = Path(source)
+    if (path / "config.json").is_file():
+        try:
+            return parameter_count(load_config(path / "config.json"))
+        except CheckpointError:
+            return None
+    return None
+
+
 def build_model(cfg: DiaConfig, state: dict[str, torch.Tensor], device: torch.device) -> DiaModel:
     with torch.device("meta"):
         model = DiaModel(cfg)

@@ -1,0 +1,84 @@
+"""`fastdia convert`: save a checkpoint in fastdia's own layout, optionally quantized, for fast loads.
+
+The output directory holds config.json (transformers layout plus a `fastdia_layout` marker and,
+when quantized, a `fastdia_quantization` section) and model.safetensors with our fused tensors:
+int8 / int4 weights as they are used at run time (fastdia.quant), so loading builds the modules
+on the meta device and assigns the stored tensors, with no float round trip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import FastDiaError
+
+
+def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None,
+            group_size: int | None = None, dtype: str | torch.dtype = "float32") -> dict:
+    """Convert `source` (preset, directory, hub id) into `out_dir`.
+
+    Args:
+        quantize: None (float, our fused layout), "int8" or "int4".
+        group_size: int4 group size (default fastdia.quant.DEFAULT_GROUP_SIZE).
+        dtype: dtype of the tensors stored in float ("float32" or "bfloat16").
+
+    Returns:
+        A summary: output path, mode, bytes written, seconds.
+    """
+    from . import quant
+    from .config import PRESETS, load_config
+    from .hub import resolve_dir
+    from .loading import _choose_files, _drain, iter_random_state
+    from .runtime import resolve_dtype
+    from .weights import load_dir_state
+
+    mode = quant.check_mode(quantize)
+    group = group_size or quant.DEFAULT_GROUP_SIZE
+    if group not in quant.GROUP_SIZES:
+        raise FastDiaError(f"int4 group size must be one of {quant.GROUP_SIZES}, got {group}")
+    dt = resolve_dtype("float32" if dtype == "auto" else dtype, torch.device("cpu"))
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "config.json").exists():
+            raise FastDiaError(f"{out} exists and is not empty; choose a new directory")
+    t0 = time.perf_counter()
+    name = str(source)
+    if name in PRESETS:
+        cfg = PRESETS[name]
+        tensors = iter_random_state(cfg, dtype=dt)
+    else:
+        directory = resolve_dir(source, _choose_files, what="model")
+        cfg = load_config(directory / "config.json")
+        if quant.stored_quantization(directory / "config.json") is not None:
+            raise FastDiaError(f"{directory} was written by fastdia convert already; convert the original")
+        state, _ = load_dir_state(directory, cfg, dt)
+        tensors = _drain(state)
+    with torch.no_grad():
+        quant.save_converted(tensors, cfg, out, mode, group)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    return {"out": str(out), "quantize": mode or "none", "group_size": group if mode == "int4" else None,
+            "bytes": size, "seconds": time.perf_counter() - t0}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    summary = convert(args.model, args.out_dir, args.quantize, args.group_size, args.dtype)
+    print(f"wrote {summary['out']} ({summary['quantize']}, {summary['bytes'] / 1e9:.2f} GB) "
+          f"in {summary['seconds']:.1f} s; load it with Dia.from_pretrained({summary['out']!r}) "
+          f"or --model {summary['out']}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="save a model in fastdia's layout, optionally int8/int4, for fast loading",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="hub id, local directory, or preset")
+    p.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization (default: none, float in our fused layout)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group size (32, 64, 128, 256; default 64)")
+    p.add_argument("--dtype", default="float32", help="dtype of the float tensors: float32 or bfloat16")
+    p.set_defaults(func=cmd_convert)
