@@ -71,11 +71,18 @@ def step_weight_bytes(model) -> int:
     return total
 
 
+def measure_bandwidth(mib: int = 1024, reps: int = 7) -> dict:
+    """Best-of-`reps` read (sum) and copy bandwidth over a `mib` MiB float32 tensor, GB/s.
+
+    The tensor must dwarf the last-level cache (1 GiB by default) to measure DRAM.
+    """
+    return _child_bandwidth({"mib": mib, "reps": reps})
+
+
 def _child_bandwidth(spec: dict) -> dict:
-    """Best-of-N read (sum) and copy bandwidth over a 1 GiB float32 tensor, GB/s."""
     import torch
 
-    n = (1 << 30) // 4
+    n = spec.get("mib", 1024) * (1 << 20) // 4
     x = torch.ones(n)
     y = torch.empty_like(x)
     x.sum()
@@ -335,7 +342,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
             "steps": args.steps, "text": args.text, "group_size": args.group_size}
     log(f"bench: {args.model}, {threads} threads, batch {args.batch} (x2 CFG rows), {args.steps} steps, "
         f"text {len(args.text.encode())} bytes")
-    bw = run_child({"kind": "bandwidth", "threads": threads})
+    bw = run_child({"kind": "bandwidth", "threads": threads, "mib": args.probe_mib})
     log(f"bench: memory read bandwidth {bw['read_GBps']:.1f} GB/s (copy {bw['copy_GBps']:.1f} GB/s)")
     out = {"machine": _machine(), "python": platform.python_version(), "torch": _torch_version(),
            "config": {k: v for k, v in base.items() if k != "text"} | {"text_bytes": len(args.text.encode())},
@@ -467,6 +474,8 @@ def register(sub) -> None:
                    help="also run transformers' DiaForConditionalGeneration (float32, same weights)")
     p.add_argument("--quality", action="store_true",
                    help="also measure guided-logit agreement of each variant with float32 (64 steps)")
+    p.add_argument("--probe-mib", type=int, default=1024,
+                   help="size of the memory-bandwidth probe in MiB (default: %(default)s; keep it >> LLC)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
     p.set_defaults(func=cmd_bench)
 

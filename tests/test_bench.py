@@ -1,0 +1,52 @@
+"""`fastdia bench` end to end on the tiny preset (subprocesses, as a user runs it). No timings asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--model", "tiny-random",
+                           "--probe-mib", "128", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_prints_the_fields():
+    r = bench("--steps", "4", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for field in ("memory read bandwidth", "steps/s", "realtime", "bandwidth ceiling", "first step",
+                  "peak RSS", "prefill ms", "GB/step"):
+        assert field in out, (field, out)
+    assert "fastdia float32" in out  # auto is float32 for a tiny model
+
+
+def test_bench_json_variants_transformers_and_quality():
+    r = bench("--steps", "4", "--threads", "1", "--dtype", "float32", "--quantize", "none,int8",
+              "--compare", "transformers", "--quality", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)  # progress lines go to stderr, stdout is JSON only
+    assert data["bandwidth"]["read_GBps"] > 0
+    impls = [(x["impl"], x["dtype"], x["quantize"]) for x in data["results"]]
+    assert impls == [("transformers", "float32", "none"), ("fastdia", "float32", "none"),
+                     ("fastdia", "float32", "int8")]
+    for x in data["results"]:
+        for key in ("steps_per_s", "ttfs_ms", "peak_rss_bytes", "weight_bytes_per_step", "ceiling_steps_per_s",
+                    "fraction_of_ceiling", "realtime_factor", "vs_transformers"):
+            assert x[key] is not None and x[key] > 0, (key, x)
+    assert data["results"][0]["vs_transformers"] == pytest.approx(1.0)
+    int8 = data["results"][2]
+    assert int8["weight_bytes_per_step"] < data["results"][1]["weight_bytes_per_step"] / 2
+    assert "running fastdia float32 int8" in r.stderr
+    (q,) = data["quality"]  # float32 itself is the reference, not a variant
+    assert q["quantize"] == "int8" and q["steps"] == 64
+    assert 0.9 <= q["top1_agreement"] <= 1 and 0 < q["rel_logit_error"] < 0.05
+
+
+def test_bench_bad_flag_is_a_usage_error():
+    r = bench("--quantize", "int3")
+    assert r.returncode == 2 and "unknown quantization" in r.stderr

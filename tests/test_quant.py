@@ -1,0 +1,183 @@
+"""Weight-only int8/int4 quantization, the bf16 path and converted checkpoints, on tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastdia import Dia, cpu_kernels, quant
+from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
+from fastdia.convert import convert
+from fastdia.generation.dia1 import Dia1Generator
+from fastdia.loading import load_model
+from fastdia.text import tokenize
+
+CPU = torch.device("cpu")
+
+
+def _weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) / math.sqrt(k)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Force torch's own weight-only kernels (the path of machines without VNNI or a compiler)."""
+    monkeypatch.setattr(quant, "_kernels", lambda: False)
+
+
+def test_int4_pack_round_trip():
+    q = torch.randint(0, 16, (48, 192), dtype=torch.uint8)
+    packed = quant.pack_int4(q)
+    assert packed.shape == (48, 96)
+    assert torch.equal(quant.unpack_int4(packed), q)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 20])
+def test_int8_linear_close_to_float(rows):
+    w = _weight(96, 256)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(1))
+    ref = F.linear(x, w)
+    module = quant.Int8Linear.from_float(w)
+    assert _rel(module(x), ref) < 0.02
+    # Against its own dequantized weight the kernel is exact up to activation rounding.
+    deq = quant.dequantize_int8(module.qweight, module.scales)
+    assert _rel(module(x), F.linear(x, deq)) < (1e-3 if rows <= cpu_kernels.MAX_ROWS else 1e-2)
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("rows", [2, 20])
+def test_int4_linear_close_to_dequantized(group, rows):
+    w = _weight(80, 256)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(2))
+    module = quant.Int4Linear.from_float(w, group)
+    packed, scale, offset = quant.quantize_int4(w, group)
+    deq = quant.dequantize_int4(packed, scale, offset)
+    assert _rel(deq, w) < 0.15
+    assert _rel(module(x), F.linear(x, deq)) < 1e-3
+    assert module(x.view(rows // 2, 2, 256)).shape == (rows // 2, 2, 80)
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_torch_fallback_kernels_agree(no_kernels, group):
+    w = _weight(40, 128)  # 40 rows: the int4 fallback pads to a multiple of 16
+    x = torch.randn(2, 128, generator=torch.Generator().manual_seed(3))
+    m8, m4 = quant.Int8Linear.from_float(w), quant.Int4Linear.from_float(w, group)
+    assert not m4.use_kernel and not m8.use_kernel
+    deq8 = quant.dequantize_int8(*quant.quantize_int8(w))
+    deq4 = quant.dequantize_int4(*quant.quantize_int4(w, group))
+    assert _rel(m8(x), F.linear(x, deq8)) < 1e-2  # bfloat16 activations
+    assert _rel(m4(x), F.linear(x, deq4)) < 1e-2
+
+
+def test_kernels_build_here():
+    """The CI machine kind has AVX-512 VNNI and gcc: the fast kernels must be in use there."""
+    if not cpu_kernels._cpu_has_vnni():
+        pytest.skip("CPU without AVX-512 VNNI")
+    assert cpu_kernels.available(), cpu_kernels.unavailable_reason()
+
+
+def test_plan_keeps_sensitive_layers():
+    assert quant.plan("encoder.layers.0.attn.qkv", 64, "int4", 64) == "bf16"
+    assert quant.plan("decoder.layers.0.self_attn.qkv", 128, "int4", 64) == "int8"
+    assert quant.plan("decoder.layers.0.mlp.gate_up", 128, "int4", 64) == "int4"
+    assert quant.plan("decoder.layers.0.mlp.down", 96, "int4", 64) == "int8"  # not a multiple of 64
+    assert quant.plan("decoder.head", 128, "int8", 64) == "int8"
+    assert quant.plan("decoder.head", 128, None, 64) is None
+    with pytest.raises(Exception, match="unknown quantization"):
+        quant.check_mode("int3")
+
+
+# ------------------------------------------------------------------------------------------
+# Whole tiny model: guided-logit agreement with float32, teacher-forced
+
+
+@pytest.fixture(scope="module")
+def reference():
+    model = load_model("tiny-random", CPU, torch.float32, optimize=False).model
+    with torch.inference_mode():
+        return teacher_forced_guided(model, Dia1Generator(model, CPU, torch.float32),
+                                     [tokenize(DEFAULT_TEXT)], 64, 3.0)
+
+
+def _guided(model, dtype, tokens):
+    with torch.inference_mode():
+        got, _ = teacher_forced_guided(model, Dia1Generator(model, CPU, dtype), [tokenize(DEFAULT_TEXT)], 64,
+                                       3.0, tokens)
+    return got
+
+
+@pytest.mark.parametrize("mode,dtype,agreement,error", [
+    (None, torch.float32, 0.999, 1e-4),  # oneDNN-packed float32: the same model
+    (None, torch.bfloat16, 0.90, 0.05),
+    ("int8", torch.float32, 0.95, 0.03),
+    ("int4", torch.float32, 0.85, 0.10),
+    ("int8", torch.bfloat16, 0.90, 0.05),
+])
+def test_quantized_model_agrees_with_float32(reference, mode, dtype, agreement, error):
+    ref, tokens = reference
+    model = load_model("tiny-random", CPU, dtype, quantize=mode).model
+    got = compare_guided(_guided(model, dtype, tokens), ref)
+    assert got["top1_agreement"] >= agreement, got
+    assert got["rel_logit_error"] <= error, got
+
+
+def test_preset_built_quantized_equals_quantizing_in_memory(reference):
+    _, tokens = reference
+    direct = load_model("tiny-random", CPU, torch.float32, quantize="int4").model
+    after = quant.quantize_model(load_model("tiny-random", CPU, torch.float32).model, "int4")
+    assert torch.equal(_guided(direct, torch.float32, tokens), _guided(after, torch.float32, tokens))
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+def test_convert_round_trip(tmp_path, reference, mode):
+    _, tokens = reference
+    out = tmp_path / "converted"
+    summary = convert("tiny-random", out, quantize=mode)
+    assert summary["quantize"] == (mode or "none") and (out / "model.safetensors").exists()
+    loaded = load_model(out, CPU, torch.float32)
+    assert loaded.layout == f"fastdia-{mode or 'float'}"
+    in_memory = load_model("tiny-random", CPU, torch.float32, quantize=mode).model
+    assert torch.equal(_guided(loaded.model, torch.float32, tokens), _guided(in_memory, torch.float32, tokens))
+
+
+def test_convert_refuses_converted_input(tmp_path):
+    from fastdia.errors import FastDiaError
+
+    convert("tiny-random", tmp_path / "a", quantize="int8")
+    with pytest.raises(FastDiaError, match="already"):
+        convert(tmp_path / "a", tmp_path / "b", quantize="int4")
+
+
+def test_dia_quantized_generates_with_prompt():
+    """Through the facade, with an audio prompt: prefill runs the many-row (non-kernel) paths."""
+    tts = Dia.from_pretrained("tiny-random", device="cpu", quantize="int4")
+    prompt = torch.randint(0, 1024, (12, 9), generator=torch.Generator().manual_seed(0))
+    codes = tts.generate_codes("[S1] Hello there.", audio_prompt=prompt, max_tokens=90, seed=0)
+    assert codes.ndim == 2 and codes.shape[1] == 9 and codes.min() >= 0 and codes.max() < 1024
+
+
+def test_cli_convert(tmp_path, capsys):
+    from fastdia.cli import main
+
+    assert main(["convert", "tiny-random", str(tmp_path / "q"), "--quantize", "int8"]) == 0
+    assert "int8" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "q"), "--json"]) == 0
+    assert '"fastdia-int8"' in capsys.readouterr().out
+
+
+def test_auto_dtype_rule():
+    from fastdia.runtime import BF16_MIN_PARAMETERS, cpu_has_native_bf16, resolve_dtype
+
+    assert resolve_dtype("auto", CPU) == torch.float32
+    assert resolve_dtype("auto", CPU, parameters=1_000_000) == torch.float32
+    big = resolve_dtype("auto", CPU, parameters=BF16_MIN_PARAMETERS)
+    assert big == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("auto", CPU, parameters=BF16_MIN_PARAMETERS, quantize="int8") == torch.float32
+    assert resolve_dtype("float32", CPU, parameters=BF16_MIN_PARAMETERS) == torch.float32
