@@ -143,6 +143,8 @@ def load_model(
     """
     from . import quant
 
+    if device.type == "cpu":
+        _limit_heap_fragmentation()
     quantize = quant.check_mode(quantize)
     group = group_size or quant.DEFAULT_GROUP_SIZE
     name = str(source)
@@ -178,6 +180,31 @@ def load_model(
 
         pack_linears(model)
     return loaded
+
+
+_HEAP_TUNED = False
+
+
+def _limit_heap_fragmentation() -> None:
+    """Serve allocations above 4 MiB from fresh mappings (glibc), returned to the OS when freed.
+
+    Building a model frees many weight-sized temporaries; glibc's default raises its mmap
+    threshold after each such free, so later ones land in the heap and fragment it. Measured on
+    the int8 1.6B model: peak RSS 2.3 GB with this, 2.3-4.6 GB (varying run to run) without.
+    Decode-step temporaries are far below 4 MiB and keep using the heap.
+    """
+    global _HEAP_TUNED
+    if _HEAP_TUNED:
+        return
+    _HEAP_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 4 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
