@@ -150,6 +150,11 @@ def variants():
     except ImportError:
         return v
     if cpu_kernels.available():
+        v["fp32 fastdia gemv"] = (lambda w: (w.contiguous(), w.numel() * 4),
+                                  lambda x, p: cpu_kernels.float_gemv(x, p), torch.float32)
+        if cpu_kernels.has_bf16():
+            v["bf16 fastdia gemv"] = (lambda w: (w.to(torch.bfloat16).contiguous(), w.numel() * 2),
+                                      lambda x, p: cpu_kernels.float_gemv(x, p), torch.bfloat16)
         v["int8 fastdia VNNI fp32x"] = (
             lambda w: ((lambda q, s: ((q, s), q.numel() + s.numel() * 4))(*quantize_int8(w))),
             lambda x, p: cpu_kernels.q8_gemv(x, p[0], p[1]),

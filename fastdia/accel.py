@@ -11,6 +11,7 @@ reordered weight; results equal `F.linear` up to float rounding order.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # The reorder takes a batch-size hint; decode runs 2 rows per utterance.
@@ -48,11 +49,58 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, oneDNN"
 
 
+class GemvLinear(nn.Module):
+    """`y = x @ W.T` (no bias) with fastdia's float GEMV kernel for decode-sized inputs.
+
+    Up to `cpu_kernels.MAX_ROWS` rows (a decode step) go through fastdia.cpu_kernels, which
+    streams the plain `[out, in]` weight near memory bandwidth; more rows (encoder, prefill) are
+    compute-bound and go to `F.linear`. The weight stays a plain parameter, so state_dict() is
+    unchanged.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .cpu_kernels import MAX_ROWS, float_gemv
+
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] <= MAX_ROWS:
+            y = float_gemv(x2, self.weight)
+        else:
+            y = F.linear(x2.to(self.weight.dtype), self.weight)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}, gemv"
+
+
+def fast_float_linear(weight: torch.Tensor) -> nn.Module:
+    """The fastest CPU module for a float `[out, in]` weight: fastdia's GEMV kernel when it is
+    built for this CPU and dtype, else oneDNN's packed layout, else a plain Linear."""
+    from . import cpu_kernels
+
+    if cpu_kernels.available() and (weight.dtype == torch.float32
+                                    or (weight.dtype == torch.bfloat16 and cpu_kernels.has_bf16())):
+        return GemvLinear(weight)
+    if onednn_available():
+        return PackedLinear(weight)
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    return linear
+
+
 @torch.no_grad()
 def pack_linears(model: nn.Module) -> nn.Module:
-    """Swap every float `nn.Linear` (CPU, no bias) for a `PackedLinear`, in place, one at a time."""
-    if not onednn_available():
-        return model
+    """Swap every float `nn.Linear` (CPU, no bias) for the fastest CPU module, in place."""
     names = [n for n, m in model.named_modules()
              if type(m) is nn.Linear and m.bias is None and m.weight.device.type == "cpu"
              and m.weight.dtype in (torch.float32, torch.bfloat16)]
@@ -60,6 +108,6 @@ def pack_linears(model: nn.Module) -> nn.Module:
         parent, _, attr = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
         linear = getattr(owner, attr)
-        setattr(owner, attr, PackedLinear(linear.weight))
+        setattr(owner, attr, fast_float_linear(linear.weight))
         del linear
     return model

@@ -181,21 +181,95 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const float *sca
         }
     }
 }
+
+/* Float weights: fp32 (FMA) and bf16 (AVX512-BF16 vdpbf16ps), two rows per pass, same prefetch. */
+INLINE void f32_rows(const float *x, int K, const float *w0, const float *w1, int M, float *o0, float *o1) {
+    __m512 a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_ps(); a1[m] = _mm512_setzero_ps(); }
+    for (int k = 0; k < K; k += 16) {
+        if ((k & 15) == 0) {
+            _mm_prefetch((const char *)(w0 + k + PF / 4), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k + PF / 4), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + k + PF), _MM_HINT_T1);
+            _mm_prefetch((const char *)(w1 + k + PF), _MM_HINT_T1);
+        }
+        __m512 v0 = _mm512_loadu_ps(w0 + k), v1 = _mm512_loadu_ps(w1 + k);
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_loadu_ps(x + (int64_t)m * K + k);
+            a0[m] = _mm512_fmadd_ps(xv, v0, a0[m]);
+            a1[m] = _mm512_fmadd_ps(xv, v1, a1[m]);
+        }
+    }
+    for (int m = 0; m < M; m++) { o0[m] = _mm512_reduce_add_ps(a0[m]); o1[m] = _mm512_reduce_add_ps(a1[m]); }
+}
+
+#define F32_CASE(MM) case MM: f32_rows(x, K, w0, w1, MM, o0, o1); break;
+
+void fd_f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int nthreads) {
+    int pairs = (N + 1) / 2;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int p = 0; p < pairs; p++) {
+        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
+        const float *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
+        float o0[MAXM], o1[MAXM];
+        switch (M) { F32_CASE(1) F32_CASE(2) F32_CASE(3) F32_CASE(4) F32_CASE(5) F32_CASE(6) F32_CASE(7) F32_CASE(8) }
+        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
+    }
+}
+
+#ifdef __AVX512BF16__
+INLINE void bf16_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16_t *w1, int M, float *o0, float *o1) {
+    __m512 a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_ps(); a1[m] = _mm512_setzero_ps(); }
+    for (int k = 0; k < K; k += 32) {
+        _mm_prefetch((const char *)(w0 + k + PF / 2), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + k + PF / 2), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w0 + k + 2 * PF), _MM_HINT_T1);
+        _mm_prefetch((const char *)(w1 + k + 2 * PF), _MM_HINT_T1);
+        __m512bh v0 = (__m512bh)_mm512_loadu_si512((const void *)(w0 + k));
+        __m512bh v1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + k));
+        for (int m = 0; m < M; m++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + (int64_t)m * K + k));
+            a0[m] = _mm512_dpbf16_ps(a0[m], xv, v0);
+            a1[m] = _mm512_dpbf16_ps(a1[m], xv, v1);
+        }
+    }
+    for (int m = 0; m < M; m++) { o0[m] = _mm512_reduce_add_ps(a0[m]); o1[m] = _mm512_reduce_add_ps(a1[m]); }
+}
+
+#define BF16_CASE(MM) case MM: bf16_rows(x, K, w0, w1, MM, o0, o1); break;
+
+void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
+    int pairs = (N + 1) / 2;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int p = 0; p < pairs; p++) {
+        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
+        const uint16_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
+        float o0[MAXM], o1[MAXM];
+        switch (M) { BF16_CASE(1) BF16_CASE(2) BF16_CASE(3) BF16_CASE(4) BF16_CASE(5) BF16_CASE(6) BF16_CASE(7) BF16_CASE(8) }
+        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
+    }
+}
+#endif
 """
 
 _FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma"]
+_BF16_FLAGS = ["-mavx512bf16"]  # only where the CPU has it (the bf16 kernel is compiled in then)
 _lib = None
 _tried = False
 _error: str | None = None
 
 
-def _cpu_has_vnni() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    have = set(flags.split(":", 1)[1].split())
-    return {"avx512f", "avx512bw", "avx512_vnni"} <= have
+        return set()
+    return set(flags.split(":", 1)[1].split())
+
+
+def _cpu_has_vnni() -> bool:
+    return {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
 
 
 def _cache_dir() -> Path:
@@ -207,7 +281,8 @@ def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler (gcc/cc) found")
-    digest = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + cc).encode()).hexdigest()[:16]
+    flags = _FLAGS + (_BF16_FLAGS if _cpu_flags() >= {"avx512_bf16"} else [])
+    digest = hashlib.sha256((_SOURCE + " ".join(flags) + cc).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fastdia_wonly_{digest}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +290,7 @@ def _build() -> ctypes.CDLL:
             src = Path(tmp) / "wonly.c"
             src.write_text(_SOURCE)
             tmp_out = Path(tmp) / out.name
-            proc = subprocess.run([cc, *_FLAGS, str(src), "-o", str(tmp_out)], capture_output=True, text=True)
+            proc = subprocess.run([cc, *flags, str(src), "-o", str(tmp_out)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"compiling the int8/int4 kernels failed: {proc.stderr.strip()[-500:]}")
             os.replace(tmp_out, out)  # atomic: concurrent builders never see a partial file
@@ -225,6 +300,11 @@ def _build() -> ctypes.CDLL:
     lib.fd_q8_gemv.restype = None
     lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, i, i, p, p, p, i]
     lib.fd_q4_gemv.restype = None
+    lib.fd_f32_gemv.argtypes = [p, i, i, p, i, p, i]
+    lib.fd_f32_gemv.restype = None
+    if hasattr(lib, "fd_bf16_gemv"):
+        lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
+        lib.fd_bf16_gemv.restype = None
     return lib
 
 
@@ -282,4 +362,27 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zz: torch.Ten
     xsum = torch.empty((m, k // group), dtype=torch.float32)
     _library().fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), _ptr(zz), group, n, _ptr(y), _ptr(xq), _ptr(xsum),
                     torch.get_num_threads())
+    return y
+
+
+def has_bf16() -> bool:
+    """True when the bfloat16 kernel was compiled in (CPU with AVX512-BF16)."""
+    return available() and hasattr(_lib, "fd_bf16_gemv")
+
+
+def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`x (M, K) @ w (N, K).T` -> `(M, N)` float32 for a float32 or bfloat16 `w`, M <= MAX_ROWS.
+
+    float32 weights take float32 activations; bfloat16 weights take bfloat16 activations (x is
+    rounded to bfloat16, as a bfloat16 model's activations are) with float32 accumulation.
+    """
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty((m, n), dtype=torch.float32)
+    if w.dtype == torch.bfloat16:
+        xb = x.to(torch.bfloat16).contiguous()
+        _library().fd_bf16_gemv(_ptr(xb), m, k, _ptr(w), n, _ptr(y), torch.get_num_threads())
+    else:
+        xf = x.float().contiguous()
+        _library().fd_f32_gemv(_ptr(xf), m, k, _ptr(w), n, _ptr(y), torch.get_num_threads())
     return y

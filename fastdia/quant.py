@@ -9,12 +9,13 @@ compute `x @ W.T` with torch's CPU weight-only kernels (measured in benchmarks/m
 * **int4**, group-wise along the input dim, asymmetric: `W[n, k] = (q[n, k] - 8) * s[n, g] + z[n, g]`
   with `q` in 0..15 and `g = k // group_size`; `torch.ops.aten._weight_int4pack_mm_for_cpu`.
 
-Which layers (see `plan`): every projection of the decoder layers and the output head, and the
-encoder's. The encoder runs once per request, but left in float32 it alone would be 1 GB, more
-than the whole int4 decoder, and the memory targets matter more than its one-off speed. In int4
-mode the precision-sensitive pieces stay int8: the output head (its logits are what gets
-sampled; 19 M parameters, 3% of the bytes read per step) and the encoder and cross-attention
-K/V projections (run once per utterance, not per step).
+Which layers (see `plan`), chosen by measurement (benchmarks/README.md): every projection of
+the decoder layers and the output head is int8 in "int8" mode; "int4" puts the MLPs (70% of the
+bytes read per step) in int4 and keeps the attention projections int8, because Dia's unscaled
+attention scores (spec 1.4) make q/k/v/o precision-sensitive (all-int4 attention: 76% top-1
+agreement with float32 on the tiny model, against 91% with it int8). The encoder runs once per
+utterance, so quantizing it gains nothing per step; it is stored in bfloat16 in "int8" mode
+and int8 in "int4" mode, for memory.
 
 Activations stay in the model dtype outside the matmuls (the kernels get a bfloat16 copy of the
 2-row input and the result is cast back), so norms, RoPE, attention and the KV cache are
@@ -236,7 +237,7 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
     if mode is None:
         return None
     if name.startswith("encoder."):
-        return "bf16"
+        return "int8" if mode == "int4" else "bf16"
     if mode == "int4" and ".mlp." in name and in_features % group_size == 0 and in_features % 64 == 0:
         return "int4"
     return "int8"
@@ -244,9 +245,9 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Module paths of every projection a quantization may replace."""
-    from .accel import PackedLinear
+    from .accel import GemvLinear, PackedLinear
 
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, PackedLinear))]
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, PackedLinear, GemvLinear))]
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -262,19 +263,15 @@ def make_module(fmt: str | None, weight: torch.Tensor, group_size: int) -> nn.Mo
         return Int4Linear.from_float(weight, group_size)
     if fmt == "bf16":
         weight = weight.to(torch.bfloat16)
-    from .accel import PackedLinear, onednn_available
+    from .accel import fast_float_linear
 
-    if weight.device.type == "cpu" and onednn_available():
-        return PackedLinear(weight)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=False)
-    return linear
+    return fast_float_linear(weight)
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
-    from .accel import PackedLinear
+    from .accel import GemvLinear, PackedLinear
 
-    if isinstance(module, PackedLinear):
+    if isinstance(module, (PackedLinear, GemvLinear)):
         return module.dense_weight()
     return module.weight
 

@@ -84,7 +84,8 @@ def test_kernels_build_here():
 
 
 def test_plan_keeps_sensitive_layers():
-    assert quant.plan("encoder.layers.0.attn.qkv", 64, "int4", 64) == "bf16"
+    assert quant.plan("encoder.layers.0.attn.qkv", 64, "int8", 64) == "bf16"
+    assert quant.plan("encoder.layers.0.attn.qkv", 64, "int4", 64) == "int8"
     assert quant.plan("decoder.layers.0.self_attn.qkv", 128, "int4", 64) == "int8"
     assert quant.plan("decoder.layers.0.mlp.gate_up", 128, "int4", 64) == "int4"
     assert quant.plan("decoder.layers.0.mlp.down", 96, "int4", 64) == "int8"  # not a multiple of 64
