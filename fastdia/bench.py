@@ -465,7 +465,7 @@ def register(sub) -> None:
                    help="comma-separated compute dtypes to run: auto, float32, bfloat16 (default: auto)")
     p.add_argument("--quantize", default="none",
                    help="comma-separated weight quantizations to run: none, int8, int4 (default: none)")
-    p.add_argument("--group-size", type=int, default=None, help="int4 group size (default: 64)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group size (default: 32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--batch", type=int, default=1, help="utterances decoded together (default: 1)")
     p.add_argument("--steps", type=int, default=32, help="decode steps to time (default: %(default)s)")

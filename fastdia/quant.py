@@ -37,9 +37,14 @@ from torch import nn
 from .errors import FastDiaError
 
 MODES = ("int8", "int4")
-DEFAULT_GROUP_SIZE = 64
+DEFAULT_GROUP_SIZE = 32
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 KERNEL_DTYPE = torch.bfloat16  # activation dtype the CPU weight-only kernels are fast with
+# torch's int4 CPU kernel (bfloat16 activations) decodes faster than fastdia's (int16
+# activations, exact int32 sums): 13.1 vs 9.9 steps/s for the int4 1.6B model on 2 Zen 4 cores,
+# where ours is compute-bound. The activation rounding is noise next to 4-bit weights (same
+# agreement with float32), so torch's is used; ours stays for CPUs/builds where torch's is slow.
+PREFER_TORCH_INT4 = True
 _INT4_ROW_MULTIPLE = 16  # the CPU int4 packing wants N % 16 == 0: pad rows with zeros
 
 
@@ -172,7 +177,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
-        self.use_kernel = _kernels()
+        self.use_kernel = _kernels() and not PREFER_TORCH_INT4
         if self.use_kernel:
             self.register_buffer("qweight", packed.contiguous())
             self.register_buffer("scales", scale.float().contiguous())
