@@ -109,7 +109,7 @@ def _child_fastdia(spec: dict) -> dict:
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
-    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), spec["quantize"])
+    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), _effective_quantize(spec))
     steps, batch = spec["steps"], spec["batch"]
     t0 = time.perf_counter()
     loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
@@ -144,6 +144,17 @@ def _child_fastdia(spec: dict) -> dict:
         + sum(m.nbytes() for m in model.modules() if hasattr(m, "packed")),
         "peak_rss_bytes": _peak_rss_bytes(),
     }
+
+
+def _effective_quantize(spec: dict) -> str | None:
+    """The quantization asked for, or the one a converted checkpoint already carries."""
+    if spec.get("quantize"):
+        return spec["quantize"]
+    from .quant import stored_quantization
+
+    config = Path(str(spec["model"])) / "config.json"
+    marker = stored_quantization(config) if config.is_file() else None
+    return marker["mode"] if marker and marker["mode"] != "float" else None
 
 
 def _sync(dev) -> None:
@@ -267,7 +278,7 @@ def _child_quality(spec: dict) -> dict:
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
-    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), spec["quantize"])
+    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), _effective_quantize(spec))
     loaded = load_model(spec["model"], dev, dt, quantize=spec["quantize"], group_size=spec.get("group_size"))
     gen = Dia1Generator(loaded.model, dev, dt)
     texts = [tokenize(spec["text"])]
