@@ -148,13 +148,9 @@ def _child_fastdia(spec: dict) -> dict:
 
 def _effective_quantize(spec: dict) -> str | None:
     """The quantization asked for, or the one a converted checkpoint already carries."""
-    if spec.get("quantize"):
-        return spec["quantize"]
-    from .quant import stored_quantization
+    from .loading import source_quantization
 
-    config = Path(str(spec["model"])) / "config.json"
-    marker = stored_quantization(config) if config.is_file() else None
-    return marker["mode"] if marker and marker["mode"] != "float" else None
+    return spec.get("quantize") or source_quantization(spec["model"])
 
 
 def _sync(dev) -> None:

@@ -112,6 +112,21 @@ def source_parameters(source: str | Path) -> int | None:
     return None
 
 
+def source_quantization(source: str | Path) -> str | None:
+    """"int8"/"int4" for a local checkpoint written by `fastdia convert --quantize`, else None.
+
+    Callers resolving dtype "auto" pass it on, so a converted quantized checkpoint gets the same
+    dtype as quantizing at load time.
+    """
+    from .quant import stored_quantization
+
+    config = Path(str(source)) / "config.json"
+    if str(source) in PRESETS or not config.is_file():
+        return None
+    marker = stored_quantization(config)
+    return marker["mode"] if marker and marker["mode"] != "float" else None
+
+
 def build_model(cfg: DiaConfig, state: dict[str, torch.Tensor], device: torch.device) -> DiaModel:
     with torch.device("meta"):
         model = DiaModel(cfg)

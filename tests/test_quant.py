@@ -212,3 +212,14 @@ def test_auto_dtype_rule():
     assert big == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert resolve_dtype("auto", CPU, parameters=BF16_MIN_PARAMETERS, quantize="int8") == torch.float32
     assert resolve_dtype("float32", CPU, parameters=BF16_MIN_PARAMETERS) == torch.float32
+
+
+def test_source_quantization(tmp_path):
+    from fastdia.loading import source_quantization
+
+    convert("tiny-random", tmp_path / "q", quantize="int4")
+    convert("tiny-random", tmp_path / "f")
+    assert source_quantization(tmp_path / "q") == "int4"
+    assert source_quantization(tmp_path / "f") is None
+    assert source_quantization("tiny-random") is None
+    assert source_quantization(tmp_path / "missing") is None
