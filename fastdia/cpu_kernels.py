@@ -284,8 +284,14 @@ def _build() -> ctypes.CDLL:
     flags = _FLAGS + (_BF16_FLAGS if _cpu_flags() >= {"avx512_bf16"} else [])
     digest = hashlib.sha256((_SOURCE + " ".join(flags) + cc).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fastdia_wonly_{digest}.so"
-    if not out.exists():
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise OSError("not writable")
+    except OSError:  # e.g. a read-only home: build into the temp directory instead
+        out = Path(tempfile.gettempdir()) / f"fastdia-kernels-{os.getuid()}" / out.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "wonly.c"
             src.write_text(_SOURCE)
