@@ -16,7 +16,7 @@ from .generation.dia1 import Dia1Generator
 from .generation.options import GenerationConfig
 from .hub import resolve_dir
 from .loading import _choose_files as choose_files
-from .loading import load_model, source_parameters
+from .loading import load_model, source_parameters, source_quantization
 from .runtime import resolve_device, resolve_dtype
 from .text import tokenize, validate_script
 
@@ -87,7 +87,8 @@ class Dia:
         if str(model) not in PRESETS and not Path(model).expanduser().exists():
             # A hub id: fetch it first, so dtype "auto" can see the model's size.
             model = resolve_dir(model, choose_files, what="model")
-        dt = resolve_dtype(dtype, dev, source_parameters(model), mode)
+        # A checkpoint saved by `fastdia convert --quantize` is quantized whatever `quantize` says.
+        dt = resolve_dtype(dtype, dev, source_parameters(model), mode or source_quantization(model))
         # Quantized models are built tensor by tensor, never holding a float copy of the whole.
         loaded = load_model(model, dev, dt, quantize=mode)
         return cls(loaded, dev, dt, codec=codec)
