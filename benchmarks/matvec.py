@@ -37,25 +37,10 @@ M = 2
 
 
 def bandwidth_probe(gib: float = 1.0, reps: int = 5) -> dict:
-    """Best-of-`reps` read (sum) and copy bandwidth over a `gib` GiB float32 tensor, GB/s."""
-    n = int(gib * (1 << 30)) // 4
-    x = torch.ones(n)
-    y = torch.empty_like(x)
-    x.sum()
-    best_read = best_copy = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        x.sum()
-        best_read = min(best_read, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        y.copy_(x)
-        best_copy = min(best_copy, time.perf_counter() - t0)
-    nbytes = x.numel() * 4
-    return {"read_GBps": nbytes / best_read / 1e9, "copy_GBps": 2 * nbytes / best_copy / 1e9}
+    """Best-of-`reps` read (sum) and copy bandwidth, GB/s: the same probe as `fastdia bench`."""
+    from fastdia.bench import measure_bandwidth
 
-
-# ---------------------------------------------------------------------------------------------
-# Variants: prepare(w fp32 [N, K]) -> (packed, bytes); run(x, packed) -> y
+    return measure_bandwidth(mib=int(gib * 1024), reps=reps)
 
 
 def _int8(w):

@@ -12,7 +12,7 @@ import torch
 
 from .config import PRESETS, DiaConfig
 from .errors import AudioError, GenerationError, ScriptError
-from .generation.dia1 import Dia1Generator
+from .generation.dia1 import FRAME_RATE, Dia1Generator
 from .generation.options import GenerationConfig
 from .hub import resolve_dir
 from .loading import _choose_files as choose_files
@@ -22,7 +22,6 @@ from .text import tokenize, validate_script
 
 DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
 DEFAULT_CODEC = "descript/dac_44khz"
-FRAME_RATE = 44100 / 512  # decoder steps (codec frames) per second of audio
 
 # A prompt longer than this usually makes cloning worse, not better (5-10 s works best).
 PROMPT_WARN_SECONDS = 15.0
@@ -217,7 +216,7 @@ class Dia:
             if pt is not None and p is None:
                 raise GenerationError(f"prompt_text was given{'' if single else f' for item {i}'} without an audio_prompt")
             if p is not None:
-                self._check_prompt_room(p, gen, i)
+                self._warn_about_prompt(p, gen, i)
         tokens = [tokenize(t) for t in full_texts]
         on_step, close = _progress_bar(progress, gen, prompts)
         try:
@@ -258,19 +257,12 @@ class Dia:
             raise GenerationError(f"audio prompt {i}: codes must be in 0..{self.config.eos_id - 1}")
         return t.to(self.device, torch.long)
 
-    def _check_prompt_room(self, codes: torch.Tensor, gen: GenerationConfig, i: int) -> None:
+    def _warn_about_prompt(self, codes: torch.Tensor, gen: GenerationConfig, i: int) -> None:
         frames = codes.shape[0]
         seconds = frames / FRAME_RATE
-        # BOS + prompt + the 15-step end countdown + at least one new frame.
+        # Too little room is an error raised by the generator; here only the warnings.
         room = gen.max_tokens - (1 + frames + self.config.max_delay)
-        if room < 1:
-            raise GenerationError(
-                f"the audio prompt{'' if i == 0 else f' of item {i}'} is {seconds:.1f} s ({frames} frames) and "
-                f"does not fit with the script in max_tokens={gen.max_tokens} ({gen.max_tokens / FRAME_RATE:.1f} s "
-                f"in all, prompt included); use a prompt of 5-10 s or raise max_tokens "
-                f"(at most {self.config.decoder.max_positions})"
-            )
-        if room < FRAME_RATE:
+        if 0 < room < FRAME_RATE:
             warnings.warn(f"the audio prompt leaves only {room / FRAME_RATE:.2f} s for the script within "
                           f"max_tokens={gen.max_tokens}", UserWarning, stacklevel=4)
         if seconds > PROMPT_WARN_SECONDS:

@@ -93,9 +93,6 @@ class DiaConfig:
     def n_channels(self) -> int:
         return self.decoder.n_channels
 
-    def replace(self, **changes: Any) -> "DiaConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict:
         """A plain dict (the transformers layout is what `save` writes; this is for display)."""
         return dataclasses.asdict(self)
@@ -145,39 +142,6 @@ class DiaConfig:
                 "bos_token_id": self.bos_id,
                 "eos_token_id": self.eos_id,
                 "pad_token_id": self.pad_id,
-            },
-        }
-
-    def to_nari_dict(self) -> dict:
-        """The original nested config.json layout (Dia-1.6B v0.1)."""
-        e, d = self.encoder, self.decoder
-        return {
-            "version": "0.1",
-            "model": {
-                "encoder": {"n_layer": e.n_layer, "n_embd": e.d_model, "n_hidden": e.d_ff,
-                            "n_head": e.n_head, "head_dim": e.head_dim},
-                "decoder": {"n_layer": d.n_layer, "n_embd": d.d_model, "n_hidden": d.d_ff,
-                            "gqa_query_heads": d.n_head, "kv_heads": d.n_kv_head,
-                            "gqa_head_dim": d.head_dim, "cross_query_heads": d.cross_n_head,
-                            "cross_head_dim": d.cross_head_dim},
-                "src_vocab_size": e.vocab_size,
-                "tgt_vocab_size": d.vocab_size,
-                "dropout": 0.0,
-                "normalization_layer_epsilon": self.norm_eps,
-                "weight_dtype": "float32",
-                "rope_min_timescale": self.rope_min_timescale,
-                "rope_max_timescale": self.rope_theta,
-            },
-            "training": {"dtype": "bfloat16"},
-            "data": {
-                "text_length": e.max_positions,
-                "audio_length": d.max_positions,
-                "channels": d.n_channels,
-                "text_pad_value": 0,
-                "audio_eos_value": self.eos_id,
-                "audio_pad_value": self.pad_id,
-                "audio_bos_value": self.bos_id,
-                "delay_pattern": list(self.delay_pattern),
             },
         }
 

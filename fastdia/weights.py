@@ -247,9 +247,6 @@ def _out_rows(src: Source, layout: str) -> int:
 # Files
 
 
-WEIGHT_FILES = ("model.safetensors", "dia-v0_1.pth")
-
-
 def find_weight_files(directory: Path) -> list[Path]:
     """The weight file(s) in a model directory: safetensors (maybe sharded) first, then a .pth."""
     safetensors = sorted(directory.glob("*.safetensors"))

@@ -20,14 +20,3 @@ class KVCache:
         shape = (rows, d.n_kv_head, max_len, d.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
-
-    @property
-    def rows(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def max_len(self) -> int:
-        return self.k[0].shape[2]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -27,6 +27,8 @@ from .delay import UNKNOWN, prompt_grid, revert_delay
 from .options import GenerationConfig
 from .sampling import cfg_filter, select
 
+FRAME_RATE = 44100 / 512  # decoder steps per second of audio
+
 
 @dataclass
 class DecodeState:
@@ -73,10 +75,12 @@ class Dia1Generator:
         for i, s in enumerate(steps):
             # Room for the prompt, the 15-step EOS countdown and at least one new frame.
             if s + cfg.max_delay + 1 > max_tokens:
+                frames = s - 1
                 raise GenerationError(
-                    f"the audio prompt of item {i} is {s - 1} frames ({(s - 1) / 86.13:.1f} s): with "
-                    f"max_tokens={max_tokens} no room is left to generate; use a shorter prompt "
-                    f"(5-10 s works best) or raise max_tokens (at most {cfg.decoder.max_positions})"
+                    f"the audio prompt{'' if i == 0 else f' of item {i}'} is {frames / FRAME_RATE:.1f} s "
+                    f"({frames} frames) and does not fit with the script in max_tokens={max_tokens} "
+                    f"({max_tokens / FRAME_RATE:.1f} s in all, prompt included); use a prompt of 5-10 s "
+                    f"or raise max_tokens (at most {cfg.decoder.max_positions})"
                 )
 
         # Text: pad to the longest item only (spec 1.7: truncating is exact); rows interleave
