@@ -251,7 +251,7 @@ def teacher_forced_guided(model, gen, texts: list[list[int]], steps: int, cfg_sc
         t = state.t
         current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
         positions = torch.full((2 * b, 1), t, dtype=torch.long, device=gen.device)
-        logits = model.decoder(current, positions, state.cache, state.cross, kv_len=t + 1)
+        logits = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
         logits = logits.view(b, 2, cfg.n_channels, -1).float()
         guided = logits[:, 1] + cfg_scale * (logits[:, 1] - logits[:, 0])  # (B, C, V)
         out.append(guided[..., : cfg.eos_id].cpu())

@@ -39,12 +39,7 @@ from .errors import FastDiaError
 MODES = ("int8", "int4")
 DEFAULT_GROUP_SIZE = 32
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
-KERNEL_DTYPE = torch.bfloat16  # activation dtype the CPU weight-only kernels are fast with
-# torch's int4 CPU kernel (bfloat16 activations) decodes faster than fastdia's (int16
-# activations, exact int32 sums): 13.1 vs 9.9 steps/s for the int4 1.6B model on 2 Zen 4 cores,
-# where ours is compute-bound. The activation rounding is noise next to 4-bit weights (same
-# agreement with float32), so torch's is used; ours stays for CPUs/builds where torch's is slow.
-PREFER_TORCH_INT4 = True
+KERNEL_DTYPE = torch.bfloat16  # activation dtype torch's CPU weight-only kernels are fast with
 _INT4_ROW_MULTIPLE = 16  # the CPU int4 packing wants N % 16 == 0: pad rows with zeros
 
 
@@ -72,22 +67,58 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None].float()
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`[N, K]` float -> (uint8 `[N, K/2]`, scales `[N, G]`, offsets `[N, G]`), G = K / group_size.
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[N, K]` float -> fastdia's int4 format (see `Int4Linear`), G = K / group_size groups per row:
 
-    Asymmetric min/max per group of `group_size` inputs: `W = q * scale + offset`, q in 0..15,
-    offset = the group's minimum. Codes are packed in blocks of 64 inputs (see
-    fastdia.cpu_kernels): byte j of block b holds input 64b + j (low nibble) and 64b + 32 + j
-    (high nibble).
+    * `qweight` uint8 `[N, K/2]`: codes 0..15 packed in blocks of 64 inputs (`pack_int4`);
+    * `tscale` uint8 `[N, G]` and `rscale` float32 `[N]`: the group's step is `rscale[n] * tscale[n, g]`
+      (an integer multiple of a per-row unit, which is what lets the kernel stay in integers);
+    * `offsets` float16 `[N, G]`: `W = step * q + offset`.
+
+    Each group's step and offset are chosen to minimise its squared error: its range is clipped by
+    each ratio of `_CLIP_RATIOS` in turn (outliers otherwise waste levels), the offset is refit by
+    least squares for the codes, and the best candidate is kept (~15% lower error than plain
+    min/max on Gaussian weights).
     """
     n, k = w.shape
     if k % group_size or k % 64 or group_size % 32:
         raise ValueError(f"int4 needs in_features ({k}) a multiple of 64 and of the group size ({group_size})")
-    wg = w.float().view(n, k // group_size, group_size)
-    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
-    q = torch.round((wg - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8).view(n, k)
-    return pack_int4(q), scale, lo
+    g = k // group_size
+    packed = torch.empty((n, k // 2), dtype=torch.uint8)
+    tscale = torch.empty((n, g), dtype=torch.uint8)
+    rscale = torch.empty(n, dtype=torch.float32)
+    offsets = torch.empty((n, g), dtype=torch.float16)
+    for r0 in range(0, n, _QUANT_ROWS):  # row blocks bound the temporary memory
+        r1 = min(n, r0 + _QUANT_ROWS)
+        wg = w[r0:r1].float().view(r1 - r0, g, group_size)
+        lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+        unit = ((hi - lo).amax(dim=-1) / (15.0 * 255.0)).clamp(min=1e-30)  # (rows,): step of t = 1
+        best_err = best_q = best_t = best_z = None
+        for ratio in _CLIP_RATIOS:
+            t = torch.round((hi - lo) * ratio / 15.0 / unit[:, None]).clamp_(1, 255)
+            step = t * unit[:, None]
+            z = (hi + lo) / 2 - 7.5 * step  # 16 levels centred on the group's range
+            for _ in range(2):
+                q = torch.round((wg - z[..., None]) / step[..., None]).clamp_(0, 15)
+                z = (wg - step[..., None] * q).mean(dim=-1).half().float()
+            err = (step[..., None] * q + z[..., None] - wg).square_().sum(dim=-1)
+            if best_err is None:
+                best_err, best_q, best_t, best_z = err, q, t, z
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_q = torch.where(better[..., None], q, best_q)
+                best_t = torch.where(better, t, best_t)
+                best_z = torch.where(better, z, best_z)
+        packed[r0:r1] = pack_int4(best_q.to(torch.uint8).view(r1 - r0, k))
+        tscale[r0:r1] = best_t.to(torch.uint8)
+        rscale[r0:r1] = unit
+        offsets[r0:r1] = best_z.half()
+    return packed, tscale, rscale, offsets
+
+
+_CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+_QUANT_ROWS = 1024
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -104,12 +135,17 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((blocks & 0xF, blocks >> 4), dim=2).view(n, 2 * half)
 
 
-def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+def int4_steps(tscale: torch.Tensor, rscale: torch.Tensor) -> torch.Tensor:
+    """Per-group step `[N, G]` float32 of the int4 format."""
+    return tscale.float() * rscale.float()[:, None]
+
+
+def dequantize_int4(packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     q = unpack_int4(packed).to(dtype)
     n, k = q.shape
-    g = scale.shape[1]
-    w = q.view(n, g, k // g) * scale[..., None].to(dtype) + offset[..., None].to(dtype)
+    g = tscale.shape[1]
+    w = q.view(n, g, k // g) * int4_steps(tscale, rscale)[..., None].to(dtype) + offsets[..., None].to(dtype)
     return w.view(n, k)
 
 
@@ -123,21 +159,52 @@ def _kernels() -> bool:
     return cpu_kernels.available()
 
 
+def tile_pairs(q: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`[N, B]` -> `[ceil(N/2), 2B]`: rows 2p and 2p+1 interleaved in chunks of `chunk` elements.
+
+    The kernels multiply two weight rows per pass; stored this way a pass reads one sequential
+    stream (two rows side by side halve this CPU kind's DRAM bandwidth, see csrc/wonly.c). An
+    odd N gets a zero row.
+    """
+    n, b = q.shape
+    if n % 2:
+        q = torch.cat((q, q.new_zeros(1, b)))
+    return q.reshape(-1, 2, b // chunk, chunk).transpose(1, 2).reshape(-1, 2 * b).contiguous()
+
+
+def untile_pairs(t: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Inverse of `tile_pairs` (padding row included)."""
+    p, b2 = t.shape
+    return t.view(p, b2 // (2 * chunk), 2, chunk).transpose(1, 2).reshape(2 * p, b2 // 2)
+
+
+def _dense_blocks(module: nn.Module, x: torch.Tensor, dense_rows) -> torch.Tensor:
+    """`x @ W.T` for many rows (prefill of an audio prompt), dequantizing W a block of output rows
+    at a time (float copies of at most ~16 MB, never the whole weight) for an sgemm each."""
+    y = torch.empty((x.shape[0], module.out_features), dtype=torch.float32)
+    rows = max(2, ((4 << 20) // module.in_features) // 2 * 2)
+    for r0 in range(0, module.out_features, rows):
+        r1 = min(module.out_features, r0 + rows)
+        torch.matmul(x, dense_rows(r0, r1).T, out=y[:, r0:r1])
+    return y
+
+
 class Int8Linear(nn.Module):
     """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
 
-    Decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go through fastdia's VNNI kernel
-    with float32 activations; larger ones (prefill of an audio prompt) through torch's
-    `_weight_int8pack_mm` with bfloat16 activations.
+    With fastdia's kernels, the weight is held in row pairs (`tile_pairs`); decode-sized inputs
+    (at most `cpu_kernels.MAX_ROWS` rows) go through the VNNI kernel with float32 activations,
+    larger ones (prefill) through `_dense_blocks`. Without the kernels the weight stays `[N, K]`
+    for torch's `_weight_int8pack_mm` (bfloat16 activations).
     """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = qweight.shape
-        self.register_buffer("qweight", qweight.contiguous())
-        self.register_buffer("scales", scale.float().contiguous())
         self.use_kernel = _kernels() and self.in_features % 32 == 0
-        self._scales_bf16 = self.scales.to(KERNEL_DTYPE)
+        self.register_buffer("qweight", tile_pairs(qweight, 32) if self.use_kernel else qweight.contiguous())
+        self.register_buffer("scales", scale.float().contiguous())
+        self._scales_bf16 = None if self.use_kernel else self.scales.to(KERNEL_DTYPE)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> "Int8Linear":
@@ -147,15 +214,29 @@ class Int8Linear(nn.Module):
     def from_stored(cls, qweight: torch.Tensor, scale: torch.Tensor) -> "Int8Linear":
         return cls(qweight, scale)
 
+    def int8_weight(self) -> torch.Tensor:
+        """The `[N, K]` int8 codes (a new tensor when the weight is tiled)."""
+        if not self.use_kernel:
+            return self.qweight
+        return untile_pairs(self.qweight, 32)[: self.out_features]
+
+    def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
+        tile = untile_pairs(self.qweight[r0 // 2: (r1 + 1) // 2], 32)[: r1 - r0]
+        return dequantize_int8(tile, self.scales[r0:r1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from . import cpu_kernels
 
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
-        if self.use_kernel and x2.shape[0] <= cpu_kernels.MAX_ROWS:
-            y = cpu_kernels.q8_gemv(x2.float(), self.qweight, self.scales)
-        else:
+        if not self.use_kernel:
+            if self._scales_bf16 is None:
+                self._scales_bf16 = self.scales.to(KERNEL_DTYPE)
             y = torch.ops.aten._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.qweight, self._scales_bf16)
+        elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
+            y = cpu_kernels.q8_gemv(x2.float(), self.qweight, self.scales, self.out_features)
+        else:
+            y = _dense_blocks(self, x2.float(), self._dense_rows)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def nbytes(self) -> int:
@@ -166,29 +247,32 @@ class Int8Linear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """`y = x @ W.T` with W int4 group-wise (see `quantize_int4`).
+    """`y = x @ W.T` with W int4 group-wise in fastdia's format (see `quantize_int4`).
 
-    With fastdia's VNNI kernel (float32 activations) the weight stays in its stored layout;
-    inputs of more than `cpu_kernels.MAX_ROWS` rows dequantize it for that call. Without the
-    kernel it is repacked once for torch's `_weight_int4pack_mm_for_cpu` (bfloat16 activations).
+    Decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go through fastdia's int4 kernel
+    (float32 activations, quantized per row to int16 inside it); larger ones (prefill of an audio
+    prompt) dequantize the weight a block of output rows at a time and use `F.linear`. Without
+    the kernels the weight is repacked once for torch's `_weight_int4pack_mm_for_cpu` instead.
     """
 
-    def __init__(self, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> None:
+    def __init__(self, packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
+                 group_size: int) -> None:
         super().__init__()
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
-        self.use_kernel = _kernels() and not PREFER_TORCH_INT4
-        if self.use_kernel:
-            self.register_buffer("qweight", packed.contiguous())
-            self.register_buffer("scales", scale.float().contiguous())
-            self.register_buffer("offsets", offset.float().contiguous())
+        self.use_kernel = _kernels()
+        if self.use_kernel:  # row pairs tiled (`tile_pairs`): 32-byte blocks of codes, single tscales
+            self.register_buffer("qweight", tile_pairs(packed, 32))
+            self.register_buffer("tscale", tile_pairs(tscale, 1))
+            self.register_buffer("rscale", rscale.float().contiguous())
+            self.register_buffer("offsets", offsets.to(torch.float16).contiguous())
             return
         # torch's layout: codes repacked by its own op, N padded to a multiple of 16, and
         # (K/group, N, 2) scale/zero pairs with W = (q - 8) * scale + zero.
         pad = -n % _INT4_ROW_MULTIPLE
         codes = unpack_int4(packed)
-        zero = offset.float() + 8.0 * scale.float()
-        scale = scale.float()
+        scale = int4_steps(tscale, rscale)
+        zero = offsets.float() + 8.0 * scale
         if pad:
             codes = torch.cat((codes, codes.new_full((pad, codes.shape[1]), 8)))
             scale = torch.cat((scale, scale.new_zeros(pad, scale.shape[1])))
@@ -201,8 +285,9 @@ class Int4Linear(nn.Module):
         return cls(*quantize_int4(weight, group_size), group_size)
 
     @classmethod
-    def from_stored(cls, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, group_size: int) -> "Int4Linear":
-        return cls(packed, scale, offset, group_size)
+    def from_stored(cls, packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
+                    group_size: int) -> "Int4Linear":
+        return cls(packed, tscale, rscale, offsets, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from . import cpu_kernels
@@ -214,10 +299,22 @@ class Int4Linear(nn.Module):
                                                           self.scales)
             y = y[:, : self.out_features]
         elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
-            y = cpu_kernels.q4_gemv(x2.float(), self.qweight, self.scales, self.offsets, self.group_size)
+            y = cpu_kernels.q4_gemv(x2.float(), self.qweight, self.tscale, self.rscale, self.offsets,
+                                    self.group_size, self.out_features)
         else:
-            y = F.linear(x2.float(), dequantize_int4(self.qweight, self.scales, self.offsets))
+            y = _dense_blocks(self, x2.float(), self._dense_rows)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def int4_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(packed `[N, K/2]`, tscale `[N, G]`, rscale, offsets) in the untiled format of `quantize_int4`."""
+        n = self.out_features
+        return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets)
+
+    def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
+        p0, p1 = r0 // 2, (r1 + 1) // 2
+        packed = untile_pairs(self.qweight[p0:p1], 32)[: r1 - r0]
+        tscale = untile_pairs(self.tscale[p0:p1], 1)[: r1 - r0]
+        return dequantize_int4(packed, tscale, self.rscale[r0:r1], self.offsets[r0:r1])
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers())
@@ -317,7 +414,10 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
 # State-dict transform (convert) and rebuilding modules from it (load)
 
 QUANT_KEY = "fastdia_quantization"
-FORMAT_VERSION = 1
+# 2: int4 as qweight/tscale/rscale/offsets (fastdia's kernel format). Version-1 int4 checkpoints
+# (float scales/offsets) must be converted again; version-1 int8 and float ones are unchanged.
+FORMAT_VERSION = 2
+_QUANT_PARTS = ("qweight", "scales", "tscale", "rscale", "offsets")
 
 
 def quantize_state_dict(
@@ -329,7 +429,7 @@ def quantize_state_dict(
     """Our float state dict -> the stored quantized one, tensor by tensor.
 
     A linear `X.weight` (X in `linear`) becomes `X.qweight` + `X.scales` (int8) or
-    `X.qweight` + `X.scales` + `X.offsets` (int4), or stays `X.weight` in bfloat16; everything else passes through unchanged.
+    `X.qweight` + `X.tscale` + `X.rscale` + `X.offsets` (int4), or stays `X.weight` in bfloat16; everything else passes through unchanged.
     """
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     for name, tensor in items:
@@ -343,10 +443,11 @@ def quantize_state_dict(
             yield f"{module}.qweight", q
             yield f"{module}.scales", s
         elif fmt == "int4":
-            q, s, z = quantize_int4(tensor, group_size)
+            q, t, r, z = quantize_int4(tensor, group_size)
             yield f"{module}.qweight", q
-            yield f"{module}.scales", s.contiguous()
-            yield f"{module}.offsets", z.contiguous()
+            yield f"{module}.tscale", t
+            yield f"{module}.rscale", r
+            yield f"{module}.offsets", z
         elif fmt == "bf16":
             yield name, tensor.to(torch.bfloat16)
         else:
@@ -354,10 +455,11 @@ def quantize_state_dict(
 
 
 def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int) -> nn.Module:
-    """Rebuild one quantized module from its stored tensors (`qweight`, `scales`[, `offsets`])."""
+    """Rebuild one quantized module from its stored tensors (int8: `qweight`, `scales`; int4:
+    `qweight`, `tscale`, `rscale`, `offsets`)."""
     q = parts["qweight"]
-    if "offsets" in parts:
-        return Int4Linear.from_stored(q, parts["scales"], parts["offsets"], group_size)
+    if "tscale" in parts:
+        return Int4Linear.from_stored(q, parts["tscale"], parts["rscale"], parts["offsets"], group_size)
     return Int8Linear.from_stored(q, parts["scales"])
 
 
@@ -436,7 +538,8 @@ def stored_quantization(config_path) -> dict | None:
     if not isinstance(raw, dict) or raw.get("fastdia_layout") != "fused":
         return None
     marker = raw.get(QUANT_KEY) or {"format": FORMAT_VERSION, "mode": "float"}
-    if not isinstance(marker, dict) or marker.get("format") != FORMAT_VERSION \
+    readable = (FORMAT_VERSION,) if isinstance(marker, dict) and marker.get("mode") == "int4" else (1, FORMAT_VERSION)
+    if not isinstance(marker, dict) or marker.get("format") not in readable \
             or marker.get("mode") not in MODES + ("float",):
         raise CheckpointError(f"{config_path}: unsupported fastdia checkpoint marker {marker!r}; "
                               f"convert it again with this version of fastdia")
@@ -510,7 +613,7 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
         tensors = itertools.chain([first], tensors)
         for name, tensor in tensors:
             module, _, part = name.rpartition(".")
-            if module in linear and part in ("qweight", "scales", "offsets"):
+            if module in linear and part in _QUANT_PARTS:
                 pending.setdefault(module, {})[part] = tensor
                 continue
             if name not in expected:
@@ -525,7 +628,8 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
     for module in list(pending):
         parts = pending.pop(module)  # freed as soon as its module exists (int4 repacks)
-        if "qweight" not in parts or "scales" not in parts:
+        int4_parts = {"qweight", "tscale", "rscale", "offsets"}
+        if not ({"qweight", "scales"} <= parts.keys() or int4_parts <= parts.keys()):
             raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
         new = module_from_stored(parts, group_size)
         want = expected[module + ".weight"].shape

@@ -47,7 +47,7 @@ def test_int8_linear_close_to_float(rows):
     module = quant.Int8Linear.from_float(w)
     assert _rel(module(x), ref) < 0.02
     # Against its own dequantized weight the kernel is exact up to activation rounding.
-    deq = quant.dequantize_int8(module.qweight, module.scales)
+    deq = quant.dequantize_int8(module.int8_weight(), module.scales)
     assert _rel(module(x), F.linear(x, deq)) < (1e-3 if rows <= cpu_kernels.MAX_ROWS else 1e-2)
 
 
@@ -57,25 +57,61 @@ def test_int4_linear_close_to_dequantized(group, rows):
     w = _weight(80, 256)
     x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(2))
     module = quant.Int4Linear.from_float(w, group)
-    packed, scale, offset = quant.quantize_int4(w, group)
-    deq = quant.dequantize_int4(packed, scale, offset)
+    deq = quant.dequantize_int4(*quant.quantize_int4(w, group))
     assert _rel(deq, w) < 0.15
     assert _rel(module(x), F.linear(x, deq)) < (1e-3 if module.use_kernel else 1e-2)
     assert module(x.view(rows // 2, 2, 256)).shape == (rows // 2, 2, 80)
 
 
-@pytest.mark.parametrize("group", [32, 64])
-def test_fastdia_int4_kernel(monkeypatch, group):
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("n", [48, 47])  # odd: the row-pair layout pads one zero row
+def test_fastdia_int4_kernel(group, n):
     if not cpu_kernels.available():
         pytest.skip(cpu_kernels.unavailable_reason())
-    monkeypatch.setattr(quant, "PREFER_TORCH_INT4", False)
-    w = _weight(48, 256)
+    w = _weight(n, 256)
     module = quant.Int4Linear.from_float(w, group)
     assert module.use_kernel
-    deq = quant.dequantize_int4(*quant.quantize_int4(w, group))
-    for rows in (1, 2, 20):
+    parts = quant.quantize_int4(w, group)
+    for got, want in zip(module.int4_parts(), parts):  # the tiled layout round-trips
+        assert torch.equal(got, want)
+    deq = quant.dequantize_int4(*parts)
+    for rows in (1, 2, 3, 8, 20):
         x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
         assert _rel(module(x), F.linear(x, deq)) < 1e-3
+
+
+@pytest.mark.parametrize("n", [64, 63])
+def test_fastdia_int8_kernel_odd_rows(n):
+    if not cpu_kernels.available():
+        pytest.skip(cpu_kernels.unavailable_reason())
+    w = _weight(n, 128)
+    module = quant.Int8Linear.from_float(w)
+    q, scale = quant.quantize_int8(w)
+    assert torch.equal(module.int8_weight(), q)
+    for rows in (1, 2, 7, 9):
+        x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+        assert _rel(module(x), F.linear(x, quant.dequantize_int8(q, scale))) < 1e-3
+
+
+def test_tile_pairs_round_trip():
+    q = torch.arange(5 * 64, dtype=torch.int32).view(5, 64)
+    tiled = quant.tile_pairs(q, 32)
+    assert tiled.shape == (3, 128)
+    assert torch.equal(tiled[0, :64], torch.cat((q[0, :32], q[1, :32])))
+    assert torch.equal(quant.untile_pairs(tiled, 32)[:5], q)
+
+
+def test_int4_search_beats_min_max():
+    """The clipped, refit grid has lower error than plain min/max rounding (the old format)."""
+    w = _weight(256, 512)
+    deq = quant.dequantize_int4(*quant.quantize_int4(w, 32))
+    wg = w.view(256, 16, 32)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    step = (hi - lo) / 15
+    minmax = (torch.round((wg - lo) / step) * step + lo).view(256, 512)
+    assert _rel(deq, w) < 0.95 * _rel(minmax, w)
+    packed, tscale, rscale, offsets = quant.quantize_int4(w, 32)
+    assert tscale.dtype == torch.uint8 and int(tscale.min()) >= 1 and offsets.dtype == torch.float16
 
 
 def test_float_gemv_kernels():

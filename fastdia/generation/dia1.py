@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..config import DiaConfig
+from ..cpu_decode import decode_step
 from ..errors import GenerationError
 from ..models.dia1 import CrossState, DiaModel
 from .cache import KVCache
@@ -53,6 +54,9 @@ class Dia1Generator:
         self.cfg: DiaConfig = model.config
         self.device, self.dtype = device, dtype
         self.delay = torch.tensor(self.cfg.delay_pattern, dtype=torch.long, device=device)
+        # Single-position decoder calls go through the fastest step for this setup (a fused CPU
+        # step where fastdia's kernels run; else the model's own forward), chosen once, here.
+        self.decode = decode_step(model.decoder, device, dtype)
         # Completion checks read a flag back to the host; on GPU do it every few steps only.
         self.sync_every = 1 if device.type == "cpu" else 8
 
@@ -136,7 +140,7 @@ class Dia1Generator:
         t = state.t
         current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)  # (2B, 1, C)
         positions = torch.full((2 * b, 1), t, dtype=torch.long, device=self.device)
-        logits = self.model.decoder(current, positions, state.cache, state.cross, kv_len=t + 1)
+        logits = self.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
         logits = logits.view(b, 2, cfg.n_channels, -1)  # (B, 2, C, V): uncond, cond
 
         filtered = cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_top_k, cfg.eos_id)

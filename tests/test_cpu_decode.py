@@ -1,0 +1,80 @@
+"""The fused CPU decode step (fastdia.cpu_decode) against the model's own pure-torch forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fastdia import cpu_decode, cpu_kernels
+from fastdia.generation.dia1 import Dia1Generator
+from fastdia.generation.options import GenerationConfig
+from fastdia.loading import load_model
+from fastdia.text import tokenize
+
+from . import oracle
+
+CPU = torch.device("cpu")
+TEXTS = ["[S1] Hello there. [S2] Hi!", "[S1] A longer second script, so the text padding mask matters here."]
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="fastdia CPU kernels unavailable")
+
+
+def _decoder_pair(model, steps: int = 24):
+    """Logits of `steps` decode steps from the fused step and from `Decoder.forward`, fed the same
+    greedy frames, with the two KV caches compared after every step."""
+    gen = Dia1Generator(model, CPU, torch.float32)
+    assert isinstance(gen.decode, cpu_decode.FusedDecodeStep)
+    gcfg = GenerationConfig(max_tokens=steps + 40, temperature=0)
+    worst = 0.0
+    with torch.inference_mode():
+        state = gen.prepare([tokenize(t) for t in TEXTS], [None, None], gcfg)
+        ref_cache = copy.deepcopy(state.cache)
+        for _ in range(steps):
+            t = state.t
+            current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
+            positions = torch.full((current.shape[0], 1), t)
+            want = model.decoder(current, positions, ref_cache, state.cross, kv_len=t + 1)
+            got = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
+            worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
+            for a, b in zip(state.cache.k + state.cache.v, ref_cache.k + ref_cache.v):
+                assert torch.allclose(a, b, atol=1e-5)
+            nxt = want.view(len(TEXTS), 2, 9, -1)[:, 1, :, :1024].argmax(-1)
+            state.tokens[:, t + 1] = torch.where(state.tokens[:, t + 1] < 0, nxt, state.tokens[:, t + 1])
+            state.t = t + 1
+    return worst
+
+
+@pytest.mark.parametrize("shape", list(oracle.SHAPES))
+def test_fused_step_matches_forward(tmp_path, shape):
+    """MHA and GQA 2/4, head dims 24/16/20 (not multiples of 16), cross head dim 12."""
+    directory = oracle.save(oracle.hf_model(shape), tmp_path / shape, "transformers")
+    model = load_model(directory, CPU, torch.float32).model
+    assert _decoder_pair(model) < 2e-5
+
+
+def test_fused_step_cross_rope(tmp_path):
+    """v0.1 checkpoints rotate the cross-attention queries too."""
+    directory = oracle.save_nested(oracle.hf_model("gqa2-2layers"), tmp_path / "v01")
+    model = load_model(directory, CPU, torch.float32).model
+    assert model.config.cross_attn_rope
+    assert _decoder_pair(model) < 2e-5
+
+
+def test_fused_step_only_for_cpu_float32():
+    model = load_model("tiny-random", CPU, torch.float32).model
+    assert cpu_decode.supported(model.decoder, CPU, torch.float32)
+    assert not cpu_decode.supported(model.decoder, CPU, torch.bfloat16)
+    assert not cpu_decode.supported(model.decoder, torch.device("meta"), torch.float32)
+
+
+def test_fused_step_refuses_positions_outside_the_cache():
+    model = load_model("tiny-random", CPU, torch.float32).model
+    gen = Dia1Generator(model, CPU, torch.float32)
+    gcfg = GenerationConfig(max_tokens=40, temperature=0)
+    with torch.inference_mode():
+        state = gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
+        current = state.tokens[:, 0].repeat_interleave(2, dim=0).unsqueeze(1)
+        with pytest.raises(ValueError, match="positions"):
+            gen.decode(current, torch.full((2, 1), 40), state.cache, state.cross, kv_len=40)
