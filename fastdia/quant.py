@@ -2,24 +2,25 @@
 
 The model code builds plain `nn.Linear(bias=False)` projections and never learns about this file:
 `quantize_model` replaces them, from the outside, with modules that hold quantized weights and
-compute `x @ W.T` with torch's CPU weight-only kernels (measured in benchmarks/matvec.py):
+compute `x @ W.T` with fastdia's CPU kernels (fastdia/csrc/wonly.c, measured in
+benchmarks/README.md), or torch's weight-only kernels where those cannot be built:
 
-* **int8**, per output channel, symmetric: `W[n, k] = q[n, k] * scale[n]`, `q` in -127..127;
-  `torch.ops.aten._weight_int8pack_mm` (bfloat16 activations; its float32 path is 10x slower).
-* **int4**, group-wise along the input dim, asymmetric: `W[n, k] = (q[n, k] - 8) * s[n, g] + z[n, g]`
-  with `q` in 0..15 and `g = k // group_size`; `torch.ops.aten._weight_int4pack_mm_for_cpu`.
+* **int8**, per output channel, symmetric: `W[n, k] = q[n, k] * scale[n]`, `q` in -127..127.
+* **int4**, group-wise along the input dim (`quantize_int4`): `W[n, k] = step[n, g] * q[n, k] +
+  offset[n, g]`, `q` in 0..15, `g = k // group_size`, with `step = rscale[n] * tscale[n, g]` an
+  integer multiple (1..255) of a per-row unit, so the kernel applies it with one 16-bit
+  integer multiply per 32 weights.
 
-Which layers (see `plan`), chosen by measurement (benchmarks/README.md): every projection of
-the decoder layers and the output head is int8 in "int8" mode; "int4" puts the MLPs (70% of the
-bytes read per step) in int4 and keeps the attention projections int8, because Dia's unscaled
-attention scores (spec 1.4) make q/k/v/o precision-sensitive (all-int4 attention: 76% top-1
-agreement with float32 on the tiny model, against 91% with it int8). The encoder runs once per
-utterance, so quantizing it gains nothing per step; it is stored in bfloat16 in "int8" mode
-and int8 in "int4" mode, for memory.
+Which layers (see `plan`), chosen by measurement: every projection of the decoder layers and the
+output head is int8 in "int8" mode; "int4" puts the MLPs (70% of the bytes read per step) in
+int4 and keeps the attention projections int8, because Dia's unscaled attention scores (spec
+1.4) make them precision-sensitive. The encoder runs once per utterance, so quantizing it gains
+nothing per step; it is stored in bfloat16 in "int8" mode and int8 in "int4" mode, for memory.
+The decoder's embedding table is int8 per row in both modes.
 
-Activations stay in the model dtype outside the matmuls (the kernels get a bfloat16 copy of the
-2-row input and the result is cast back), so norms, RoPE, attention and the KV cache are
-unchanged.
+Activations stay in the model dtype outside the matmuls (the kernels quantize the 2-row input
+to int16 per row internally, relative error ~1e-4), so norms, RoPE, attention and the KV cache
+are unchanged.
 
 The same transform applies to tensors (`quantize_state_dict`), which is what `fastdia convert`
 saves; `Int8Linear.from_stored` / `Int4Linear.from_stored` rebuild modules from it without
@@ -57,9 +58,13 @@ def check_mode(mode: str | None) -> str | None:
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`[N, K]` float -> (int8 `[N, K]`, float32 scales `[N]`), symmetric per output channel."""
-    w = w.float()
-    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    n, k = w.shape
+    scale = w.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0
+    q = torch.empty((n, k), dtype=torch.int8)
+    rows = max(1, _QUANT_BLOCK // max(k, 1))
+    for r0 in range(0, n, rows):  # row blocks: no weight-sized float temporaries
+        r1 = min(n, r0 + rows)
+        q[r0:r1] = torch.round(w[r0:r1].float() / scale[r0:r1, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
 
 
@@ -88,37 +93,43 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     tscale = torch.empty((n, g), dtype=torch.uint8)
     rscale = torch.empty(n, dtype=torch.float32)
     offsets = torch.empty((n, g), dtype=torch.float16)
-    for r0 in range(0, n, _QUANT_ROWS):  # row blocks bound the temporary memory
-        r1 = min(n, r0 + _QUANT_ROWS)
-        wg = w[r0:r1].float().view(r1 - r0, g, group_size)
-        lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
-        unit = ((hi - lo).amax(dim=-1) / (15.0 * 255.0)).clamp(min=1e-30)  # (rows,): step of t = 1
+    rows = max(1, _QUANT_BLOCK // k)
+    for r0 in range(0, n, rows):  # row blocks keep the temporaries small (and out of mmap)
+        r1 = min(n, r0 + rows)
+        # (group_size, rows * G): per-group values broadcast along the outer dimension, so every
+        # elementwise op runs over long contiguous rows (32-element inner loops are ~10x slower).
+        wt = w[r0:r1].float().reshape(-1, group_size).T.contiguous()
+        lo, hi = wt.amin(dim=0), wt.amax(dim=0)
+        unit = ((hi - lo).view(r1 - r0, g).amax(dim=1) / (15.0 * 255.0)).clamp(min=1e-30)  # (rows,): t = 1
+        unit_g = unit.repeat_interleave(g)
         best_err = best_q = best_t = best_z = None
         for ratio in _CLIP_RATIOS:
-            t = torch.round((hi - lo) * ratio / 15.0 / unit[:, None]).clamp_(1, 255)
-            step = t * unit[:, None]
+            t = torch.round((hi - lo) * (ratio / 15.0) / unit_g).clamp_(1, 255)
+            step = t * unit_g
             z = (hi + lo) / 2 - 7.5 * step  # 16 levels centred on the group's range
             for _ in range(2):
-                q = torch.round((wg - z[..., None]) / step[..., None]).clamp_(0, 15)
-                z = (wg - step[..., None] * q).mean(dim=-1).half().float()
-            err = (step[..., None] * q + z[..., None] - wg).square_().sum(dim=-1)
+                q = torch.round((wt - z) / step).clamp_(0, 15)
+                z = (wt - step * q).mean(dim=0).half().float()
+            err = (step * q + z - wt).square_().sum(dim=0)
             if best_err is None:
                 best_err, best_q, best_t, best_z = err, q, t, z
             else:
                 better = err < best_err
                 best_err = torch.where(better, err, best_err)
-                best_q = torch.where(better[..., None], q, best_q)
+                best_q = torch.where(better, q, best_q)
                 best_t = torch.where(better, t, best_t)
                 best_z = torch.where(better, z, best_z)
-        packed[r0:r1] = pack_int4(best_q.to(torch.uint8).view(r1 - r0, k))
-        tscale[r0:r1] = best_t.to(torch.uint8)
+        packed[r0:r1] = pack_int4(best_q.T.to(torch.uint8).reshape(r1 - r0, k))
+        tscale[r0:r1] = best_t.to(torch.uint8).view(r1 - r0, g)
         rscale[r0:r1] = unit
-        offsets[r0:r1] = best_z.half()
+        offsets[r0:r1] = best_z.half().view(r1 - r0, g)
     return packed, tscale, rscale, offsets
 
 
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
-_QUANT_ROWS = 1024
+# Elements per block: 2 MB float temporaries stay under the 4 MiB mmap threshold that
+# fastdia.loading sets, where each larger one would cost a fresh mapping and its page faults.
+_QUANT_BLOCK = 1 << 19
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -323,6 +334,31 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
 
 
+class Int8Embedding(nn.Module):
+    """An embedding table stored int8 per row (`quantize_int8`), rows dequantized when looked up.
+
+    The decoder's table (9 channels x 1028 ids x 2048) is 76 MB in float32 and only 9 rows per
+    position are ever read, so it costs memory, not speed.
+    """
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = qweight.shape
+        self.dtype = dtype
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scales", scale.float().contiguous())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = self.qweight[ids].float() * self.scales[ids].unsqueeze(-1)
+        return rows.to(self.dtype)
+
+    def nbytes(self) -> int:
+        return self.qweight.numel() + self.scales.numel() * 4
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 per row"
+
+
 # --------------------------------------------------------------------------------------------
 # Which layer gets what
 
@@ -330,14 +366,17 @@ class Int4Linear(nn.Module):
 def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
     """The format for the Linear called `name` (a DiaModel module path) under `mode`.
 
-    Returns "int8", "int4", "bf16" (bfloat16 weights) or None (keep as is). Measured on random
-    models (benchmarks/README.md): the attention projections are the precision-sensitive part
-    (scores are unscaled, spec 1.4), the MLPs (70% of the per-step bytes) take int4 well, and
-    the encoder, run once per utterance, gains nothing per step from quantization.
+    Returns "int8", "int4", "bf16" (bfloat16 weights), "int8-embedding" or None (keep as is).
+    Measured on random models (benchmarks/README.md): the attention projections are the
+    precision-sensitive part (scores are unscaled, spec 1.4), the MLPs (70% of the per-step
+    bytes) take int4 well, and the encoder, run once per utterance, gains nothing per step from
+    quantization. The decoder's embedding table is stored int8 for memory.
     """
     mode = check_mode(mode)
     if mode is None:
         return None
+    if name.endswith("embedding"):
+        return "int8-embedding" if name == "decoder.embedding" else None
     if name.startswith("encoder."):
         return "int8" if mode == "int4" else "bf16"
     if mode == "int4" and ".mlp." in name and in_features % group_size == 0 and in_features % 64 == 0:
@@ -346,10 +385,11 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
 
 
 def linear_names(model: nn.Module) -> list[str]:
-    """Module paths of every projection a quantization may replace."""
+    """Module paths of every projection (and embedding table) a quantization may replace."""
     from .accel import GemvLinear, PackedLinear
 
-    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, PackedLinear, GemvLinear))]
+    kinds = (nn.Linear, PackedLinear, GemvLinear, nn.Embedding)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -357,8 +397,11 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
-def make_module(fmt: str | None, weight: torch.Tensor, group_size: int) -> nn.Module:
-    """The module for a float `[out, in]` weight in format `fmt` (see `plan`)."""
+def make_module(fmt: str | None, weight: torch.Tensor, group_size: int,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The module for a float `[out, in]` weight in format `fmt` (see `plan`; not None)."""
+    if fmt == "int8-embedding":
+        return Int8Embedding(*quantize_int8(weight), dtype=dtype)
     if fmt == "int8":
         return Int8Linear.from_float(weight)
     if fmt == "int4":
@@ -404,7 +447,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
         fmt = plan(name, weight.shape[1], mode, group_size)
         if fmt is None:
             continue
-        new = make_module(fmt, weight, group_size)
+        new = make_module(fmt, weight, group_size, dtype=weight.dtype)
         del weight
         _set(model, name, new)
     return model
@@ -438,7 +481,7 @@ def quantize_state_dict(
             yield name, tensor
             continue
         fmt = plan(module, tensor.shape[1], mode, group_size)
-        if fmt == "int8":
+        if fmt in ("int8", "int8-embedding"):
             q, s = quantize_int8(tensor)
             yield f"{module}.qweight", q
             yield f"{module}.scales", s
@@ -454,10 +497,13 @@ def quantize_state_dict(
             yield name, tensor
 
 
-def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int) -> nn.Module:
+def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int, embedding: bool = False,
+                       dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild one quantized module from its stored tensors (int8: `qweight`, `scales`; int4:
     `qweight`, `tscale`, `rscale`, `offsets`)."""
     q = parts["qweight"]
+    if embedding:
+        return Int8Embedding(q, parts["scales"], dtype=dtype)
     if "tscale" in parts:
         return Int4Linear.from_stored(q, parts["tscale"], parts["rscale"], parts["offsets"], group_size)
     return Int8Linear.from_stored(q, parts["scales"])
@@ -508,9 +554,10 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
     linear = set(linear_names(model))
     for name, tensor in tensors:
         module = name.removesuffix(".weight")
-        if module in linear and name.endswith(".weight"):
-            fmt = plan(module, tensor.shape[1], mode, group_size)
-            _set(model, module, make_module(fmt, tensor, group_size))
+        fmt = plan(module, tensor.shape[1], mode, group_size) if module in linear and name.endswith(".weight") \
+            else None
+        if fmt is not None:
+            _set(model, module, make_module(fmt, tensor, group_size, dtype=dtype))
         else:
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
         del tensor
@@ -631,10 +678,14 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
         int4_parts = {"qweight", "tscale", "rscale", "offsets"}
         if not ({"qweight", "scales"} <= parts.keys() or int4_parts <= parts.keys()):
             raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
-        new = module_from_stored(parts, group_size)
+        embedding = isinstance(model.get_submodule(module), nn.Embedding)
+        if embedding and "scales" not in parts:
+            raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
+        new = module_from_stored(parts, group_size, embedding=embedding, dtype=dtype)
+        got = (new.num_embeddings, new.embedding_dim) if embedding else (new.out_features, new.in_features)
         want = expected[module + ".weight"].shape
-        if (new.out_features, new.in_features) != tuple(want):
-            raise CheckpointError(f"{path}: {module!r} holds a {new.out_features}x{new.in_features} weight, "
+        if got != tuple(want):
+            raise CheckpointError(f"{path}: {module!r} holds a {got[0]}x{got[1]} weight, "
                                   f"expected {want[0]}x{want[1]}")
         _set(model, module, new)
     _check_complete(model, str(path))

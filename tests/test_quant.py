@@ -157,6 +157,8 @@ def test_plan_keeps_sensitive_layers():
     assert quant.plan("decoder.layers.0.mlp.down", 96, "int4", 64) == "int8"  # not a multiple of 64
     assert quant.plan("decoder.head", 128, "int8", 64) == "int8"
     assert quant.plan("decoder.head", 128, None, 64) is None
+    assert quant.plan("decoder.embedding", 128, "int4", 64) == "int8-embedding"
+    assert quant.plan("encoder.embedding", 128, "int4", 64) is None
     with pytest.raises(Exception, match="unknown quantization"):
         quant.check_mode("int3")
 
@@ -259,3 +261,27 @@ def test_source_quantization(tmp_path):
     assert source_quantization(tmp_path / "f") is None
     assert source_quantization("tiny-random") is None
     assert source_quantization(tmp_path / "missing") is None
+
+
+def test_old_int4_checkpoint_asks_to_convert_again(tmp_path):
+    """Format 1 stored int4 as float scales/offsets; it must be refused with a clear message."""
+    import json
+
+    from fastdia.errors import CheckpointError
+
+    convert("tiny-random", tmp_path / "q", quantize="int4")
+    config = tmp_path / "q" / "config.json"
+    raw = json.loads(config.read_text())
+    raw[quant.QUANT_KEY]["format"] = 1
+    config.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="convert it again"):
+        load_model(tmp_path / "q", CPU, torch.float32)
+
+
+def test_embedding_stored_int8():
+    model = load_model("tiny-random", CPU, torch.float32, quantize="int8").model
+    assert isinstance(model.decoder.embedding, quant.Int8Embedding)
+    assert isinstance(model.encoder.embedding, torch.nn.Embedding)
+    ref = load_model("tiny-random", CPU, torch.float32).model.decoder.embedding.weight
+    ids = torch.tensor([[0, 5, 1027 + 1028]])
+    assert _rel(model.decoder.embedding(ids), ref[ids]) < 0.01
