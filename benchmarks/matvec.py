@@ -131,7 +131,7 @@ def variants():
             v[f"int4 g{group} _weight_int4pack_mm {'bf16' if xdt == torch.bfloat16 else 'fp32'}x"] = (prep, run, xdt)
     try:
         from fastdia import cpu_kernels
-        from fastdia.quant import quantize_int4, quantize_int8
+        from fastdia.quant import Int4Linear, Int8Linear
     except ImportError:
         return v
     if cpu_kernels.available():
@@ -140,16 +140,16 @@ def variants():
         if cpu_kernels.has_bf16():
             v["bf16 fastdia gemv"] = (lambda w: (w.to(torch.bfloat16).contiguous(), w.numel() * 2),
                                       lambda x, p: cpu_kernels.float_gemv(x, p), torch.bfloat16)
+        # The modules fastdia uses: weights in row pairs (tiled), int4 with integer group steps.
         v["int8 fastdia VNNI fp32x"] = (
-            lambda w: ((lambda q, s: ((q, s), q.numel() + s.numel() * 4))(*quantize_int8(w))),
-            lambda x, p: cpu_kernels.q8_gemv(x, p[0], p[1]),
+            lambda w: ((lambda m: (m, m.nbytes()))(Int8Linear.from_float(w))),
+            lambda x, m: m(x),
             torch.float32,
         )
         for group in (32, 64, 128):
             v[f"int4 g{group} fastdia VNNI fp32x"] = (
-                lambda w, group=group: ((lambda q, s, o: ((q, s, o), q.numel() + 8 * s.numel()))(
-                    *quantize_int4(w, group))),
-                lambda x, p, group=group: cpu_kernels.q4_gemv(x, p[0], p[1], p[2], group),
+                lambda w, group=group: ((lambda m: (m, m.nbytes()))(Int4Linear.from_float(w, group))),
+                lambda x, m: m(x),
                 torch.float32,
             )
     return v
