@@ -133,7 +133,7 @@ def _child_fastdia(spec: dict) -> dict:
     return {
         "impl": "fastdia",
         "dtype": str(dt).removeprefix("torch."),
-        "quantize": spec["quantize"] or "none",
+        "quantize": _effective_quantize(spec) or "none",  # a converted checkpoint's own
         "load_s": load_s,
         "prefill_ms": (t2 - t1) * 1e3,
         "ttfs_ms": (times[0] - t1) * 1e3,

@@ -318,6 +318,8 @@ class Int4Linear(nn.Module):
 
     def int4_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(packed `[N, K/2]`, tscale `[N, G]`, rscale, offsets) in the untiled format of `quantize_int4`."""
+        if not self.use_kernel:
+            raise RuntimeError("int4_parts() needs fastdia's kernel layout; this module holds torch's packing")
         n = self.out_features
         return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets)
 
@@ -668,7 +670,9 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
             if tuple(tensor.shape) != tuple(expected[name].shape):
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
                                       f"expected {list(expected[name].shape)}")
-            if name.removesuffix(".weight") in linear and tensor.dtype == torch.bfloat16 and dtype != tensor.dtype:
+            owner = name.removesuffix(".weight")
+            if owner in linear and tensor.dtype == torch.bfloat16 and dtype != tensor.dtype \
+                    and not isinstance(model.get_submodule(owner), nn.Embedding):
                 # Stored in bfloat16 on purpose (see `plan`): keep it so, compute in the model dtype.
                 _set(model, name.removesuffix(".weight"), make_module("bf16", tensor, group_size))
                 continue
