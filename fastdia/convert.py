@@ -29,7 +29,7 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     Returns:
         A summary: output path, mode, bytes written, seconds.
     """
-    from . import quant
+    from . import quant, quant_store
     from .config import PRESETS, load_config
     from .hub import resolve_dir
     from .loading import _choose_files, _drain, iter_random_state
@@ -53,12 +53,12 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     else:
         directory = resolve_dir(source, _choose_files, what="model")
         cfg = load_config(directory / "config.json")
-        if quant.stored_quantization(directory / "config.json") is not None:
+        if quant_store.stored_quantization(directory / "config.json") is not None:
             raise FastDiaError(f"{directory} was written by fastdia convert already; convert the original")
         state, _ = load_dir_state(directory, cfg, dt)
         tensors = _drain(state)
     with torch.no_grad():
-        quant.save_converted(tensors, cfg, out, mode, group)
+        quant_store.save_converted(tensors, cfg, out, mode, group)
     size = sum(f.stat().st_size for f in out.iterdir())
     return {"out": str(out), "quantize": mode or "none", "group_size": group if mode == "int4" else None,
             "bytes": size, "seconds": time.perf_counter() - t0}

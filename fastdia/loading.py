@@ -118,7 +118,7 @@ def source_quantization(source: str | Path) -> str | None:
     Callers resolving dtype "auto" pass it on, so a converted quantized checkpoint gets the same
     dtype as quantizing at load time.
     """
-    from .quant import stored_quantization
+    from .quant_store import stored_quantization
 
     config = Path(str(source)) / "config.json"
     if str(source) in PRESETS or not config.is_file():
@@ -156,7 +156,7 @@ def load_model(
         optimize: on CPU, put the remaining float projections into oneDNN's packed layout
             (fastdia.accel), the fast path for 2-row decode matmuls.
     """
-    from . import quant
+    from . import quant, quant_store
 
     if device.type == "cpu":
         _limit_heap_fragmentation()
@@ -166,7 +166,7 @@ def load_model(
     if name in PRESETS:
         cfg = PRESETS[name]
         if quantize is not None:
-            model = quant.build_quantized(cfg, iter_random_state(cfg, dtype=dtype), quantize, group, dtype)
+            model = quant_store.build_quantized(cfg, iter_random_state(cfg, dtype=dtype), quantize, group, dtype)
         else:
             state = random_state(cfg, dtype=dtype)
             model = build_model(cfg, state, device)
@@ -175,16 +175,16 @@ def load_model(
     else:
         directory = resolve_dir(source, _choose_files, what="model")
         cfg = load_config(directory / "config.json")
-        stored = quant.stored_quantization(directory / "config.json")
+        stored = quant_store.stored_quantization(directory / "config.json")
         if stored is not None:
-            model = quant.load_quantized_dir(directory, cfg, stored, dtype)
+            model = quant_store.load_quantized_dir(directory, cfg, stored, dtype)
             layout = "fastdia-" + stored["mode"]
             if quantize is not None and stored["mode"] == "float":
                 quant.quantize_model(model, quantize, group)
         else:
             state, layout = load_dir_state(directory, cfg, dtype)
             if quantize is not None:
-                model = quant.build_quantized(cfg, _drain(state), quantize, group, dtype)
+                model = quant_store.build_quantized(cfg, _drain(state), quantize, group, dtype)
             else:
                 model = build_model(cfg, state, device)
             del state

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdia import Dia, cpu_kernels, quant
+from fastdia import Dia, cpu_kernels, quant, quant_store
 from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
 from fastdia.convert import convert
 from fastdia.generation.dia1 import Dia1Generator
@@ -272,7 +272,7 @@ def test_old_int4_checkpoint_asks_to_convert_again(tmp_path):
     convert("tiny-random", tmp_path / "q", quantize="int4")
     config = tmp_path / "q" / "config.json"
     raw = json.loads(config.read_text())
-    raw[quant.QUANT_KEY]["format"] = 1
+    raw[quant_store.QUANT_KEY]["format"] = 1
     config.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="convert it again"):
         load_model(tmp_path / "q", CPU, torch.float32)
