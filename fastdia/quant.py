@@ -187,9 +187,9 @@ def untile_pairs(t: torch.Tensor, chunk: int) -> torch.Tensor:
 
 def _dense_blocks(module: nn.Module, x: torch.Tensor, dense_rows) -> torch.Tensor:
     """`x @ W.T` for many rows (prefill of an audio prompt), dequantizing W a block of output rows
-    at a time (float copies of at most ~16 MB, never the whole weight) for an sgemm each."""
+    at a time (2 MB float copies, never the whole weight) for an sgemm each."""
     y = torch.empty((x.shape[0], module.out_features), dtype=torch.float32)
-    rows = max(2, ((4 << 20) // module.in_features) // 2 * 2)
+    rows = max(2, (_QUANT_BLOCK // module.in_features) // 2 * 2)
     for r0 in range(0, module.out_features, rows):
         r1 = min(module.out_features, r0 + rows)
         torch.matmul(x, dense_rows(r0, r1).T, out=y[:, r0:r1])
