@@ -62,6 +62,7 @@ class FusedDecodeStep:
         chq, chkv, cd = ca0.n_head, ca0.n_kv_head, ca0.head_dim
         attn = torch.empty((b, hq * d))
         cattn = torch.empty((b, chq * cd))
+        hidden = torch.empty((b, first.mlp.hidden))
         scratch = torch.empty(max(b * hq * (total + d), b * chq * s_len))
         iscratch = torch.empty(b * max(hkv * total, chkv * s_len), dtype=torch.int32)
         eps = float(first.pre_sa_norm.eps)
@@ -85,7 +86,6 @@ class FusedDecodeStep:
 
             lib.fd_add_rmsnorm(ptr(x), ptr(delta), ptr(layer.pre_mlp_norm.weight), eps, b, width, ptr(h))
             gate_up = layer.mlp.gate_up(h).contiguous()
-            hidden = torch.empty((b, layer.mlp.hidden))
             lib.fd_silu_mul(ptr(gate_up), b, layer.mlp.hidden, ptr(hidden))
             delta = layer.mlp.down(hidden).contiguous()
         lib.fd_add_rmsnorm(ptr(x), ptr(delta), ptr(dec.norm.weight), float(dec.norm.eps), b, width, ptr(h))

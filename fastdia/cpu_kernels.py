@@ -44,6 +44,7 @@ _SOURCES = ("wonly.c", "decode.c")  # weight-only GEMV kernels; fused decode-ste
 def _source() -> str:
     return "\n".join((_SOURCE_DIR / name).read_text() for name in _SOURCES)
 
+
 _FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-mf16c"]
 _BF16_FLAGS = ["-mavx512bf16"]  # only where the CPU has it (the bf16 kernel is compiled in then)
 _lib = None

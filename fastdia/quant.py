@@ -237,8 +237,6 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:
-            if self._scales_bf16 is None:
-                self._scales_bf16 = self.scales.to(KERNEL_DTYPE)
             y = torch.ops.aten._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.qweight, self._scales_bf16)
         elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
             y = cpu_kernels.q8_gemv(x2.float(), self.qweight, self.scales, self.out_features)
@@ -267,7 +265,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
-        self.use_kernel = _kernels()
+        self.use_kernel = _kernels() and group_size in GROUP_SIZES  # the kernel shifts by log2(group)
         if self.use_kernel:  # row pairs tiled (`tile_pairs`): 32-byte blocks of codes, single tscales
             self.register_buffer("qweight", tile_pairs(packed, 32))
             self.register_buffer("tscale", tile_pairs(tscale, 1))

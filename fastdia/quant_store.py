@@ -162,15 +162,6 @@ def stored_quantization(config_path) -> dict | None:
     return marker
 
 
-def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """`t` in memory of its own with a 64-byte aligned start.
-
-    safetensors hands out views into one file buffer at arbitrary offsets; torch's weight-only
-    kernels read with aligned vector loads and crash on such pointers.
-    """
-    return t if t.data_ptr() % 64 == 0 else t.clone()
-
-
 _ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I8": torch.int8,
               "U8": torch.uint8, "I32": torch.int32, "I64": torch.int64}
 
@@ -245,7 +236,7 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
                 continue
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
     for module in list(pending):
-        parts = pending.pop(module)  # freed as soon as its module exists (int4 repacks)
+        parts = pending.pop(module)  # freed as soon as its module exists (tiling copies)
         int4_parts = {"qweight", "tscale", "rscale", "offsets"}
         if not ({"qweight", "scales"} <= parts.keys() or int4_parts <= parts.keys()):
             raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
