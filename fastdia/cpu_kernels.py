@@ -14,7 +14,7 @@
 Weight formats (fastdia.quant): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
 in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
 64b + 32 + j in its high nibble), a uint8 step multiplier per (row, group), a float32 unit per
-row and a float16 offset per (row, group).
+row, and an int8 offset per (row, group) with a float32 offset scale per row.
 
 The library is compiled with the system C compiler into a per-user cache directory and loaded
 with ctypes; threads come from the OpenMP runtime torch already loaded (same soname), so the
@@ -97,7 +97,7 @@ def _build() -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, p, i]
     lib.fd_q8_gemv.restype = None
-    lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, p, i, i, p, p, p, i]
+    lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, p, p, i, i, p, p, p, i]
     lib.fd_q4_gemv.restype = None
     lib.fd_f32_gemv.argtypes = [p, i, i, p, i, p, i]
     lib.fd_f32_gemv.restype = None
@@ -161,7 +161,7 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> to
 
 
 def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offset: torch.Tensor,
-            group: int, n: int) -> torch.Tensor:
+            oscale: torch.Tensor, group: int, n: int) -> torch.Tensor:
     """`x (M, K) float32` times an int4 weight of N rows -> `(M, N)` float32, M <= MAX_ROWS.
 
     Format in fastdia.quant.quantize_int4, with `w` and `tscale` in row pairs (`tile_pairs`)."""
@@ -170,7 +170,7 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torc
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
     xsum = torch.empty((m, k // group), dtype=torch.float32)
-    _library().fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(tscale), _ptr(rscale), _ptr(offset), group, n, _ptr(y),
+    _library().fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(tscale), _ptr(rscale), _ptr(offset), _ptr(oscale), group, n, _ptr(y),
                           _ptr(xq), _ptr(xsum), torch.get_num_threads())
     return y
 

@@ -9,12 +9,13 @@ benchmarks/README.md), or torch's weight-only kernels where those cannot be buil
 * **int4**, group-wise along the input dim (`quantize_int4`): `W[n, k] = step[n, g] * q[n, k] +
   offset[n, g]`, `q` in 0..15, `g = k // group_size`, with `step = rscale[n] * tscale[n, g]` an
   integer multiple (1..255) of a per-row unit, so the kernel applies it with one 16-bit
-  integer multiply per 32 weights.
+  integer multiply per 32 weights, and `offset = oscale[n] * offsets[n, g]` (int8): 4.5 bits
+  per weight at group size 32.
 
 Which layers (see `plan`), chosen by measurement: every projection of the decoder layers and the
-output head is int8 in "int8" mode; "int4" puts the MLPs (70% of the bytes read per step) in
-int4 and keeps the attention projections int8, because Dia's unscaled attention scores (spec
-1.4) make them precision-sensitive. The encoder runs once per utterance, so quantizing it gains
+output head is int8 in "int8" mode; "int4" puts the MLPs (70% of the bytes read per step) and
+the cross-attention queries in int4 and keeps the other attention projections int8, because
+Dia's unscaled attention scores (spec 1.4) make them precision-sensitive. The encoder runs once per utterance, so quantizing it gains
 nothing per step; it is stored in bfloat16 in "int8" mode and int8 in "int4" mode, for memory.
 The decoder's embedding table is int8 per row in both modes.
 
@@ -55,7 +56,7 @@ def check_mode(mode: str | None) -> str | None:
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`[N, K]` float -> (int8 `[N, K]`, float32 scales `[N]`), symmetric per output channel."""
     n, k = w.shape
-    scale = w.abs().amax(dim=1).float().clamp(min=1e-12) / 127.0
+    scale = torch.maximum(w.amax(dim=1), -w.amin(dim=1)).float().clamp(min=1e-12) / 127.0  # no |w| copy
     q = torch.empty((n, k), dtype=torch.int8)
     rows = max(1, _QUANT_BLOCK // max(k, 1))
     for r0 in range(0, n, rows):  # row blocks: no weight-sized float temporaries
@@ -68,18 +69,21 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale[:, None].float()
 
 
-def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, ...]:
     """`[N, K]` float -> fastdia's int4 format (see `Int4Linear`), G = K / group_size groups per row:
 
     * `qweight` uint8 `[N, K/2]`: codes 0..15 packed in blocks of 64 inputs (`pack_int4`);
     * `tscale` uint8 `[N, G]` and `rscale` float32 `[N]`: the group's step is `rscale[n] * tscale[n, g]`
       (an integer multiple of a per-row unit, which is what lets the kernel stay in integers);
-    * `offsets` float16 `[N, G]`: `W = step * q + offset`.
+    * `offsets` int8 `[N, G]` and `oscale` float32 `[N]`: the group's offset is
+      `oscale[n] * offsets[n, g]`, so `W = step * q + offset`.
 
     Each group's step and offset are chosen to minimise its squared error: its range is clipped by
-    each ratio of `_CLIP_RATIOS` in turn (outliers otherwise waste levels), the offset is refit by
-    least squares for the codes, and the best candidate is kept (~15% lower error than plain
-    min/max on Gaussian weights).
+    each ratio of `_CLIP_RATIOS` in turn (outliers otherwise waste levels), step and offset are
+    refit by least squares for the codes, and the best candidate is kept (~15% lower error than
+    plain min/max on Gaussian weights). Offsets in 8 bits per row (format 3; float16 before) cost
+    nothing measurable: an offset's rounding error is ~3% of the codes' own (benchmarks/README.md)
+    and saves 0.25 bit per weight, 28 MB on the 1.6B model.
     """
     n, k = w.shape
     if k % group_size or k % 64 or group_size % 32:
@@ -88,7 +92,8 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     packed = torch.empty((n, k // 2), dtype=torch.uint8)
     tscale = torch.empty((n, g), dtype=torch.uint8)
     rscale = torch.empty(n, dtype=torch.float32)
-    offsets = torch.empty((n, g), dtype=torch.float16)
+    offsets = torch.empty((n, g), dtype=torch.int8)
+    oscale = torch.empty(n, dtype=torch.float32)
     rows = max(1, _QUANT_BLOCK // k)
     for r0 in range(0, n, rows):  # row blocks keep the temporaries small (and out of mmap)
         r1 = min(n, r0 + rows)
@@ -98,28 +103,44 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
         lo, hi = wt.amin(dim=0), wt.amax(dim=0)
         unit = ((hi - lo).view(r1 - r0, g).amax(dim=1) / (15.0 * 255.0)).clamp(min=1e-30)  # (rows,): t = 1
         unit_g = unit.repeat_interleave(g)
-        best_err = best_q = best_t = best_z = None
+        mw = wt.mean(dim=0)
+        best_err = best_t = best_z = None
         for ratio in _CLIP_RATIOS:
             t = torch.round((hi - lo) * (ratio / 15.0) / unit_g).clamp_(1, 255)
-            step = t * unit_g
-            z = (hi + lo) / 2 - 7.5 * step  # 16 levels centred on the group's range
+            z = (hi + lo) / 2 - 7.5 * t * unit_g  # 16 levels centred on the group's range
             for _ in range(2):
+                step = t * unit_g
                 q = torch.round((wt - z) / step).clamp_(0, 15)
-                z = (wt - step * q).mean(dim=0).half().float()
+                # least-squares step and offset for these codes (the step kept a whole multiple
+                # of the row's unit), then the codes again for them
+                mq = q.mean(dim=0)
+                dq = q - mq
+                var = dq.square().mean(dim=0)
+                fit = (dq * (wt - mw)).mean(dim=0) / var.clamp(min=1e-12)
+                t = torch.where(var > 0, torch.round(fit / unit_g).clamp_(1, 255), t)
+                z = mw - t * unit_g * mq
+            step = t * unit_g
+            q = torch.round((wt - z) / step).clamp_(0, 15)
             err = (step * q + z - wt).square_().sum(dim=0)
             if best_err is None:
-                best_err, best_q, best_t, best_z = err, q, t, z
+                best_err, best_t, best_z = err, t, z
             else:
                 better = err < best_err
                 best_err = torch.where(better, err, best_err)
-                best_q = torch.where(better, q, best_q)
                 best_t = torch.where(better, t, best_t)
                 best_z = torch.where(better, z, best_z)
-        packed[r0:r1] = pack_int4(best_q.T.to(torch.uint8).reshape(r1 - r0, k))
+        zrow = best_z.view(r1 - r0, g)
+        osc = (zrow.abs().amax(dim=1) / 127.0).clamp(min=1e-30)
+        zq = torch.round(zrow / osc[:, None]).clamp_(-127, 127)
+        z = (zq * osc[:, None]).reshape(-1)
+        step = best_t * unit_g
+        q = torch.round((wt - z) / step).clamp_(0, 15)  # codes for the offset as stored
+        packed[r0:r1] = pack_int4(q.T.to(torch.uint8).reshape(r1 - r0, k))
         tscale[r0:r1] = best_t.to(torch.uint8).view(r1 - r0, g)
         rscale[r0:r1] = unit
-        offsets[r0:r1] = best_z.half().view(r1 - r0, g)
-    return packed, tscale, rscale, offsets
+        offsets[r0:r1] = zq.to(torch.int8)
+        oscale[r0:r1] = osc
+    return packed, tscale, rscale, offsets, oscale
 
 
 _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
@@ -147,12 +168,18 @@ def int4_steps(tscale: torch.Tensor, rscale: torch.Tensor) -> torch.Tensor:
     return tscale.float() * rscale.float()[:, None]
 
 
+def int4_offsets(offsets: torch.Tensor, oscale: torch.Tensor) -> torch.Tensor:
+    """Per-group offset `[N, G]` float32 of the int4 format."""
+    return offsets.float() * oscale.float()[:, None]
+
+
 def dequantize_int4(packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    oscale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     q = unpack_int4(packed).to(dtype)
     n, k = q.shape
     g = tscale.shape[1]
-    w = q.view(n, g, k // g) * int4_steps(tscale, rscale)[..., None].to(dtype) + offsets[..., None].to(dtype)
+    w = (q.view(n, g, k // g) * int4_steps(tscale, rscale)[..., None].to(dtype)
+         + int4_offsets(offsets, oscale)[..., None].to(dtype))
     return w.view(n, k)
 
 
@@ -261,7 +288,7 @@ class Int4Linear(nn.Module):
     """
 
     def __init__(self, packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
-                 group_size: int) -> None:
+                 oscale: torch.Tensor, group_size: int) -> None:
         super().__init__()
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
@@ -270,14 +297,15 @@ class Int4Linear(nn.Module):
             self.register_buffer("qweight", tile_pairs(packed, 32))
             self.register_buffer("tscale", tile_pairs(tscale, 1))
             self.register_buffer("rscale", rscale.float().contiguous())
-            self.register_buffer("offsets", offsets.to(torch.float16).contiguous())
+            self.register_buffer("offsets", offsets.to(torch.int8).contiguous())
+            self.register_buffer("oscale", oscale.float().contiguous())
             return
         # torch's layout: codes repacked by its own op, N padded to a multiple of 16, and
         # (K/group, N, 2) scale/zero pairs with W = (q - 8) * scale + zero.
         pad = -n % _INT4_ROW_MULTIPLE
         codes = unpack_int4(packed)
         scale = int4_steps(tscale, rscale)
-        zero = offsets.float() + 8.0 * scale
+        zero = int4_offsets(offsets, oscale) + 8.0 * scale
         if pad:
             codes = torch.cat((codes, codes.new_full((pad, codes.shape[1]), 8)))
             scale = torch.cat((scale, scale.new_zeros(pad, scale.shape[1])))
@@ -291,8 +319,8 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_stored(cls, packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
-                    group_size: int) -> "Int4Linear":
-        return cls(packed, tscale, rscale, offsets, group_size)
+                    oscale: torch.Tensor, group_size: int) -> "Int4Linear":
+        return cls(packed, tscale, rscale, offsets, oscale, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from . import cpu_kernels
@@ -305,29 +333,57 @@ class Int4Linear(nn.Module):
             y = y[:, : self.out_features]
         elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
             y = cpu_kernels.q4_gemv(x2.float(), self.qweight, self.tscale, self.rscale, self.offsets,
-                                    self.group_size, self.out_features)
+                                    self.oscale, self.group_size, self.out_features)
         else:
             y = _dense_blocks(self, x2.float(), self._dense_rows)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
-    def int4_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(packed `[N, K/2]`, tscale `[N, G]`, rscale, offsets) in the untiled format of `quantize_int4`."""
+    def int4_parts(self) -> tuple[torch.Tensor, ...]:
+        """(packed `[N, K/2]`, tscale `[N, G]`, rscale, offsets, oscale): the untiled format of `quantize_int4`."""
         if not self.use_kernel:
             raise RuntimeError("int4_parts() needs fastdia's kernel layout; this module holds torch's packing")
         n = self.out_features
-        return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets)
+        return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets,
+                self.oscale)
 
     def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
         p0, p1 = r0 // 2, (r1 + 1) // 2
         packed = untile_pairs(self.qweight[p0:p1], 32)[: r1 - r0]
         tscale = untile_pairs(self.tscale[p0:p1], 1)[: r1 - r0]
-        return dequantize_int4(packed, tscale, self.rscale[r0:r1], self.offsets[r0:r1])
+        return dequantize_int4(packed, tscale, self.rscale[r0:r1], self.offsets[r0:r1], self.oscale[r0:r1])
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+
+
+class RowSplitLinear(nn.Module):
+    """One projection held as two blocks of output rows in different formats: `first` computes
+    outputs `[0, split)`, `rest` the others.
+
+    The decoder's fused QKV in "int4" mode: its query rows take int4 at no measured cost in
+    agreement, while its key/value rows, which every later step reads back from the KV cache,
+    stay int8 (all of QKV in int4 cost 4 points, benchmarks/README.md).
+    """
+
+    def __init__(self, first: nn.Module, rest: nn.Module) -> None:
+        super().__init__()
+        if first.in_features != rest.in_features:
+            raise ValueError("row blocks of one projection must share in_features")
+        self.first, self.rest = first, rest
+        self.in_features = first.in_features
+        self.out_features = first.out_features + rest.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.first(x), self.rest(x)), dim=-1)
+
+    def nbytes(self) -> int:
+        return self.first.nbytes() + self.rest.nbytes()
+
+    def extra_repr(self) -> str:
+        return f"split at row {self.first.out_features}"
 
 
 class Int8Embedding(nn.Module):
@@ -362,11 +418,17 @@ class Int8Embedding(nn.Module):
 def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
     """The format for the Linear called `name` (a DiaModel module path) under `mode`.
 
-    Returns "int8", "int4", "bf16" (bfloat16 weights), "int8-embedding" or None (keep as is).
+    Returns "int8", "int4", "int4-query" (query rows int4, the rest int8: `RowSplitLinear`),
+    "bf16" (bfloat16 weights), "int8-embedding" or None (keep as is).
     Measured on random models (benchmarks/README.md): the attention projections are the
     precision-sensitive part (scores are unscaled, spec 1.4), the MLPs (70% of the per-step
     bytes) take int4 well, and the encoder, run once per utterance, gains nothing per step from
     quantization. The decoder's embedding table is stored int8 for memory.
+
+    In "int4" mode the queries (the cross-attention's and the query rows of the self-attention's
+    fused QKV) are int4 too: each costs under a point of top-1 agreement on the 1.6B random model,
+    where every other part put in int4 alone cost 3 to 18 points (keys/values, outputs, encoder,
+    head: their errors reach every later step the same way).
     """
     mode = check_mode(mode)
     if mode is None:
@@ -375,8 +437,11 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
         return "int8-embedding" if name == "decoder.embedding" else None
     if name.startswith("encoder."):
         return "int8" if mode == "int4" else "bf16"
-    if mode == "int4" and ".mlp." in name and in_features % group_size == 0 and in_features % 64 == 0:
+    int4_ok = in_features % group_size == 0 and in_features % 64 == 0
+    if mode == "int4" and (".mlp." in name or name.endswith("cross_attn.q")) and int4_ok:
         return "int4"
+    if mode == "int4" and name.endswith("self_attn.qkv") and int4_ok:
+        return "int4-query"
     return "int8"
 
 
@@ -393,9 +458,20 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def query_rows(cfg) -> int:
+    """Rows of the decoder's fused self-attention QKV weight that are queries ("int4-query")."""
+    return cfg.decoder.n_head * cfg.decoder.head_dim
+
+
 def make_module(fmt: str | None, weight: torch.Tensor, group_size: int,
-                dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The module for a float `[out, in]` weight in format `fmt` (see `plan`; not None)."""
+                dtype: torch.dtype = torch.float32, split: int | None = None) -> nn.Module:
+    """The module for a float `[out, in]` weight in format `fmt` (see `plan`; not None);
+    "int4-query" needs `split`, the number of query rows (`query_rows`)."""
+    if fmt == "int4-query":
+        if split is None:
+            raise ValueError("int4-query needs the number of query rows")
+        return RowSplitLinear(Int4Linear.from_float(weight[:split], group_size),
+                              Int8Linear.from_float(weight[split:]))
     if fmt == "int8-embedding":
         return Int8Embedding(*quantize_int8(weight), dtype=dtype)
     if fmt == "int8":
@@ -443,7 +519,7 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = DEFAULT_GROUP_
         fmt = plan(name, weight.shape[1], mode, group_size)
         if fmt is None:
             continue
-        new = make_module(fmt, weight, group_size, dtype=weight.dtype)
+        new = make_module(fmt, weight, group_size, dtype=weight.dtype, split=query_rows(model.config))
         del weight
         _set(model, name, new)
     return model

@@ -21,8 +21,10 @@ from .quant import (
     _set,
     check_mode,
     linear_names,
+    RowSplitLinear,
     make_module,
     plan,
+    query_rows,
     quantize_int4,
     quantize_int8,
 )
@@ -31,22 +33,43 @@ from .quant import (
 # State-dict transform (convert) and rebuilding modules from it (load)
 
 QUANT_KEY = "fastdia_quantization"
-# 2: int4 as qweight/tscale/rscale/offsets (fastdia's kernel format). Version-1 int4 checkpoints
-# (float scales/offsets) must be converted again; version-1 int8 and float ones are unchanged.
-FORMAT_VERSION = 2
-_QUANT_PARTS = ("qweight", "scales", "tscale", "rscale", "offsets")
+# 2: int4 as qweight/tscale/rscale/offsets (fastdia's kernel format), offsets float16.
+# 3: int4 offsets int8 + oscale per row, and cross-attention queries in int4 too. Int4 checkpoints
+# of an older format must be converted again; int8 and float ones of any format are unchanged.
+FORMAT_VERSION = 3
+_INT4_FORMATS = (FORMAT_VERSION,)
+_OTHER_FORMATS = (1, 2, FORMAT_VERSION)
+_INT4_PARTS = ("qweight", "tscale", "rscale", "offsets", "oscale")
+_QUANT_PARTS = ("scales",) + _INT4_PARTS
+
+
+def _quantized_parts(prefix: str, fmt: str, tensor: torch.Tensor, group_size: int,
+                     split: int) -> Iterator[tuple[str, torch.Tensor]]:
+    if fmt in ("int8", "int8-embedding"):
+        q, s = quantize_int8(tensor)
+        yield f"{prefix}.qweight", q
+        yield f"{prefix}.scales", s
+    elif fmt == "int4":
+        for part, value in zip(_INT4_PARTS, quantize_int4(tensor, group_size)):
+            yield f"{prefix}.{part}", value
+    else:  # "int4-query": the row blocks of a RowSplitLinear
+        yield from _quantized_parts(f"{prefix}.first", "int4", tensor[:split], group_size, split)
+        yield from _quantized_parts(f"{prefix}.rest", "int8", tensor[split:], group_size, split)
 
 
 def quantize_state_dict(
     tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
     linear: set[str],
     mode: str,
-    group_size: int = DEFAULT_GROUP_SIZE,
+    group_size: int,
+    cfg,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Our float state dict -> the stored quantized one, tensor by tensor.
 
     A linear `X.weight` (X in `linear`) becomes `X.qweight` + `X.scales` (int8) or
-    `X.qweight` + `X.tscale` + `X.rscale` + `X.offsets` (int4), or stays `X.weight` in bfloat16; everything else passes through unchanged.
+    `X.qweight` + `X.tscale` + `X.rscale` + `X.offsets` + `X.oscale` (int4), the same under
+    `X.first.` and `X.rest.` for a split one ("int4-query", see `plan`), or stays `X.weight` in
+    bfloat16; everything else passes through unchanged.
     """
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     for name, tensor in items:
@@ -55,16 +78,8 @@ def quantize_state_dict(
             yield name, tensor
             continue
         fmt = plan(module, tensor.shape[1], mode, group_size)
-        if fmt in ("int8", "int8-embedding"):
-            q, s = quantize_int8(tensor)
-            yield f"{module}.qweight", q
-            yield f"{module}.scales", s
-        elif fmt == "int4":
-            q, t, r, z = quantize_int4(tensor, group_size)
-            yield f"{module}.qweight", q
-            yield f"{module}.tscale", t
-            yield f"{module}.rscale", r
-            yield f"{module}.offsets", z
+        if fmt in ("int8", "int8-embedding", "int4", "int4-query"):
+            yield from _quantized_parts(module, fmt, tensor, group_size, query_rows(cfg))
         elif fmt == "bf16":
             yield name, tensor.to(torch.bfloat16)
         else:
@@ -74,12 +89,16 @@ def quantize_state_dict(
 def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int, embedding: bool = False,
                        dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild one quantized module from its stored tensors (int8: `qweight`, `scales`; int4:
-    `qweight`, `tscale`, `rscale`, `offsets`)."""
+    the parts of `_INT4_PARTS`; a split one: the same prefixed `first.` and `rest.`)."""
+    if any(key.startswith("first.") for key in parts):
+        blocks = [{k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(which + ".")}
+                  for which in ("first", "rest")]
+        return RowSplitLinear(*(module_from_stored(b, group_size) for b in blocks))
     q = parts["qweight"]
     if embedding:
         return Int8Embedding(q, parts["scales"], dtype=dtype)
     if "tscale" in parts:
-        return Int4Linear.from_stored(q, parts["tscale"], parts["rscale"], parts["offsets"], group_size)
+        return Int4Linear.from_stored(*(parts[p] for p in _INT4_PARTS), group_size)
     return Int8Linear.from_stored(q, parts["scales"])
 
 
@@ -126,7 +145,7 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
         fmt = plan(module, tensor.shape[1], mode, group_size) if module in linear and name.endswith(".weight") \
             else None
         if fmt is not None:
-            _set(model, module, make_module(fmt, tensor, group_size, dtype=dtype))
+            _set(model, module, make_module(fmt, tensor, group_size, dtype=dtype, split=query_rows(cfg)))
         else:
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
         del tensor
@@ -154,7 +173,7 @@ def stored_quantization(config_path) -> dict | None:
     if not isinstance(raw, dict) or raw.get("fastdia_layout") != "fused":
         return None
     marker = raw.get(QUANT_KEY) or {"format": FORMAT_VERSION, "mode": "float"}
-    readable = (FORMAT_VERSION,) if isinstance(marker, dict) and marker.get("mode") == "int4" else (1, FORMAT_VERSION)
+    readable = _INT4_FORMATS if isinstance(marker, dict) and marker.get("mode") == "int4" else _OTHER_FORMATS
     if not isinstance(marker, dict) or marker.get("format") not in readable \
             or marker.get("mode") not in MODES + ("float",):
         raise CheckpointError(f"{config_path}: unsupported fastdia checkpoint marker {marker!r}; "
@@ -195,6 +214,13 @@ def _read_safetensors(path) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor
 
 
+def _complete(parts: Mapping[str, torch.Tensor]) -> bool:
+    if any(key.startswith(("first.", "rest.")) for key in parts):
+        return all(_complete({k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(which + ".")})
+                   for which in ("first", "rest"))
+    return {"qweight", "scales"} <= parts.keys() or set(_INT4_PARTS) <= parts.keys()
+
+
 @torch.no_grad()
 def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> nn.Module:
     """Build a DiaModel from a checkpoint saved by `save_converted`, without any float weight."""
@@ -223,6 +249,10 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
             if module in linear and part in _QUANT_PARTS:
                 pending.setdefault(module, {})[part] = tensor
                 continue
+            owner, _, block = module.rpartition(".")
+            if owner in linear and block in ("first", "rest") and part in _QUANT_PARTS:
+                pending.setdefault(owner, {})[f"{block}.{part}"] = tensor
+                continue
             if name not in expected:
                 raise CheckpointError(f"{path}: unexpected tensor {name!r}")
             if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -237,8 +267,7 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
     for module in list(pending):
         parts = pending.pop(module)  # freed as soon as its module exists (tiling copies)
-        int4_parts = {"qweight", "tscale", "rscale", "offsets"}
-        if not ({"qweight", "scales"} <= parts.keys() or int4_parts <= parts.keys()):
+        if not _complete(parts):
             raise CheckpointError(f"{path}: incomplete quantized tensor set for {module!r}")
         embedding = isinstance(model.get_submodule(module), nn.Embedding)
         if embedding and "scales" not in parts:
@@ -278,7 +307,7 @@ def save_converted(state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch
     else:
         with torch.device("meta"):
             linear = set(linear_names(DiaModel(cfg)))
-        tensors = dict(quantize_state_dict(state, linear, mode, group_size))
+        tensors = dict(quantize_state_dict(state, linear, mode, group_size, cfg))
         marker = {"format": FORMAT_VERSION, "mode": mode, "group_size": group_size}
     raw = cfg.to_transformers_dict()
     raw["fastdia_layout"] = "fused"

@@ -111,8 +111,21 @@ def test_int4_search_beats_min_max():
     step = (hi - lo) / 15
     minmax = (torch.round((wg - lo) / step) * step + lo).view(256, 512)
     assert _rel(deq, w) < 0.95 * _rel(minmax, w)
-    packed, tscale, rscale, offsets = quant.quantize_int4(w, 32)
-    assert tscale.dtype == torch.uint8 and int(tscale.min()) >= 1 and offsets.dtype == torch.float16
+    packed, tscale, rscale, offsets, oscale = quant.quantize_int4(w, 32)
+    assert tscale.dtype == torch.uint8 and int(tscale.min()) >= 1 and offsets.dtype == torch.int8
+    assert rscale.shape == oscale.shape == (256,)
+
+
+def test_int4_offsets_in_8_bits_cost_nothing():
+    """Offsets stored int8 per row (format 3) lose nothing measurable against exact ones: the
+    codes are refit for the stored offsets."""
+    w = _weight(256, 512)
+    packed, tscale, rscale, offsets, oscale = quant.quantize_int4(w, 32)
+    deq = quant.dequantize_int4(packed, tscale, rscale, offsets, oscale)
+    step = quant.int4_steps(tscale, rscale)[..., None]
+    exact = (w.view(256, 16, 32) - step * quant.unpack_int4(packed).view(256, 16, 32).float()).mean(-1, keepdim=True)
+    best = (quant.unpack_int4(packed).view(256, 16, 32).float() * step + exact).view(256, 512)
+    assert _rel(deq, w) < 1.01 * _rel(best, w)
 
 
 def test_float_gemv_kernels():
@@ -155,7 +168,11 @@ def test_kernels_build_here():
 def test_plan_keeps_sensitive_layers():
     assert quant.plan("encoder.layers.0.attn.qkv", 64, "int8", 64) == "bf16"
     assert quant.plan("encoder.layers.0.attn.qkv", 64, "int4", 64) == "int8"
-    assert quant.plan("decoder.layers.0.self_attn.qkv", 128, "int4", 64) == "int8"
+    assert quant.plan("decoder.layers.0.self_attn.qkv", 128, "int4", 64) == "int4-query"
+    assert quant.plan("decoder.layers.0.self_attn.qkv", 128, "int8", 64) == "int8"
+    assert quant.plan("decoder.layers.0.self_attn.o", 128, "int4", 64) == "int8"
+    assert quant.plan("decoder.layers.0.cross_attn.q", 128, "int4", 64) == "int4"
+    assert quant.plan("decoder.layers.0.cross_attn.kv", 128, "int4", 64) == "int8"
     assert quant.plan("decoder.layers.0.mlp.gate_up", 128, "int4", 64) == "int4"
     assert quant.plan("decoder.layers.0.mlp.down", 96, "int4", 64) == "int8"  # not a multiple of 64
     assert quant.plan("decoder.head", 128, "int8", 64) == "int8"
@@ -164,6 +181,22 @@ def test_plan_keeps_sensitive_layers():
     assert quant.plan("encoder.embedding", 128, "int4", 64) is None
     with pytest.raises(Exception, match="unknown quantization"):
         quant.check_mode("int3")
+
+
+def test_row_split_linear_query_rows_int4():
+    """"int4-query": the query rows int4, the key/value rows int8, one projection to the caller."""
+    w = _weight(96, 128)
+    module = quant.make_module("int4-query", w, 32, split=64)
+    assert isinstance(module, quant.RowSplitLinear)
+    assert isinstance(module.first, quant.Int4Linear) and isinstance(module.rest, quant.Int8Linear)
+    assert (module.in_features, module.out_features) == (128, 96)
+    for rows in (2, 20):
+        x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+        y, ref = module(x), x @ w.T
+        assert y.shape == (rows, 96)
+        assert _rel(y[:, :64], ref[:, :64]) < 0.12 and _rel(y[:, 64:], ref[:, 64:]) < 0.02
+    with pytest.raises(ValueError):
+        quant.make_module("int4-query", w, 32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -267,7 +300,8 @@ def test_source_quantization(tmp_path):
 
 
 def test_old_int4_checkpoint_asks_to_convert_again(tmp_path):
-    """Format 1 stored int4 as float scales/offsets; it must be refused with a clear message."""
+    """Formats 1 and 2 stored int4 differently (float scales, float16 offsets); such checkpoints
+    must be refused with a clear message, while older int8 ones still load."""
     import json
 
     from fastdia.errors import CheckpointError
@@ -275,10 +309,17 @@ def test_old_int4_checkpoint_asks_to_convert_again(tmp_path):
     convert("tiny-random", tmp_path / "q", quantize="int4")
     config = tmp_path / "q" / "config.json"
     raw = json.loads(config.read_text())
-    raw[quant_store.QUANT_KEY]["format"] = 1
+    for old in (1, 2):
+        raw[quant_store.QUANT_KEY]["format"] = old
+        config.write_text(json.dumps(raw))
+        with pytest.raises(CheckpointError, match="convert it again"):
+            load_model(tmp_path / "q", CPU, torch.float32)
+    convert("tiny-random", tmp_path / "q8", quantize="int8")
+    config = tmp_path / "q8" / "config.json"
+    raw = json.loads(config.read_text())
+    raw[quant_store.QUANT_KEY]["format"] = 2
     config.write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="convert it again"):
-        load_model(tmp_path / "q", CPU, torch.float32)
+    assert isinstance(load_model(tmp_path / "q8", CPU, torch.float32).model.decoder.head, quant.Int8Linear)
 
 
 def test_embedding_stored_int8():

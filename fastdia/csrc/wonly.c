@@ -80,7 +80,8 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
    multiplies 32 of them by the int16 activations and the per-group scale costs one vpmullw per
    32 weights instead of an int -> float conversion and an FMA per group and activation row.
    Products are exact in int32 for 8 blocks (2 * 8 * 2 * 3825 * 16383 < 2^31), then flushed to
-   float. The offsets contribute sum_g offset[n, g] * (sum of x over group g), in float. */
+   float. The offsets contribute oscale[n] * sum_g offset[n, g] * (sum of x over group g), in
+   float (offset int8). */
 #define Q4_FLUSH 8
 INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t *tt, int group_shift, int M,
                     float *out0, float *out1) {
@@ -125,21 +126,23 @@ INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t
     }
 }
 
-/* sum_g offset[g] (fp16) * xs[g] over G groups */
-INLINE float offset_dot(const uint16_t *off, const float *xs, int G) {
+/* sum_g offset[g] (int8) * xs[g] over G groups */
+INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
     __m512 acc = _mm512_setzero_ps();
     int g = 0;
     for (; g + 16 <= G; g += 16)
-        acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(off + g))), _mm512_loadu_ps(xs + g), acc);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(off + g)))),
+                              _mm512_loadu_ps(xs + g), acc);
     float s = _mm512_reduce_add_ps(acc);
-    for (; g < G; g++) s += _cvtsh_ss(off[g]) * xs[g];
+    for (; g < G; g++) s += (float)off[g] * xs[g];
     return s;
 }
 
 #define Q4_CASE(MM) case MM: q4_rows(xq, K, tile, tt, group_shift, MM, o0, o1); break;
 
 void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
-                const uint16_t *offset, int group, int N, float *y, int16_t *xq, float *xsum, int nthreads) {
+                const int8_t *offset, const float *oscale, int group, int N, float *y, int16_t *xq, float *xsum,
+                int nthreads) {
     float sx[MAXM];
     quant_rows(x, M, K, xq, sx);
     int G = K / group, group_shift = 0;
@@ -159,9 +162,11 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
         float o0[MAXM], o1[MAXM];
         switch (M) { Q4_CASE(1) Q4_CASE(2) Q4_CASE(3) Q4_CASE(4) Q4_CASE(5) Q4_CASE(6) Q4_CASE(7) Q4_CASE(8) }
         for (int m = 0; m < M; m++) {
-            y[(int64_t)m * N + n0] = o0[m] * sx[m] * rscale[n0] + offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
+            y[(int64_t)m * N + n0] = o0[m] * sx[m] * rscale[n0]
+                                     + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
             if (n1 < N)
-                y[(int64_t)m * N + n1] = o1[m] * sx[m] * rscale[n1] + offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
+                y[(int64_t)m * N + n1] = o1[m] * sx[m] * rscale[n1]
+                                         + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
         }
     }
 }
