@@ -15,6 +15,7 @@ import torch
 from .config import PRESET_SEED, PRESETS, DiaConfig, load_config
 from .errors import CheckpointError
 from .hub import resolve_dir
+from .memory import limit_heap_fragmentation, release_free_heap
 from .models.dia1 import DiaModel
 from .weights import keeps_fp32, load_dir_state
 
@@ -62,6 +63,7 @@ def iter_random_state(
         t = torch.randn(shape, generator=gen).mul_(std)
         _temper_attention(cfg, name, t)
         yield name, t if dtype == torch.float32 else t.to(dtype)
+        del t  # before the next one exists: a consumer that dropped it holds one float tensor
 
 
 def _temper_attention(cfg: DiaConfig, name: str, w: torch.Tensor) -> None:
@@ -159,7 +161,7 @@ def load_model(
     from . import quant, quant_store
 
     if device.type == "cpu":
-        _limit_heap_fragmentation()
+        limit_heap_fragmentation()
     quantize = quant.check_mode(quantize)
     group = group_size or quant.DEFAULT_GROUP_SIZE
     name = str(source)
@@ -195,49 +197,8 @@ def load_model(
 
         pack_linears(model)
     if device.type == "cpu":
-        _release_free_heap()
+        release_free_heap()
     return loaded
-
-
-_HEAP_TUNED = False
-
-
-def _limit_heap_fragmentation() -> None:
-    """Serve allocations above 4 MiB from fresh mappings (glibc), returned to the OS when freed.
-
-    Building a model frees many weight-sized temporaries; glibc's default raises its mmap
-    threshold after each such free, so later ones land in the heap and fragment it. Measured on
-    the int8 1.6B model: peak RSS 2.3 GB with this, 2.3-4.6 GB (varying run to run) without.
-    Decode-step temporaries are far below 4 MiB and keep using the heap.
-    """
-    global _HEAP_TUNED
-    if _HEAP_TUNED:
-        return
-    _HEAP_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 4 << 20)
-        # Fixing the mmap threshold also fixes the trim threshold at its 128 KiB default, so
-        # every free at the top of the heap would return pages that the next temporary faults in
-        # again (the int4 quantizer's 2 MB blocks ran 2.4x slower). Keep up to 64 MiB instead;
-        # `_release_free_heap` returns it after loading.
-        libc.mallopt(m_trim_threshold, 64 << 20)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
-
-
-def _release_free_heap() -> None:
-    """Hand the heap pages that building the model freed back to the OS (glibc `malloc_trim`):
-    ~35 MB of peak RSS for the int4 1.6B model, which otherwise stay mapped for its lifetime."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def _drain(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -134,6 +134,7 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
         group_size: int4 group size.
         dtype: dtype of the tensors that stay float (norm gains stay float32).
     """
+    from .memory import release_free_heap
     from .models.dia1 import DiaModel
     from .weights import keeps_fp32
 
@@ -146,6 +147,9 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
             else None
         if fmt is not None:
             _set(model, module, make_module(fmt, tensor, group_size, dtype=dtype, split=query_rows(cfg)))
+            del tensor
+            release_free_heap()  # the float weight and the quantizer's blocks: keep the peak low
+            continue
         else:
             _assign(model, name, tensor.float() if keeps_fp32(name) else tensor.to(dtype))
         del tensor

@@ -329,3 +329,21 @@ def test_embedding_stored_int8():
     ref = load_model("tiny-random", CPU, torch.float32).model.decoder.embedding.weight
     ids = torch.tensor([[0, 5, 1027 + 1028]])
     assert _rel(model.decoder.embedding(ids), ref[ids]) < 0.01
+
+
+def test_loading_keeps_torch_decompositions_unimported():
+    """Building models on the meta device must not initialise meta tensors: torch serves meta
+    `normal_` through Python decompositions whose import (sympy included) costs ~77 MB of RSS."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from fastdia.loading import load_model\n"
+            "from fastdia.codecs.dac_weights import expected_shapes\n"
+            "from fastdia.codecs.dac import DACConfig\n"
+            "load_model('tiny-random', torch.device('cpu'), torch.float32, quantize='int4')\n"
+            "expected_shapes(DACConfig())\n"
+            "print('sympy' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

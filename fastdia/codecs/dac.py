@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AudioError, CheckpointError
+from ..models.layers import Embedding
 from ..runtime import resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "descript/dac_44khz"
@@ -349,7 +350,7 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.in_proj = nn.Conv1d(config.latent_dim, config.codebook_dim, kernel_size=1)
         self.out_proj = nn.Conv1d(config.codebook_dim, config.latent_dim, kernel_size=1)
-        self.codebook = nn.Embedding(config.codebook_size, config.codebook_dim)
+        self.codebook = Embedding(config.codebook_size, config.codebook_dim)  # no meta init (see it)
 
     def encode(self, residual: torch.Tensor) -> torch.Tensor:  # (B, D, T) -> codes (B, T)
         z_e = F.normalize(self.in_proj(residual), dim=1)  # (B, d, T)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import DiaConfig, EncoderConfig
-from .layers import GatedMLP, RMSNorm, Rope, attention, merge_heads, split_heads
+from .layers import Embedding, GatedMLP, RMSNorm, Rope, attention, merge_heads, split_heads
 
 
 class SelfAttention(nn.Module):
@@ -69,7 +69,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: DiaConfig) -> None:
         super().__init__()
         e = cfg.encoder
-        self.embedding = nn.Embedding(e.vocab_size, e.d_model)
+        self.embedding = Embedding(e.vocab_size, e.d_model)
         self.layers = nn.ModuleList(EncoderLayer(e, cfg.norm_eps) for _ in range(e.n_layer))
         self.norm = RMSNorm(e.d_model, cfg.norm_eps)
         self.rope = Rope(e.head_dim, cfg.rope_theta, cfg.rope_min_timescale)
@@ -125,7 +125,7 @@ class Decoder(nn.Module):
         self.n_channels, self.vocab = d.n_channels, d.vocab_size
         self.cross_attn_rope = cfg.cross_attn_rope
         # One table for all channels: row c * V + token (the transformers layout).
-        self.embedding = nn.Embedding(d.n_channels * d.vocab_size, d.d_model)
+        self.embedding = Embedding(d.n_channels * d.vocab_size, d.d_model)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(d.n_layer))
         self.norm = RMSNorm(d.d_model, cfg.norm_eps)
         self.head = nn.Linear(d.d_model, d.n_channels * d.vocab_size, bias=False)
