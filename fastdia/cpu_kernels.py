@@ -45,7 +45,8 @@ def _source() -> str:
     return "\n".join((_SOURCE_DIR / name).read_text() for name in _SOURCES)
 
 
-_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma", "-mf16c"]
+_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma",
+          "-mf16c"]
 _BF16_FLAGS = ["-mavx512bf16"]  # only where the CPU has it (the bf16 kernel is compiled in then)
 _lib = None
 _tried = False
@@ -61,7 +62,7 @@ def _cpu_flags() -> set[str]:
 
 
 def _cpu_has_vnni() -> bool:
-    return {"avx512f", "avx512bw", "avx512_vnni"} <= _cpu_flags()
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags()
 
 
 def _cache_dir() -> Path:
@@ -107,7 +108,7 @@ def _build() -> ctypes.CDLL:
     lib.fd_silu_mul.restype = None
     lib.fd_self_attn.argtypes = [p, p, p, p, p, p, i, i, i, i, i, p, p, p, i]
     lib.fd_self_attn.restype = None
-    lib.fd_cross_attn.argtypes = [p, p, p, p, i, i, i, i, i, p, p, p, i]
+    lib.fd_cross_attn.argtypes = [p, p, p, i, p, i, i, i, i, i, p, p, p, i]
     lib.fd_cross_attn.restype = None
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]

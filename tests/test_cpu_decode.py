@@ -21,7 +21,7 @@ TEXTS = ["[S1] Hello there. [S2] Hi!", "[S1] A longer second script, so the text
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="fastdia CPU kernels unavailable")
 
 
-def _decoder_pair(model, steps: int = 24):
+def _decoder_pair(model, steps: int = 24, cache_atol: float = 1e-5):
     """Logits of `steps` decode steps from the fused step and from `Decoder.forward`, fed the same
     greedy frames, with the two KV caches compared after every step."""
     gen = Dia1Generator(model, CPU, torch.float32)
@@ -39,7 +39,7 @@ def _decoder_pair(model, steps: int = 24):
             got = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
             worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
             for a, b in zip(state.cache.k + state.cache.v, ref_cache.k + ref_cache.v):
-                assert torch.allclose(a, b, atol=1e-5)
+                assert torch.allclose(a, b, atol=cache_atol)
             nxt = want.view(len(TEXTS), 2, 9, -1)[:, 1, :, :1024].argmax(-1)
             state.tokens[:, t + 1] = torch.where(state.tokens[:, t + 1] < 0, nxt, state.tokens[:, t + 1])
             state.t = t + 1
@@ -78,3 +78,21 @@ def test_fused_step_refuses_positions_outside_the_cache():
         current = state.tokens[:, 0].repeat_interleave(2, dim=0).unsqueeze(1)
         with pytest.raises(ValueError, match="positions"):
             gen.decode(current, torch.full((2, 1), 40), state.cache, state.cross, kv_len=40)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_models_keep_cross_kv_in_float16(tmp_path, mode):
+    """A quantized decoder stores its cross-attention K/V in float16 (half the memory); the
+    fused step reads them exactly as `Decoder.forward` does (which upcasts them)."""
+    directory = oracle.save(oracle.hf_model("gqa2-2layers"), tmp_path / mode, "transformers")
+    model = load_model(directory, CPU, torch.float32, quantize=mode).model
+    gen = Dia1Generator(model, CPU, torch.float32)
+    assert gen.decode.cross_dtype == torch.float16
+    with torch.inference_mode():
+        state = gen.prepare([tokenize(TEXTS[0])], [None], GenerationConfig(max_tokens=40, temperature=0))
+    assert all(k.dtype == v.dtype == torch.float16 for k, v in zip(state.cross.k, state.cross.v))
+    # The kernels quantize each activation row to int16, so the fused step's norms (equal to
+    # torch's within float32 rounding) can move a matmul's result by an activation step.
+    assert _decoder_pair(model, cache_atol=1e-3) < 1e-3
+    assert Dia1Generator(load_model("tiny-random", CPU, torch.float32).model, CPU,
+                         torch.float32).decode.cross_dtype is None  # float models: unchanged

@@ -51,6 +51,29 @@ INLINE float dot(const float *a, const float *b, int n) {
     return _mm512_reduce_add_ps(acc);
 }
 
+/* dot / axpy against a float16 row (a quantized model's cross-attention K/V, stored half size) */
+INLINE __m512 load_h(const uint16_t *p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+INLINE float dot_h(const float *a, const uint16_t *b, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_h(b + i, m), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+INLINE void axpy_h(float *out, float p, const uint16_t *v, int n) {
+    __m512 pv = _mm512_set1_ps(p);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 o = _mm512_maskz_loadu_ps(m, out + i);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(pv, load_h(v + i, m), o));
+    }
+}
+
 /* out[i] += p * v[i] for i < n */
 INLINE void axpy(float *out, float p, const float *v, int n) {
     __m512 pv = _mm512_set1_ps(p);
@@ -132,10 +155,10 @@ INLINE void softmax(float *sc, int n) {
 
 #define CHUNK 64 /* key positions per pass: a chunk of K or V rows stays in L1 across the query heads */
 
-/* G query heads `q` (G x D) against keys/values `k`, `v` (rows of D floats, `stride` apart);
-   `keep` (may be NULL) selects keys; scores is G x S scratch. Writes G x D into out. */
-INLINE void attend(const float *q, int G, const float *k, const float *v, int S, const uint8_t *keep, int D,
-                   float *scores, int *idx, float *out) {
+/* G query heads `q` (G x D) against keys/values `k`, `v` (rows of D floats, or float16 when
+   `half`); `keep` (may be NULL) selects keys; scores is G x S scratch. Writes G x D into out. */
+INLINE void attend(const float *q, int G, const void *k, const void *v, int half, int S, const uint8_t *keep,
+                   int D, float *scores, int *idx, float *out) {
     /* compact the allowed key indices once (all of 0..S-1 for causal self-attention) */
     int n = 0;
     for (int s = 0; s < S; s++) if (!keep || keep[s]) idx[n++] = s;
@@ -144,13 +167,21 @@ INLINE void attend(const float *q, int G, const float *k, const float *v, int S,
     for (int c0 = 0; c0 < n; c0 += CHUNK) {
         int c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
         for (int g = 0; g < G; g++)
-            for (int i = c0; i < c1; i++) scores[(int64_t)g * S + i] = dot(q + (int64_t)g * D, k + (int64_t)idx[i] * D, D);
+            for (int i = c0; i < c1; i++)
+                scores[(int64_t)g * S + i] = half
+                    ? dot_h(q + (int64_t)g * D, (const uint16_t *)k + (int64_t)idx[i] * D, D)
+                    : dot(q + (int64_t)g * D, (const float *)k + (int64_t)idx[i] * D, D);
     }
     for (int g = 0; g < G; g++) softmax(scores + (int64_t)g * S, n);
     for (int c0 = 0; c0 < n; c0 += CHUNK) {
         int c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
         for (int g = 0; g < G; g++)
-            for (int i = c0; i < c1; i++) axpy(out + (int64_t)g * D, scores[(int64_t)g * S + i], v + (int64_t)idx[i] * D, D);
+            for (int i = c0; i < c1; i++) {
+                if (half)
+                    axpy_h(out + (int64_t)g * D, scores[(int64_t)g * S + i], (const uint16_t *)v + (int64_t)idx[i] * D, D);
+                else
+                    axpy(out + (int64_t)g * D, scores[(int64_t)g * S + i], (const float *)v + (int64_t)idx[i] * D, D);
+            }
     }
 }
 
@@ -170,21 +201,28 @@ void fd_self_attn(const float *qkv, const float *cos, const float *sin, float *k
         for (int i = 0; i < D; i++) vbase[p * D + i] = vin[i];
         float *qr = scratch + (int64_t)u * G * (T + D), *scores = qr + (int64_t)G * D;
         for (int g = 0; g < G; g++) rope(row + (int64_t)(h * G + g) * D, c, s, D, qr + (int64_t)g * D);
-        attend(qr, G, kbase, vbase, (int)(p + 1), NULL, D, scores, iscratch + (int64_t)u * T,
+        attend(qr, G, kbase, vbase, 0, (int)(p + 1), NULL, D, scores, iscratch + (int64_t)u * T,
                out + (int64_t)b * Hq * D + (int64_t)h * G * D);
     }
 }
 
-/* q: (B, Hq D) (already rotated where the checkpoint uses cross RoPE); kc/vc: (B, Hkv, S, D);
-   keep: (B, S) bool. scratch: B * Hq * S floats + B * Hkv * S ints. out: (B, Hq D). */
-void fd_cross_attn(const float *q, const float *kc, const float *vc, const uint8_t *keep, int B, int Hq, int Hkv,
-                   int D, int S, float *out, float *scratch, int *iscratch, int nthreads) {
+/* q: (B, Hq D) (already rotated where the checkpoint uses cross RoPE); kc/vc: (B, Hkv, S, D),
+   float32 or (half != 0) float16; keep: (B, S) bool. scratch: B * Hq * S floats + B * Hkv * S
+   ints. out: (B, Hq D). */
+void fd_cross_attn(const float *q, const void *kc, const void *vc, int half, const uint8_t *keep, int B, int Hq,
+                   int Hkv, int D, int S, float *out, float *scratch, int *iscratch, int nthreads) {
     int G = Hq / Hkv;
+    int64_t esize = half ? 2 : 4;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
     for (int u = 0; u < B * Hkv; u++) {
         int b = u / Hkv, h = u % Hkv;
-        const float *kbase = kc + ((int64_t)b * Hkv + h) * S * D, *vbase = vc + ((int64_t)b * Hkv + h) * S * D;
-        attend(q + (int64_t)b * Hq * D + (int64_t)h * G * D, G, kbase, vbase, S, keep + (int64_t)b * S, D,
-               scratch + (int64_t)u * G * S, iscratch + (int64_t)u * S, out + (int64_t)b * Hq * D + (int64_t)h * G * D);
+        int64_t off = ((int64_t)b * Hkv + h) * S * D * esize;
+        const char *kbase = (const char *)kc + off, *vbase = (const char *)vc + off;
+        if (half)
+            attend(q + (int64_t)b * Hq * D + (int64_t)h * G * D, G, kbase, vbase, 1, S, keep + (int64_t)b * S, D,
+                   scratch + (int64_t)u * G * S, iscratch + (int64_t)u * S, out + (int64_t)b * Hq * D + (int64_t)h * G * D);
+        else
+            attend(q + (int64_t)b * Hq * D + (int64_t)h * G * D, G, kbase, vbase, 0, S, keep + (int64_t)b * S, D,
+                   scratch + (int64_t)u * G * S, iscratch + (int64_t)u * S, out + (int64_t)b * Hq * D + (int64_t)h * G * D);
     }
 }

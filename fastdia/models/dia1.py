@@ -132,12 +132,15 @@ class Decoder(nn.Module):
         self.rope = Rope(d.head_dim, cfg.rope_theta, cfg.rope_min_timescale)
         self.cross_rope = Rope(d.cross_head_dim, cfg.rope_theta, cfg.rope_min_timescale)
 
-    def cross_state(self, enc_out: torch.Tensor, text_mask: torch.Tensor) -> CrossState:
+    def cross_state(self, enc_out: torch.Tensor, text_mask: torch.Tensor,
+                    dtype: torch.dtype | None = None) -> CrossState:
         """Project the encoder output to every layer's cross-attention K/V, once per utterance.
 
         Args:
             enc_out: `(B, S, E_enc)`.
             text_mask: `(B, S)` bool, True at real text positions.
+            dtype: store K/V in this dtype (default `enc_out`'s); attention computes in the
+                query's dtype either way.
         """
         ks, vs = [], []
         if self.cross_attn_rope:
@@ -149,8 +152,8 @@ class Decoder(nn.Module):
             if self.cross_attn_rope:
                 k = Rope.apply(k, cos, sin)
             # Contiguous once here, not a strided copy inside every decode step's attention.
-            ks.append(k.contiguous())
-            vs.append(v.contiguous())
+            ks.append(k.to(dtype or k.dtype).contiguous())
+            vs.append(v.to(dtype or v.dtype).contiguous())
         return CrossState(ks, vs, text_mask[:, None, None, :])
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -205,7 +208,8 @@ class Decoder(nn.Module):
             q = split_heads(ca.q(layer.pre_ca_norm(x)), ca.n_head)
             if self.cross_attn_rope:
                 q = Rope.apply(q, cross_cos, cross_sin)
-            x = x + ca.o(merge_heads(attention(q, cross.k[i], cross.v[i], cross.allowed)))
+            k, v = cross.k[i].to(q.dtype), cross.v[i].to(q.dtype)  # no-ops unless stored narrower
+            x = x + ca.o(merge_heads(attention(q, k, v, cross.allowed)))
 
             x = x + layer.mlp(layer.pre_mlp_norm(x))
         if not compute_logits:
