@@ -142,19 +142,21 @@ class Decoder(nn.Module):
             dtype: store K/V in this dtype (default `enc_out`'s); attention computes in the
                 query's dtype either way.
         """
-        ks, vs = [], []
         if self.cross_attn_rope:
             b, s = text_mask.shape
             positions = torch.arange(s, device=enc_out.device).expand(b, s)
             cos, sin = self.cross_rope.tables(positions)
-        for layer in self.layers:
+        kv = None  # (2, layers, B, Hkv, S, D): one block, so layers' temporaries reuse one space
+        for i, layer in enumerate(self.layers):
             k, v = layer.cross_attn.project_kv(enc_out)
             if self.cross_attn_rope:
                 k = Rope.apply(k, cos, sin)
+            if kv is None:
+                kv = torch.empty((2, len(self.layers), *k.shape), dtype=dtype or k.dtype, device=k.device)
             # Contiguous once here, not a strided copy inside every decode step's attention.
-            ks.append(k.to(dtype or k.dtype).contiguous())
-            vs.append(v.to(dtype or v.dtype).contiguous())
-        return CrossState(ks, vs, text_mask[:, None, None, :])
+            kv[0, i].copy_(k)
+            kv[1, i].copy_(v)
+        return CrossState(list(kv[0].unbind(0)), list(kv[1].unbind(0)), text_mask[:, None, None, :])
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Sum of the nine channel embeddings: `(B, L, C)` -> `(B, L, E)`."""
