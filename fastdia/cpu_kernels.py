@@ -7,7 +7,7 @@
   activations (at most a few rows) are quantized per row to 15-bit integers (relative error
   ~1e-4, far below bfloat16's), and `vpdpwssd` multiplies 32 int16 pairs per instruction
   against the sign/zero-extended weights, accumulating exactly in int32. Weights are stored in
-  row pairs (`fastdia.quant.tile_pairs`) so each pass reads one sequential stream.
+  row pairs (`fastdia.quant_formats.tile_pairs`) so each pass reads one sequential stream.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
   single-query attention, SiLU), used by fastdia.cpu_decode.
 
@@ -152,7 +152,7 @@ def _library() -> ctypes.CDLL:
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
     """`x (M, K) float32 @ (W (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS.
 
-    `w` is W in row pairs, `fastdia.quant.tile_pairs(W, 32)`."""
+    `w` is W in row pairs, `fastdia.quant_formats.tile_pairs(W, 32)`."""
     m, k = x.shape
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)

@@ -2,7 +2,7 @@
 saves, building a model straight into its quantized form (never a float copy of the whole
 model), and loading a converted checkpoint without any float weight.
 
-The formats themselves and the modules are in fastdia.quant.
+The formats themselves are in fastdia.quant_formats, the modules in fastdia.quant.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from .quant import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,
+    RowSplitLinear,
     _set,
     check_mode,
     linear_names,
-    RowSplitLinear,
     make_module,
     plan,
     query_rows,
-    quantize_int4,
-    quantize_int8,
 )
+from .quant_formats import quantize_int4, quantize_int8
 
 # --------------------------------------------------------------------------------------------
 # State-dict transform (convert) and rebuilding modules from it (load)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdia import Dia, cpu_kernels, quant, quant_store
+from fastdia import Dia, cpu_kernels, quant, quant_formats as formats, quant_store
 from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
 from fastdia.convert import convert
 from fastdia.generation.dia1 import Dia1Generator
@@ -35,9 +35,9 @@ def no_kernels(monkeypatch):
 
 def test_int4_pack_round_trip():
     q = torch.randint(0, 16, (48, 192), dtype=torch.uint8)
-    packed = quant.pack_int4(q)
+    packed = formats.pack_int4(q)
     assert packed.shape == (48, 96)
-    assert torch.equal(quant.unpack_int4(packed), q)
+    assert torch.equal(formats.unpack_int4(packed), q)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 20])
@@ -48,7 +48,7 @@ def test_int8_linear_close_to_float(rows):
     module = quant.Int8Linear.from_float(w)
     assert _rel(module(x), ref) < 0.02
     # Against its own dequantized weight the kernel is exact up to activation rounding.
-    deq = quant.dequantize_int8(module.int8_weight(), module.scales)
+    deq = formats.dequantize_int8(module.int8_weight(), module.scales)
     assert _rel(module(x), F.linear(x, deq)) < (1e-3 if module.use_kernel and rows <= cpu_kernels.MAX_ROWS else 1e-2)
 
 
@@ -58,7 +58,7 @@ def test_int4_linear_close_to_dequantized(group, rows):
     w = _weight(80, 256)
     x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(2))
     module = quant.Int4Linear.from_float(w, group)
-    deq = quant.dequantize_int4(*quant.quantize_int4(w, group))
+    deq = formats.dequantize_int4(*formats.quantize_int4(w, group))
     assert _rel(deq, w) < 0.15
     assert _rel(module(x), F.linear(x, deq)) < (1e-3 if module.use_kernel else 1e-2)
     assert module(x.view(rows // 2, 2, 256)).shape == (rows // 2, 2, 80)
@@ -72,10 +72,10 @@ def test_fastdia_int4_kernel(group, n):
     w = _weight(n, 256)
     module = quant.Int4Linear.from_float(w, group)
     assert module.use_kernel
-    parts = quant.quantize_int4(w, group)
+    parts = formats.quantize_int4(w, group)
     for got, want in zip(module.int4_parts(), parts):  # the tiled layout round-trips
         assert torch.equal(got, want)
-    deq = quant.dequantize_int4(*parts)
+    deq = formats.dequantize_int4(*parts)
     for rows in (1, 2, 3, 8, 20):
         x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
         assert _rel(module(x), F.linear(x, deq)) < 1e-3
@@ -87,31 +87,31 @@ def test_fastdia_int8_kernel_odd_rows(n):
         pytest.skip(cpu_kernels.unavailable_reason())
     w = _weight(n, 128)
     module = quant.Int8Linear.from_float(w)
-    q, scale = quant.quantize_int8(w)
+    q, scale = formats.quantize_int8(w)
     assert torch.equal(module.int8_weight(), q)
     for rows in (1, 2, 7, 9):
         x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
-        assert _rel(module(x), F.linear(x, quant.dequantize_int8(q, scale))) < 1e-3
+        assert _rel(module(x), F.linear(x, formats.dequantize_int8(q, scale))) < 1e-3
 
 
 def test_tile_pairs_round_trip():
     q = torch.arange(5 * 64, dtype=torch.int32).view(5, 64)
-    tiled = quant.tile_pairs(q, 32)
+    tiled = formats.tile_pairs(q, 32)
     assert tiled.shape == (3, 128)
     assert torch.equal(tiled[0, :64], torch.cat((q[0, :32], q[1, :32])))
-    assert torch.equal(quant.untile_pairs(tiled, 32)[:5], q)
+    assert torch.equal(formats.untile_pairs(tiled, 32)[:5], q)
 
 
 def test_int4_search_beats_min_max():
     """The clipped, refit grid has lower error than plain min/max rounding (the old format)."""
     w = _weight(256, 512)
-    deq = quant.dequantize_int4(*quant.quantize_int4(w, 32))
+    deq = formats.dequantize_int4(*formats.quantize_int4(w, 32))
     wg = w.view(256, 16, 32)
     lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
     step = (hi - lo) / 15
     minmax = (torch.round((wg - lo) / step) * step + lo).view(256, 512)
     assert _rel(deq, w) < 0.95 * _rel(minmax, w)
-    packed, tscale, rscale, offsets, oscale = quant.quantize_int4(w, 32)
+    packed, tscale, rscale, offsets, oscale = formats.quantize_int4(w, 32)
     assert tscale.dtype == torch.uint8 and int(tscale.min()) >= 1 and offsets.dtype == torch.int8
     assert rscale.shape == oscale.shape == (256,)
 
@@ -120,11 +120,11 @@ def test_int4_offsets_in_8_bits_cost_nothing():
     """Offsets stored int8 per row (format 3) lose nothing measurable against exact ones: the
     codes are refit for the stored offsets."""
     w = _weight(256, 512)
-    packed, tscale, rscale, offsets, oscale = quant.quantize_int4(w, 32)
-    deq = quant.dequantize_int4(packed, tscale, rscale, offsets, oscale)
-    step = quant.int4_steps(tscale, rscale)[..., None]
-    exact = (w.view(256, 16, 32) - step * quant.unpack_int4(packed).view(256, 16, 32).float()).mean(-1, keepdim=True)
-    best = (quant.unpack_int4(packed).view(256, 16, 32).float() * step + exact).view(256, 512)
+    packed, tscale, rscale, offsets, oscale = formats.quantize_int4(w, 32)
+    deq = formats.dequantize_int4(packed, tscale, rscale, offsets, oscale)
+    step = formats.int4_steps(tscale, rscale)[..., None]
+    exact = (w.view(256, 16, 32) - step * formats.unpack_int4(packed).view(256, 16, 32).float()).mean(-1, keepdim=True)
+    best = (formats.unpack_int4(packed).view(256, 16, 32).float() * step + exact).view(256, 512)
     assert _rel(deq, w) < 1.01 * _rel(best, w)
 
 
@@ -150,8 +150,8 @@ def test_torch_fallback_kernels_agree(no_kernels, group):
     x = torch.randn(2, 128, generator=torch.Generator().manual_seed(3))
     m8, m4 = quant.Int8Linear.from_float(w), quant.Int4Linear.from_float(w, group)
     assert not m4.use_kernel and not m8.use_kernel
-    deq8 = quant.dequantize_int8(*quant.quantize_int8(w))
-    deq4 = quant.dequantize_int4(*quant.quantize_int4(w, group))
+    deq8 = formats.dequantize_int8(*formats.quantize_int8(w))
+    deq4 = formats.dequantize_int4(*formats.quantize_int4(w, group))
     assert _rel(m8(x), F.linear(x, deq8)) < 1e-2  # bfloat16 activations
     assert _rel(m4(x), F.linear(x, deq4)) < 1e-2
 
