@@ -145,7 +145,7 @@ class Int4Linear(nn.Module):
 
     Decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go through fastdia's int4 kernel
     (float32 activations, quantized per row to int16 inside it); larger ones (prefill of an audio
-    prompt) dequantize the weight a block of output rows at a time and use `F.linear`. Without
+    prompt) go through `_dense_blocks`, a block of output rows dequantized at a time. Without
     the kernels the weight is repacked once for torch's `_weight_int4pack_mm_for_cpu` instead.
     """
 

@@ -71,6 +71,7 @@ def quantize_state_dict(
     bfloat16; everything else passes through unchanged.
     """
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    split = query_rows(cfg)
     for name, tensor in items:
         module = name.removesuffix(".weight")
         if module not in linear or not name.endswith(".weight"):
@@ -78,20 +79,27 @@ def quantize_state_dict(
             continue
         fmt = plan(module, tensor.shape[1], mode, group_size)
         if fmt in ("int8", "int8-embedding", "int4", "int4-query"):
-            yield from _quantized_parts(module, fmt, tensor, group_size, query_rows(cfg))
+            yield from _quantized_parts(module, fmt, tensor, group_size, split)
         elif fmt == "bf16":
             yield name, tensor.to(torch.bfloat16)
         else:
             yield name, tensor
 
 
+def _row_blocks(parts: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]] | None:
+    """The `first.`/`rest.` parts of a split module (`RowSplitLinear`) as two part dicts, else None."""
+    if not any(key.startswith(("first.", "rest.")) for key in parts):
+        return None
+    return [{k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(which + ".")}
+            for which in ("first", "rest")]
+
+
 def module_from_stored(parts: Mapping[str, torch.Tensor], group_size: int, embedding: bool = False,
                        dtype: torch.dtype = torch.float32) -> nn.Module:
     """Rebuild one quantized module from its stored tensors (int8: `qweight`, `scales`; int4:
     the parts of `_INT4_PARTS`; a split one: the same prefixed `first.` and `rest.`)."""
-    if any(key.startswith("first.") for key in parts):
-        blocks = [{k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(which + ".")}
-                  for which in ("first", "rest")]
+    blocks = _row_blocks(parts)
+    if blocks is not None:
         return RowSplitLinear(*(module_from_stored(b, group_size) for b in blocks))
     q = parts["qweight"]
     if embedding:
@@ -218,9 +226,9 @@ def _read_safetensors(path) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _complete(parts: Mapping[str, torch.Tensor]) -> bool:
-    if any(key.startswith(("first.", "rest.")) for key in parts):
-        return all(_complete({k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(which + ".")})
-                   for which in ("first", "rest"))
+    blocks = _row_blocks(parts)
+    if blocks is not None:
+        return all(_complete(b) for b in blocks)
     return {"qweight", "scales"} <= parts.keys() or set(_INT4_PARTS) <= parts.keys()
 
 

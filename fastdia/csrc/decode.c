@@ -218,6 +218,7 @@ void fd_cross_attn(const float *q, const void *kc, const void *vc, int half, con
         int b = u / Hkv, h = u % Hkv;
         int64_t off = ((int64_t)b * Hkv + h) * S * D * esize;
         const char *kbase = (const char *)kc + off, *vbase = (const char *)vc + off;
+        /* a literal `half` in each call lets the inlined attend drop the per-key branch */
         if (half)
             attend(q + (int64_t)b * Hq * D + (int64_t)h * G * D, G, kbase, vbase, 1, S, keep + (int64_t)b * S, D,
                    scratch + (int64_t)u * G * S, iscratch + (int64_t)u * S, out + (int64_t)b * Hq * D + (int64_t)h * G * D);
