@@ -18,9 +18,11 @@ import time
 
 import torch
 
-from fastdia import bench, quant, quant_store
+from fastdia import bench
+from fastdia.quant import modules as quant
+from fastdia.quant import store as quant_store
 from fastdia.generation.dia1 import Dia1Generator
-from fastdia.loading import load_model
+from fastdia.checkpoints.dia1_load import load_model
 from fastdia.text import tokenize
 
 MODEL = os.environ.get("MODEL", "dia-1.6b-random")

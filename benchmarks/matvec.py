@@ -130,8 +130,8 @@ def variants():
 
             v[f"int4 g{group} _weight_int4pack_mm {'bf16' if xdt == torch.bfloat16 else 'fp32'}x"] = (prep, run, xdt)
     try:
-        from fastdia import cpu_kernels
-        from fastdia.quant import Int4Linear, Int8Linear
+        from fastdia.backends.cpu import kernels as cpu_kernels
+        from fastdia.quant.modules import Int4Linear, Int8Linear
     except ImportError:
         return v
     if cpu_kernels.available():

@@ -10,14 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .backends.device import resolve_device, resolve_dtype
+from .checkpoints.dia1_load import _choose_files as choose_files
+from .checkpoints.dia1_load import load_model, source_parameters, source_quantization
+from .checkpoints.hub import resolve_dir
 from .config import PRESETS, DiaConfig
 from .errors import AudioError, GenerationError, ScriptError
 from .generation.dia1 import FRAME_RATE, Dia1Generator
 from .generation.options import GenerationConfig
-from .hub import resolve_dir
-from .loading import _choose_files as choose_files
-from .loading import load_model, source_parameters, source_quantization
-from .runtime import resolve_device, resolve_dtype
 from .text import tokenize, validate_script
 
 DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
@@ -75,11 +75,11 @@ class Dia:
                 a model over 100 M parameters, unquantized, on a CPU with native bfloat16; else
                 float32), "float32", "bfloat16", "float16".
             quantize: None, "int8" (per-channel) or "int4" (group-wise) weight-only quantization
-                (see fastdia.quant).
+                (see fastdia.quant.modules).
             codec: the DAC codec: hub id (default "descript/dac_44khz"), local directory or
                 file, or "tiny-random" (the default for presets). Loaded on first use.
         """
-        from .quant import check_mode
+        from .quant.modules import check_mode
 
         dev = resolve_device(device)
         mode = check_mode(quantize)

@@ -102,10 +102,10 @@ def _child_bandwidth(spec: dict) -> dict:
 def _child_fastdia(spec: dict) -> dict:
     import torch
 
+    from .backends.device import resolve_device, resolve_dtype
+    from .checkpoints.dia1_load import load_model, source_parameters
     from .generation.dia1 import Dia1Generator
     from .generation.options import GenerationConfig
-    from .loading import load_model, source_parameters
-    from .runtime import resolve_device, resolve_dtype
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
@@ -148,7 +148,7 @@ def _child_fastdia(spec: dict) -> dict:
 
 def _effective_quantize(spec: dict) -> str | None:
     """The quantization asked for, or the one a converted checkpoint already carries."""
-    from .loading import source_quantization
+    from .checkpoints.dia1_load import source_quantization
 
     return spec.get("quantize") or source_quantization(spec["model"])
 
@@ -164,13 +164,17 @@ def _child_transformers(spec: dict) -> dict:
     """transformers' DiaForConditionalGeneration.generate, float32, same weights, EOS blocked."""
     import torch
     from transformers import DiaConfig as HFConfig
-    from transformers import DiaForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+    from transformers import (
+        DiaForConditionalGeneration,
+        StoppingCriteria,
+        StoppingCriteriaList,
+    )
 
+    from .checkpoints.dia1_layouts import export_state_dict, load_dir_state
+    from .checkpoints.dia1_load import _choose_files, random_state
+    from .checkpoints.hub import resolve_dir
     from .config import PRESETS, load_config
-    from .hub import resolve_dir
-    from .loading import _choose_files, random_state
     from .text import tokenize
-    from .weights import export_state_dict, load_dir_state
 
     steps, batch = spec["steps"], spec["batch"]
     t0 = time.perf_counter()
@@ -268,9 +272,9 @@ def teacher_forced_guided(model, gen, texts: list[list[int]], steps: int, cfg_sc
 def _child_quality(spec: dict) -> dict:
     import torch
 
+    from .backends.device import resolve_device, resolve_dtype
+    from .checkpoints.dia1_load import load_model, source_parameters
     from .generation.dia1 import Dia1Generator
-    from .loading import load_model, source_parameters
-    from .runtime import resolve_device, resolve_dtype
     from .text import tokenize
 
     dev = resolve_device(spec["device"])
@@ -342,7 +346,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
     """Run the variants `args` asks for; returns everything measured (what --json prints)."""
     import platform
 
-    from .quant import check_mode
+    from .quant.modules import check_mode
 
     threads = args.threads or os.cpu_count() or 1
     base = {"model": args.model, "device": args.device, "threads": threads, "batch": args.batch,
@@ -461,9 +465,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure decode speed, memory and quantization quality",
-                       description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `fastdia bench` flags (the command itself is registered by fastdia.cli)."""
     p.add_argument("--model", default="dia-1.6b-random",
                    help="preset, local directory or hub id (default: %(default)s, the full-size "
                         "architecture with random weights)")
@@ -484,16 +487,16 @@ def register(sub) -> None:
     p.add_argument("--probe-mib", type=int, default=1024,
                    help="size of the memory-bandwidth probe in MiB (default: %(default)s; keep it >> LLC)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress goes to stderr)")
-    p.set_defaults(func=cmd_bench)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m fastdia.bench --child SPEC`: one variant, in the fresh process `run_child` starts."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--child":
         return child_main(argv[1])
-    from .cli import main as cli_main
-
-    return cli_main(["bench", *argv])
+    print("usage: fastdia bench [options] (this module's own entry point only runs benchmark children)",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
 
 from .errors import FastDiaError
 
@@ -162,6 +161,37 @@ def _add_say(sub) -> None:
     p.set_defaults(func=cmd_say)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoints.convert import convert
+
+    summary = convert(args.model, args.out_dir, args.quantize, args.group_size, args.dtype)
+    print(f"wrote {summary['out']} ({summary['quantize']}, {summary['bytes'] / 1e9:.2f} GB) "
+          f"in {summary['seconds']:.1f} s; load it with Dia.from_pretrained({summary['out']!r}) "
+          f"or --model {summary['out']}")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="save a model in fastdia's layout, optionally int8/int4, for fast loading",
+                       description="Save a checkpoint in fastdia's own layout, optionally quantized, for fast loads.")
+    p.add_argument("model", help="hub id, local directory, or preset")
+    p.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="weight-only quantization (default: none, float in our fused layout)")
+    p.add_argument("--group-size", type=int, default=None, help="int4 group size (32, 64, 128, 256; default 32)")
+    p.add_argument("--dtype", default="float32", help="dtype of the float tensors: float32 or bfloat16")
+    p.set_defaults(func=cmd_convert)
+
+
+def _add_bench(sub) -> None:
+    from . import bench
+
+    p = sub.add_parser("bench", help="measure decode speed, memory and quantization quality",
+                       description=bench.__doc__.split("\n\n")[0])
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastdia", description="Fast inference for Nari Labs' Dia dialogue text-to-speech models."
@@ -175,13 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     _add_say(sub)
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    _add_bench(sub)
+    _add_convert(sub)
     return parser
-
-
-# Subcommands defined in other modules register themselves here (keeps this file thin).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,13 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastdia: interrupted", file=sys.stderr)
         return 130
-
-
-from .bench import register as _register_bench  # noqa: E402
-from .convert import register as _register_convert  # noqa: E402
-
-_EXTRA_COMMANDS.append(_register_bench)
-_EXTRA_COMMANDS.append(_register_convert)
 
 
 if __name__ == "__main__":  # pragma: no cover

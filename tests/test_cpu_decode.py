@@ -1,4 +1,4 @@
-"""The fused CPU decode step (fastdia.cpu_decode) against the model's own pure-torch forward."""
+"""The fused CPU decode step (fastdia.backends.cpu.decode) against the model's own pure-torch forward."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import copy
 import pytest
 import torch
 
-from fastdia import cpu_decode, cpu_kernels
+from fastdia.backends.cpu import decode as cpu_decode
+from fastdia.backends.cpu import kernels as cpu_kernels
 from fastdia.generation.dia1 import Dia1Generator
 from fastdia.generation.options import GenerationConfig
-from fastdia.loading import load_model
+from fastdia.checkpoints.dia1_load import load_model
 from fastdia.text import tokenize
 
 from . import oracle

@@ -16,7 +16,7 @@ from fastdia import Dia, GenerationConfig
 from fastdia.config import PRESETS, parse_config
 from fastdia.errors import AudioError, CheckpointError, GenerationError, ModelNotFoundError, ScriptError
 from fastdia.text import UnlistedTagWarning, tokenize, validate_script
-from fastdia.weights import export_state_dict, source_table
+from fastdia.checkpoints.dia1_layouts import export_state_dict, source_table
 from tests.oracle import nested_config, save
 
 
@@ -218,7 +218,7 @@ def test_unknown_model_names():
 
 def test_export_round_trip(hf_models):
     """Our layout -> each checkpoint layout -> our layout is the identity, and matches transformers."""
-    from fastdia.weights import convert_state_dict
+    from fastdia.checkpoints.dia1_layouts import convert_state_dict
     from fastdia.config import parse_config as parse
 
     hf = hf_models("gqa4-3layers")
@@ -262,8 +262,8 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_mixed_layout_checkpoint():
     """Layout is detected per key: original names with a transformers-style embedding still load."""
     from fastdia.config import PRESETS
-    from fastdia.loading import random_state
-    from fastdia.weights import convert_state_dict
+    from fastdia.checkpoints.dia1_load import random_state
+    from fastdia.checkpoints.dia1_layouts import convert_state_dict
 
     cfg = PRESETS["tiny-random"]
     ours = random_state(cfg)

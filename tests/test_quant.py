@@ -9,11 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdia import Dia, cpu_kernels, quant, quant_formats as formats, quant_store
+from fastdia import Dia
+from fastdia.backends.cpu import kernels as cpu_kernels
+from fastdia.quant import formats
+from fastdia.quant import modules as quant
+from fastdia.quant import store as quant_store
 from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
-from fastdia.convert import convert
+from fastdia.checkpoints.convert import convert
 from fastdia.generation.dia1 import Dia1Generator
-from fastdia.loading import load_model
+from fastdia.checkpoints.dia1_load import load_model
 from fastdia.text import tokenize
 
 CPU = torch.device("cpu")
@@ -131,7 +135,7 @@ def test_int4_offsets_in_8_bits_cost_nothing():
 def test_float_gemv_kernels():
     if not cpu_kernels.available():
         pytest.skip(cpu_kernels.unavailable_reason())
-    from fastdia.accel import GemvLinear
+    from fastdia.backends.cpu.packed import GemvLinear
 
     w = _weight(70, 192)
     for rows in (1, 2, 8, 9):
@@ -278,7 +282,7 @@ def test_cli_convert(tmp_path, capsys):
 
 
 def test_auto_dtype_rule():
-    from fastdia.runtime import BF16_MIN_PARAMETERS, cpu_has_native_bf16, resolve_dtype
+    from fastdia.backends.device import BF16_MIN_PARAMETERS, cpu_has_native_bf16, resolve_dtype
 
     assert resolve_dtype("auto", CPU) == torch.float32
     assert resolve_dtype("auto", CPU, parameters=1_000_000) == torch.float32
@@ -289,7 +293,7 @@ def test_auto_dtype_rule():
 
 
 def test_source_quantization(tmp_path):
-    from fastdia.loading import source_quantization
+    from fastdia.checkpoints.dia1_load import source_quantization
 
     convert("tiny-random", tmp_path / "q", quantize="int4")
     convert("tiny-random", tmp_path / "f")
@@ -338,7 +342,7 @@ def test_loading_keeps_torch_decompositions_unimported():
     import sys
 
     code = ("import sys, torch\n"
-            "from fastdia.loading import load_model\n"
+            "from fastdia.checkpoints.dia1_load import load_model\n"
             "from fastdia.codecs.dac_weights import expected_shapes\n"
             "from fastdia.codecs.dac import DACConfig\n"
             "load_model('tiny-random', torch.device('cpu'), torch.float32, quantize='int4')\n"

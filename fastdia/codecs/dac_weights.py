@@ -21,9 +21,9 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
+from ..checkpoints.hub import resolve_dir
 from ..errors import CheckpointError
-from ..hub import resolve_dir
-from .dac import DEFAULT_MODEL, DAC, PRESET_SEED, PRESETS, DACConfig, DACModel
+from .dac_model import DEFAULT_MODEL, PRESET_SEED, PRESETS, DACConfig, DACModel
 
 Tensors = dict[str, torch.Tensor]
 
@@ -349,8 +349,9 @@ def random_state_dict(config: DACConfig, seed: int = PRESET_SEED) -> Tensors:
 # --------------------------------------------------------------------------------------------
 
 
-def _state_of(model: Mapping[str, torch.Tensor] | DACModel | DAC) -> Tensors:
-    if isinstance(model, DAC):
+def _state_of(model) -> Tensors:
+    """A state dict, a `DACModel`, or the `DAC` facade (its `.model`) -> CPU tensors."""
+    if not isinstance(model, (Mapping, torch.nn.Module)):
         model = model.model
     if isinstance(model, torch.nn.Module):
         model = model.state_dict()
@@ -380,7 +381,7 @@ def unfold_weight_norm(
 
 
 def save_transformers_layout(
-    model: Mapping[str, torch.Tensor] | DACModel | DAC,
+    model,  # a state dict, DACModel or DAC
     config: DACConfig,
     directory: str | Path,
     weight_norm: Literal["folded", "legacy", "parametrizations"] = "folded",
@@ -410,7 +411,7 @@ def save_transformers_layout(
 
 
 def save_descript_layout(
-    model: Mapping[str, torch.Tensor] | DACModel | DAC,
+    model,  # a state dict, DACModel or DAC
     config: DACConfig,
     path: str | Path,
 ) -> Path:

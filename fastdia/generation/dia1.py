@@ -19,10 +19,10 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..backends.cpu.decode import decode_step
+from ..backends.cpu.memory import release_free_heap
 from ..config import DiaConfig
-from ..cpu_decode import decode_step
 from ..errors import GenerationError
-from ..memory import release_free_heap
 from ..models.dia1 import CrossState, DiaModel
 from .cache import KVCache
 from .delay import UNKNOWN, prompt_grid, revert_delay

@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 from ..config import DiaConfig, EncoderConfig
-from .layers import Embedding, GatedMLP, RMSNorm, Rope, attention, merge_heads, split_heads
+from .layers import (
+    Embedding,
+    GatedMLP,
+    RMSNorm,
+    Rope,
+    attention,
+    merge_heads,
+    split_heads,
+)
 
 
 class SelfAttention(nn.Module):

@@ -4,7 +4,7 @@ Shape convention in this package: `B` rows (CFG rows count separately), `L` quer
 `S` key positions, `H` heads, `D` head dim, `E` model width. Tensors are annotated `# (B, H, L, D)`.
 
 Projections are plain `nn.Linear(bias=False)` with `[out, in]` weights, so that quantization can
-swap them for another module from the outside (fastdia.quant) without this file knowing.
+swap them for another module from the outside (fastdia.quant.modules) without this file knowing.
 """
 
 from __future__ import annotations

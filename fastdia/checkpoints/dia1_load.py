@@ -12,12 +12,12 @@ from typing import Iterator
 
 import torch
 
-from .config import PRESET_SEED, PRESETS, DiaConfig, load_config
-from .errors import CheckpointError
+from ..backends.cpu.memory import limit_heap_fragmentation, release_free_heap
+from ..config import PRESET_SEED, PRESETS, DiaConfig, load_config
+from ..errors import CheckpointError
+from ..models.dia1 import DiaModel
+from .dia1_layouts import keeps_fp32, load_dir_state
 from .hub import resolve_dir
-from .memory import limit_heap_fragmentation, release_free_heap
-from .models.dia1 import DiaModel
-from .weights import keeps_fp32, load_dir_state
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def source_quantization(source: str | Path) -> str | None:
     Callers resolving dtype "auto" pass it on, so a converted quantized checkpoint gets the same
     dtype as quantizing at load time.
     """
-    from .quant_store import stored_quantization
+    from ..quant.store import stored_quantization
 
     config = Path(str(source)) / "config.json"
     if str(source) in PRESETS or not config.is_file():
@@ -151,14 +151,15 @@ def load_model(
 
     Args:
         quantize: None, "int8" or "int4": build the model with weight-only quantized projections
-            (fastdia.quant) directly, one tensor at a time, never holding a float copy of the
+            (fastdia.quant.modules) directly, one tensor at a time, never holding a float copy of the
             whole model where the source allows it (presets; checkpoints saved by
             `fastdia convert` are quantized already and load as they are).
-        group_size: int4 group size (default fastdia.quant.DEFAULT_GROUP_SIZE).
+        group_size: int4 group size (default fastdia.quant.modules.DEFAULT_GROUP_SIZE).
         optimize: on CPU, put the remaining float projections into oneDNN's packed layout
-            (fastdia.accel), the fast path for 2-row decode matmuls.
+            (fastdia.backends.cpu.packed), the fast path for 2-row decode matmuls.
     """
-    from . import quant, quant_store
+    from ..quant import modules as quant
+    from ..quant import store as quant_store
 
     if device.type == "cpu":
         limit_heap_fragmentation()
@@ -193,7 +194,7 @@ def load_model(
         loaded = LoadedModel(model, cfg, layout, name, directory)
     model = loaded.model.to(device).eval().requires_grad_(False)
     if optimize and device.type == "cpu":
-        from .accel import pack_linears
+        from ..backends.cpu.packed import pack_linears
 
         pack_linears(model)
     if device.type == "cpu":

@@ -1,20 +1,19 @@
-"""`fastdia convert`: save a checkpoint in fastdia's own layout, optionally quantized, for fast loads.
+"""Convert: save a checkpoint in fastdia's own layout, optionally quantized, for fast loads.
 
 The output directory holds config.json (transformers layout plus a `fastdia_layout` marker and,
 when quantized, a `fastdia_quantization` section) and model.safetensors with our fused tensors:
-int8 / int4 weights as they are used at run time (fastdia.quant), so loading builds the modules
+int8 / int4 weights as they are used at run time (fastdia.quant.modules), so loading builds the modules
 on the meta device and assigns the stored tensors, with no float round trip.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from .errors import FastDiaError
+from ..errors import FastDiaError
 
 
 def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None,
@@ -23,18 +22,19 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
 
     Args:
         quantize: None (float, our fused layout), "int8" or "int4".
-        group_size: int4 group size (default fastdia.quant.DEFAULT_GROUP_SIZE).
+        group_size: int4 group size (default fastdia.quant.modules.DEFAULT_GROUP_SIZE).
         dtype: dtype of the tensors stored in float ("float32" or "bfloat16").
 
     Returns:
         A summary: output path, mode, bytes written, seconds.
     """
-    from . import quant, quant_store
-    from .config import PRESETS, load_config
+    from ..backends.device import resolve_dtype
+    from ..config import PRESETS, load_config
+    from ..quant import modules as quant
+    from ..quant import store as quant_store
+    from .dia1_layouts import load_dir_state
+    from .dia1_load import _choose_files, _drain, iter_random_state
     from .hub import resolve_dir
-    from .loading import _choose_files, _drain, iter_random_state
-    from .runtime import resolve_dtype
-    from .weights import load_dir_state
 
     mode = quant.check_mode(quantize)
     group = group_size or quant.DEFAULT_GROUP_SIZE
@@ -62,23 +62,3 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     size = sum(f.stat().st_size for f in out.iterdir())
     return {"out": str(out), "quantize": mode or "none", "group_size": group if mode == "int4" else None,
             "bytes": size, "seconds": time.perf_counter() - t0}
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    summary = convert(args.model, args.out_dir, args.quantize, args.group_size, args.dtype)
-    print(f"wrote {summary['out']} ({summary['quantize']}, {summary['bytes'] / 1e9:.2f} GB) "
-          f"in {summary['seconds']:.1f} s; load it with Dia.from_pretrained({summary['out']!r}) "
-          f"or --model {summary['out']}")
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("convert", help="save a model in fastdia's layout, optionally int8/int4, for fast loading",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="hub id, local directory, or preset")
-    p.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                   help="weight-only quantization (default: none, float in our fused layout)")
-    p.add_argument("--group-size", type=int, default=None, help="int4 group size (32, 64, 128, 256; default 32)")
-    p.add_argument("--dtype", default="float32", help="dtype of the float tensors: float32 or bfloat16")
-    p.set_defaults(func=cmd_convert)

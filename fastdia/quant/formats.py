@@ -1,5 +1,5 @@
 """fastdia's weight-only quantization formats as pure tensor transforms (what `fastdia convert`
-stores and the modules in fastdia.quant hold):
+stores and the modules in fastdia.quant.modules hold):
 
 * int8 per output channel, symmetric (`quantize_int8`);
 * int4 group-wise with integer step multipliers and int8 offsets (`quantize_int4`, format 3);
@@ -9,6 +9,7 @@ stores and the modules in fastdia.quant hold):
 from __future__ import annotations
 
 import torch
+
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`[N, K]` float -> (int8 `[N, K]`, float32 scales `[N]`), symmetric per output channel."""

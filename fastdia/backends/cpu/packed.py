@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
 class GemvLinear(nn.Module):
     """`y = x @ W.T` (no bias) with fastdia's float GEMV kernel for decode-sized inputs.
 
-    Up to `cpu_kernels.MAX_ROWS` rows (a decode step) go through fastdia.cpu_kernels, which
+    Up to `cpu_kernels.MAX_ROWS` rows (a decode step) go through fastdia.backends.cpu.kernels, which
     streams the plain `[out, in]` weight near memory bandwidth; more rows (encoder, prefill) are
     compute-bound and go to `F.linear`. The weight stays a plain parameter, so state_dict() is
     unchanged.
@@ -64,7 +64,7 @@ class GemvLinear(nn.Module):
         self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .cpu_kernels import MAX_ROWS, float_gemv
+        from .kernels import MAX_ROWS, float_gemv
 
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= MAX_ROWS:
@@ -86,7 +86,7 @@ class GemvLinear(nn.Module):
 def fast_float_linear(weight: torch.Tensor) -> nn.Module:
     """The fastest CPU module for a float `[out, in]` weight: fastdia's GEMV kernel when it is
     built for this CPU and dtype, else oneDNN's packed layout, else a plain Linear."""
-    from . import cpu_kernels
+    from . import kernels as cpu_kernels
 
     if cpu_kernels.available() and (weight.dtype == torch.float32
                                     or (weight.dtype == torch.bfloat16 and cpu_kernels.has_bf16())):

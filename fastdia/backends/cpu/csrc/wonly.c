@@ -34,7 +34,7 @@ static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
 
 /* Two weight rows at a time share every activation load; M (rows of x) is a compile-time
    constant in each specialisation so the accumulators live in registers.
-   Weights are stored in row pairs, tiled (see fastdia.quant_formats.tile_pairs): for each 32-byte chunk j of
+   Weights are stored in row pairs, tiled (see fastdia.quant.formats.tile_pairs): for each 32-byte chunk j of
    the rows, row 2p's chunk then row 2p+1's, so a pass reads one sequential stream. Reading two
    rows side by side instead halves the DRAM bandwidth of this CPU's hardware prefetchers
    (measured: 17 vs 35 GB/s on 2 Zen 4 cores). */

@@ -1,7 +1,7 @@
 """A fused float32 CPU decode step for the Dia-1 decoder, applied from outside the model.
 
 `Decoder.forward` is the reference: pure torch, any device, dtype and number of positions. On a
-CPU with fastdia's kernels (fastdia.cpu_kernels), a decode step (one position per row) spends as
+CPU with fastdia's kernels (fastdia.backends.cpu.kernels), a decode step (one position per row) spends as
 long in ~2,000 small torch ops (norms, RoPE, cache writes, single-query attention, SiLU: each a
 few microseconds of dispatch on a few KB of data) as in its weight matmuls once those are
 quantized. `FusedDecodeStep` runs the same math with one C call per norm, attention and SiLU,
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_kernels
-from .models.dia1 import CrossState, Decoder
-from .models.layers import Rope, merge_heads, split_heads
+from ...models.dia1 import CrossState, Decoder
+from ...models.layers import Rope, merge_heads, split_heads
+from . import kernels as cpu_kernels
 
 
 def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> bool:
@@ -99,7 +99,7 @@ class FusedDecodeStep:
 
 
 def _quantized(decoder: Decoder) -> bool:
-    from .quant import Int4Linear, Int8Linear
+    from ...quant.modules import Int4Linear, Int8Linear
 
     return any(isinstance(m, (Int8Linear, Int4Linear)) for m in decoder.modules())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import FastDiaError
+from ..errors import FastDiaError
 
 _DTYPES = {
     "float32": torch.float32,

@@ -1,4 +1,4 @@
-"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/csrc, built on first use).
+"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/backends/cpu/csrc, built on first use).
 
 * `csrc/wonly.c`: weight-only matrix-vector kernels (int8, int4, float32, bfloat16) for
   decode-sized inputs. Decoding multiplies 2 rows (one utterance with CFG) by every weight, so
@@ -7,11 +7,11 @@
   activations (at most a few rows) are quantized per row to 15-bit integers (relative error
   ~1e-4, far below bfloat16's), and `vpdpwssd` multiplies 32 int16 pairs per instruction
   against the sign/zero-extended weights, accumulating exactly in int32. Weights are stored in
-  row pairs (`fastdia.quant_formats.tile_pairs`) so each pass reads one sequential stream.
+  row pairs (`fastdia.quant.formats.tile_pairs`) so each pass reads one sequential stream.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
-  single-query attention, SiLU), used by fastdia.cpu_decode.
+  single-query attention, SiLU), used by fastdia.backends.cpu.decode.
 
-Weight formats (fastdia.quant): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
+Weight formats (fastdia.quant.modules): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
 in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
 64b + 32 + j in its high nibble), a uint8 step multiplier per (row, group), a float32 unit per
 row, and an int8 offset per (row, group) with a float32 offset scale per row.
@@ -19,7 +19,7 @@ row, and an int8 offset per (row, group) with a float32 offset scale per row.
 The library is compiled with the system C compiler into a per-user cache directory and loaded
 with ctypes; threads come from the OpenMP runtime torch already loaded (same soname), so the
 kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
-VNNI, `available()` is False and fastdia falls back to torch (fastdia.quant, fastdia.accel).
+VNNI, `available()` is False and fastdia falls back to torch (fastdia.quant.modules, fastdia.backends.cpu.packed).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _library() -> ctypes.CDLL:
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
     """`x (M, K) float32 @ (W (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS.
 
-    `w` is W in row pairs, `fastdia.quant_formats.tile_pairs(W, 32)`."""
+    `w` is W in row pairs, `fastdia.quant.formats.tile_pairs(W, 32)`."""
     m, k = x.shape
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)

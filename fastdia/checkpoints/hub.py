@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

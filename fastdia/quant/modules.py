@@ -2,7 +2,7 @@
 
 The model code builds plain `nn.Linear(bias=False)` projections and never learns about this file:
 `quantize_model` replaces them, from the outside, with modules that hold quantized weights and
-compute `x @ W.T` with fastdia's CPU kernels (fastdia/csrc/wonly.c, measured in
+compute `x @ W.T` with fastdia's CPU kernels (fastdia/backends/cpu/csrc/wonly.c, measured in
 benchmarks/README.md), or torch's weight-only kernels where those cannot be built:
 
 * **int8**, per output channel, symmetric: `W[n, k] = q[n, k] * scale[n]`, `q` in -127..127.
@@ -25,9 +25,9 @@ Activations stay in the model dtype outside the matmuls (the kernels quantize th
 to int16 per row internally, relative error ~1e-4), so norms, RoPE, attention and the KV cache
 are unchanged.
 
-The formats themselves (pure tensor transforms) are in fastdia.quant_formats; quantized
+The formats themselves (pure tensor transforms) are in fastdia.quant.formats; quantized
 checkpoints (`fastdia convert`) and building a model straight into its quantized form live in
-fastdia.quant_store.
+fastdia.quant.store.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import FastDiaError
-from .quant_formats import (
+from ..errors import FastDiaError
+from .formats import (
     _QUANT_BLOCK,
     dequantize_int4,
     dequantize_int8,
@@ -69,7 +69,7 @@ def check_mode(mode: str | None) -> str | None:
 
 
 def _kernels() -> bool:
-    from . import cpu_kernels
+    from ..backends.cpu import kernels as cpu_kernels
 
     return cpu_kernels.available()
 
@@ -121,7 +121,7 @@ class Int8Linear(nn.Module):
         return dequantize_int8(tile, self.scales[r0:r1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import cpu_kernels
+        from ..backends.cpu import kernels as cpu_kernels
 
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
@@ -185,7 +185,7 @@ class Int4Linear(nn.Module):
         return cls(packed, tscale, rscale, offsets, oscale, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import cpu_kernels
+        from ..backends.cpu import kernels as cpu_kernels
 
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
@@ -309,7 +309,7 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Module paths of every projection (and embedding table) a quantization may replace."""
-    from .accel import GemvLinear, PackedLinear
+    from ..backends.cpu.packed import GemvLinear, PackedLinear
 
     kinds = (nn.Linear, PackedLinear, GemvLinear, nn.Embedding)
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
@@ -342,13 +342,13 @@ def make_module(fmt: str | None, weight: torch.Tensor, group_size: int,
         return Int4Linear.from_float(weight, group_size)
     if fmt == "bf16":
         weight = weight.to(torch.bfloat16)
-    from .accel import fast_float_linear
+    from ..backends.cpu.packed import fast_float_linear
 
     return fast_float_linear(weight)
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
-    from .accel import GemvLinear, PackedLinear
+    from ..backends.cpu.packed import GemvLinear, PackedLinear
 
     if isinstance(module, (PackedLinear, GemvLinear)):
         return module.dense_weight()

@@ -2,7 +2,7 @@
 saves, building a model straight into its quantized form (never a float copy of the whole
 model), and loading a converted checkpoint without any float weight.
 
-The formats themselves are in fastdia.quant_formats, the modules in fastdia.quant.
+The formats themselves are in fastdia.quant.formats, the modules in fastdia.quant.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from .quant import (
+from .formats import quantize_int4, quantize_int8
+from .modules import (
     DEFAULT_GROUP_SIZE,
     MODES,
     Int4Linear,
@@ -26,7 +27,6 @@ from .quant import (
     plan,
     query_rows,
 )
-from .quant_formats import quantize_int4, quantize_int8
 
 # --------------------------------------------------------------------------------------------
 # State-dict transform (convert) and rebuilding modules from it (load)
@@ -120,7 +120,7 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def _check_complete(model: nn.Module, where: str) -> None:
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if missing:
@@ -141,9 +141,9 @@ def build_quantized(cfg, tensors: Iterable[tuple[str, torch.Tensor]], mode: str,
         group_size: int4 group size.
         dtype: dtype of the tensors that stay float (norm gains stay float32).
     """
-    from .memory import release_free_heap
-    from .models.dia1 import DiaModel
-    from .weights import keeps_fp32
+    from ..backends.cpu.memory import release_free_heap
+    from ..checkpoints.dia1_layouts import keeps_fp32
+    from ..models.dia1 import DiaModel
 
     with torch.device("meta"):
         model = DiaModel(cfg)
@@ -175,7 +175,7 @@ def stored_quantization(config_path) -> dict | None:
     """
     import json
 
-    from .errors import CheckpointError
+    from ..errors import CheckpointError
 
     try:
         raw = json.loads(open(config_path).read())
@@ -235,9 +235,9 @@ def _complete(parts: Mapping[str, torch.Tensor]) -> bool:
 @torch.no_grad()
 def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> nn.Module:
     """Build a DiaModel from a checkpoint saved by `save_converted`, without any float weight."""
-    from .errors import CheckpointError
-    from .models.dia1 import DiaModel
-    from .weights import keeps_fp32
+    from ..checkpoints.dia1_layouts import keeps_fp32
+    from ..errors import CheckpointError
+    from ..models.dia1 import DiaModel
 
     group_size = int(marker.get("group_size", DEFAULT_GROUP_SIZE))
     path = directory / "model.safetensors"
@@ -307,7 +307,7 @@ def save_converted(state: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch
 
     from safetensors.torch import save_file
 
-    from .models.dia1 import DiaModel
+    from ..models.dia1 import DiaModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

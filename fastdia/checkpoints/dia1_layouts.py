@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .config import DiaConfig
-from .errors import CheckpointError
+from ..config import DiaConfig
+from ..errors import CheckpointError
 
 Shape = tuple[int, ...]
 Convert = Callable[[torch.Tensor], torch.Tensor]

@@ -1,0 +1,1 @@
+"""How a step runs: device/dtype resolution (device.py) and the CPU fast path (cpu/)."""

@@ -1,0 +1,1 @@
+"""Checkpoints: hub ids, layouts (transformers and original names), strict loading, convert."""
