@@ -45,6 +45,20 @@ class DAC:
             f"device={self.device}, dtype={self.dtype})"
         )
 
+    @property
+    def codec_id(self) -> str:
+        """A stable id of these weights ("dac-<16 hex>"): saved voices record it, because codes
+        made by one codec mean nothing to another. It hashes the codebooks (what gives codes
+        their meaning), so two loads of the same checkpoint agree and different weights do not."""
+        if getattr(self, "_codec_id", None) is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for q in self.model.quantizer.quantizers:
+                h.update(q.codebook.weight.detach().float().cpu().numpy().tobytes())
+            self._codec_id = "dac-" + h.hexdigest()[:16]
+        return self._codec_id
+
     @classmethod
     def from_pretrained(
         cls,
