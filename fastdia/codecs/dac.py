@@ -114,11 +114,20 @@ class DAC:
         wave, _ = self.model.decode(codes, lengths)
         return wave
 
-    # The decoder's receptive field is about +-11 frames (kernel-7 convs at the frame rate and
-    # dilated residual units after the first upsampling); 16 frames of context on each side of a
-    # window make its centre identical to decoding everything at once.
+    # The decoder's receptive field is about +-10 frames (`context_frames`: kernel-7 convs at the
+    # frame rate and dilated residual units after the first upsampling); 16 frames of context on
+    # each side of a window make its centre identical to decoding everything at once.
     CHUNK_FRAMES = 512
     CHUNK_MARGIN = 16
+
+    @property
+    def context_frames(self) -> int:
+        """Frames of context each side of a window needs for its centre to equal a one-shot decode."""
+        return receptive_frames(self.config)
+
+    def stream(self, chunk_frames: int = 43) -> "DACStream":
+        """A streaming decoder: push codes as they come, get the audio that is final (see DACStream)."""
+        return DACStream(self, chunk_frames)
 
     @torch.inference_mode()
     def decode_chunked(
@@ -267,6 +276,78 @@ class DAC:
         return result[0] if single else result
 
 
+def receptive_frames(config: DACConfig) -> int:
+    """How many frames either side of a frame can change its audio, rounded up (+1 for safety).
+
+    Walks the decoder: the kernel-7 conv at the frame rate (3 frames), then per upsampling block
+    the transposed conv (one input frame of its rate) and the residual units' dilated kernel-7
+    convs (3 * (1 + 3 + 9) samples of its output rate), then the final kernel-7 conv.
+    """
+    frames, rate = 3.0, 1  # reach in frames; samples per frame at the current stage
+    for stride in config.decoder_rates:
+        frames += 1.0 / rate
+        rate *= stride
+        frames += 3 * (1 + 3 + 9) / rate
+    frames += 3 / rate
+    return math.ceil(frames) + 1
+
+
+class DACStream:
+    """Decode codes that arrive a few frames at a time into audio that is final as it is returned.
+
+    DAC is not causal: a frame's audio depends on `context` frames either side. Each window of
+    `chunk_frames` new frames is decoded once `context` more frames exist after it, together with
+    `context` frames before it, and only its centre is kept, so the joined output equals
+    `DAC.decode` of all the codes (to float rounding, ~1e-6). `finish()` decodes the tail.
+
+    Args:
+        codec: the DAC.
+        chunk_frames: frames of audio per returned piece (512 samples each; 43 is ~0.5 s).
+    """
+
+    def __init__(self, codec: DAC, chunk_frames: int = 43) -> None:
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise AudioError(f"the stream chunk must be at least one frame, got {chunk_frames!r}")
+        self.codec, self.chunk = codec, chunk_frames
+        self.context = codec.context_frames
+        n_q = codec.config.n_codebooks
+        self._codes = np.zeros((0, n_q), np.int64)  # the unfinished tail: left context + pending frames
+        self._offset = 0  # absolute index of self._codes[0]
+        self._done = 0  # absolute frames whose audio was returned
+        self.frames = 0  # frames pushed so far
+
+    def push(self, codes: Any) -> list[np.ndarray]:
+        """Add frames `[n, n_codebooks]`; returns the audio pieces (np.float32) now final, maybe none."""
+        arr = self.codec._check_codes(codes, "codes")
+        if arr.shape[0]:
+            self._codes = np.concatenate([self._codes, arr])
+            self.frames += arr.shape[0]
+        out = []
+        while self.frames - self.context >= self._done + self.chunk:
+            out.append(self._decode(self._done + self.chunk, final=False))
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The rest of the audio (the last window decoded up to the true end)."""
+        out = []
+        while self._done < self.frames:
+            out.append(self._decode(min(self._done + self.chunk, self.frames), final=True))
+        return out
+
+    def _decode(self, end: int, final: bool) -> np.ndarray:
+        a, ctx, hop = self._done, self.context, self.codec.hop_length
+        lo = max(0, a - ctx)
+        hi = self.frames if final else min(self.frames, end + ctx)
+        window = self._codes[lo - self._offset: hi - self._offset]
+        wave = self.codec.decode_tensor(torch.from_numpy(window).T[None])[0, 0].float().cpu().numpy()
+        piece = np.ascontiguousarray(wave[(a - lo) * hop: (end - lo) * hop])
+        self._done = end
+        keep = max(0, end - ctx) - self._offset  # what later windows still need as left context
+        if keep > 0:
+            self._codes, self._offset = self._codes[keep:], self._offset + keep
+        return piece
+
+
 def _as_numpy_int(codes: Any, name: str) -> np.ndarray:
     if isinstance(codes, torch.Tensor):
         codes = codes.detach().cpu().numpy()
@@ -305,4 +386,4 @@ def _as_numpy_float(wave: Any, name: str) -> np.ndarray:
     return arr
 
 
-__all__ = ["DAC", "DACConfig", "DACModel", "PRESETS", "preset"]
+__all__ = ["DAC", "DACStream", "receptive_frames", "DACConfig", "DACModel", "PRESETS", "preset"]

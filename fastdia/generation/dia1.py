@@ -30,6 +30,9 @@ from .options import GenerationConfig
 from .sampling import cfg_filter, select
 
 FRAME_RATE = 44100 / 512  # decoder steps per second of audio
+# torch generators take 64-bit seeds; any Python int is reduced into 0..2**63-1 (documented), so
+# seed=2**70 works and seeds that fit are used as they are.
+SEED_MODULUS = 2**63
 
 
 @dataclass
@@ -62,6 +65,29 @@ class Dia1Generator:
         self.sync_every = 1 if device.type == "cpu" else 8
 
     # ------------------------------------------------------------------ setup
+    def check_room(self, prompt_frames: int, max_tokens: int, item: str = "") -> None:
+        """Raise GenerationError unless `max_tokens` holds BOS, the prompt, the EOS countdown
+        along the delay pattern and at least one new frame; the message says which is short."""
+        cfg = self.cfg
+        if max_tokens > cfg.decoder.max_positions:
+            raise GenerationError(
+                f"max_tokens={max_tokens} exceeds the model's {cfg.decoder.max_positions} positions"
+            )
+        need = 1 + prompt_frames + cfg.max_delay + 1
+        if need <= max_tokens:
+            return
+        if prompt_frames == 0:
+            raise GenerationError(
+                f"max_tokens={max_tokens} is too small: a generation needs at least {need} positions (the "
+                f"start frame, the {cfg.max_delay}-step delay of the codebooks and one frame of audio); "
+                f"{FRAME_RATE:.0f} positions are about 1 s of audio"
+            )
+        raise GenerationError(
+            f"the audio prompt{item} is {prompt_frames / FRAME_RATE:.1f} s ({prompt_frames} frames) and does not "
+            f"fit with the script in max_tokens={max_tokens} ({max_tokens / FRAME_RATE:.1f} s in all, prompt "
+            f"included); use a prompt of 5-10 s or raise max_tokens (at most {cfg.decoder.max_positions})"
+        )
+
     def prepare(
         self,
         texts: list[list[int]],
@@ -72,21 +98,9 @@ class Dia1Generator:
         cfg, dev = self.cfg, self.device
         b = len(texts)
         max_tokens = gen.max_tokens
-        if max_tokens > cfg.decoder.max_positions:
-            raise GenerationError(
-                f"max_tokens={max_tokens} exceeds the model's {cfg.decoder.max_positions} positions"
-            )
         grid, steps = prompt_grid(prompts, self.delay, cfg.bos_id)
         for i, s in enumerate(steps):
-            # Room for the prompt, the 15-step EOS countdown and at least one new frame.
-            if s + cfg.max_delay + 1 > max_tokens:
-                frames = s - 1
-                raise GenerationError(
-                    f"the audio prompt{'' if i == 0 else f' of item {i}'} is {frames / FRAME_RATE:.1f} s "
-                    f"({frames} frames) and does not fit with the script in max_tokens={max_tokens} "
-                    f"({max_tokens / FRAME_RATE:.1f} s in all, prompt included); use a prompt of 5-10 s "
-                    f"or raise max_tokens (at most {cfg.decoder.max_positions})"
-                )
+            self.check_room(s - 1, max_tokens, "" if i == 0 else f" of item {i}")
 
         # Text: pad to the longest item only (spec 1.7: truncating is exact); rows interleave
         # (uncond_i, cond_i), the uncond row all zeros but masked like its cond partner.
@@ -115,7 +129,7 @@ class Dia1Generator:
             rngs = []
             for i in range(b):
                 g = torch.Generator(device=dev)
-                g.manual_seed(base + i)
+                g.manual_seed((base + i) % SEED_MODULUS)
                 rngs.append(g)
 
         t = min(steps) - 1
@@ -198,20 +212,55 @@ class Dia1Generator:
             if n % self.sync_every == 0 and bool((state.countdown == 0).all()):
                 return
 
+    def final_lengths(self, state: DecodeState) -> list[int]:
+        """Per item, how many new frames are final now (one host read).
+
+        Frame j of an item (grid row start + j on channel 0) is final once row start + j +
+        max_delay is written, i.e. for j <= t - max_delay; an item that emitted EOS at row s
+        has s - start frames in all.
+        """
+        ready = state.t + 1 - self.cfg.max_delay
+        limit = torch.where(state.finished_step < 0, ready, state.finished_step.clamp(max=ready))
+        return (limit - state.prefill_steps).clamp(min=0).tolist()
+
+    def frames(self, state: DecodeState, item: int, a: int, b: int) -> torch.Tensor:
+        """Reverted codes `(b - a, C)` of frames a..b-1 of `item` (final ones), clamped to 0..1023."""
+        start = int(state.prefill_steps[item])
+        window = state.tokens[item: item + 1, start + a: start + b + self.cfg.max_delay]  # (1, n + 15, C)
+        codes = revert_delay(window, self.delay)[0, : b - a]
+        return torch.where((codes < 0) | (codes > 1023), 0, codes)
+
     def extract(self, state: DecodeState) -> list[torch.Tensor]:
         """Reverted codes `(T_i, C)` per item, prompt and EOS excluded, values clamped to 0..1023."""
-        max_delay = self.cfg.max_delay
-        final_step = state.t + 1
-        finished = torch.where(state.finished_step < 0, final_step - max_delay, state.finished_step)
-        lengths = (finished - state.prefill_steps).clamp(min=0).tolist()
-        starts = state.prefill_steps.tolist()
-        out = []
-        for i, (start, n) in enumerate(zip(starts, lengths)):
-            window = state.tokens[i: i + 1, start: start + n + max_delay]  # (1, n + 15, C)
-            codes = revert_delay(window, self.delay)[0, :n]
-            codes = torch.where((codes < 0) | (codes > 1023), 0, codes)
-            out.append(codes)
-        return out
+        return [self.frames(state, i, 0, n) for i, n in enumerate(self.final_lengths(state))]
+
+    def run(
+        self,
+        texts: list[list[int]],
+        prompts: list[torch.Tensor | None],
+        gen: GenerationConfig,
+        on_step: Callable[[int], None] | None = None,
+    ) -> Iterator[list[torch.Tensor]]:
+        """Generate, yielding each item's newly final frames `(n_i, C)` as soon as they exist.
+
+        Frames are read back every `sync_every` steps (a host sync) and once at the end; the
+        pieces of an item joined give exactly what `generate` returns for it.
+        """
+        state = self.prepare(texts, prompts, gen)
+        done = [0] * len(texts)
+        for n, t in enumerate(self.steps(state, gen), start=1):
+            if on_step is not None:
+                on_step(t)
+            if n % self.sync_every == 0:
+                yield self._new_frames(state, done)
+        yield self._new_frames(state, done)
+
+    def _new_frames(self, state: DecodeState, done: list[int]) -> list[torch.Tensor]:
+        pieces = []
+        for i, n in enumerate(self.final_lengths(state)):
+            pieces.append(self.frames(state, i, done[i], n))
+            done[i] = max(done[i], n)
+        return pieces
 
     def generate(
         self,
