@@ -191,6 +191,74 @@ def write_audio(path: str | os.PathLike[str], wave: Any, sample_rate: int) -> Pa
     return p
 
 
+class AudioStreamWriter:
+    """Write audio chunk by chunk as it is generated: to a file (any supported format, through
+    libsndfile, which completes the header on close) or to a binary pipe as 16-bit PCM WAV.
+
+    A pipe cannot be rewound to fill in the header's sizes, so they are written as 0xFFFFFFFF,
+    the "unknown length" that players reading a stream accept (aplay, ffplay, sox).
+
+    Args:
+        target: an output path (checked like `check_output_path`), or a writable binary file
+            object such as `sys.stdout.buffer`.
+        sample_rate: Hz.
+    """
+
+    def __init__(self, target: str | os.PathLike[str] | Any, sample_rate: int) -> None:
+        import soundfile as sf
+
+        self.sample_rate, self.frames = int(sample_rate), 0
+        self._file = self._pipe = None
+        if hasattr(target, "write"):
+            self._pipe = target
+            self._pipe.write(_wav_header(self.sample_rate))
+            self._pipe.flush()
+        else:
+            path = check_output_path(target)
+            fmt, subtype = _WRITE_FORMATS[path.suffix.lower()]
+            try:
+                self._file = sf.SoundFile(str(path), "w", self.sample_rate, 1, subtype, format=fmt)
+            except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
+                raise AudioError(f"cannot write {str(path)!r}: {_first_line(exc)}") from None
+            self.path = path
+
+    def write(self, chunk: np.ndarray) -> None:
+        """Append float samples in [-1, 1] (clipped) and push them out at once."""
+        data = np.clip(np.asarray(chunk, dtype=np.float32), -1.0, 1.0)
+        if self._pipe is not None:
+            # libsndfile's float -> PCM16 rule, so a piped WAV has the samples a file would have.
+            pcm = np.clip(np.floor(data.astype(np.float64) * 32768.0), -32768, 32767)
+            self._pipe.write(pcm.astype("<i2").tobytes())
+            self._pipe.flush()
+        else:
+            self._file.write(data)
+            self._file.flush()
+        self.frames += data.shape[0]
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        elif self._pipe is not None:
+            self._pipe.flush()
+
+    def __enter__(self) -> "AudioStreamWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _wav_header(sample_rate: int) -> bytes:
+    """A 44-byte mono 16-bit PCM WAV header with unknown (maximal) sizes, for streams."""
+    import struct
+
+    unknown = 0xFFFFFFFF
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", unknown))
+
+
 def true_peak(wave: np.ndarray, sample_rate: int, oversample: int = 4) -> float:
     """Approximate true peak (linear): the sample peak of the signal oversampled 4x (BS.1770 annex 2)."""
     wave = np.asarray(wave, dtype=np.float32)

@@ -82,72 +82,123 @@ def _read_script(args: argparse.Namespace) -> str:
         raise ScriptError(f"script file {args.input!r} is not UTF-8 text") from None
 
 
+def _parse_voices(specs: list[str] | None, voices_dir: str | None):
+    """--voice NAME (the whole script) or --voice S1=NAME --voice S2=NAME -> `voice=` value,
+    each name checked against the store before any model is loaded."""
+    from .errors import GenerationError
+    from .voices import VoiceStore
+
+    if not specs:
+        return None
+    store = VoiceStore(voices_dir)
+    whole, per_speaker = None, {}
+    for spec in specs:
+        speaker, sep, name = spec.partition("=")
+        if not sep:
+            if whole is not None or len(specs) > 1:
+                raise GenerationError("give one --voice NAME for the whole script, or --voice S1=NAME --voice S2=NAME")
+            whole = store.get(spec)
+            continue
+        key = speaker.strip().strip("[]").upper()
+        if key not in ("S1", "S2"):
+            raise GenerationError(f"--voice {spec!r}: the speaker must be S1 or S2 (e.g. --voice S1=alice)")
+        if key in per_speaker:
+            raise GenerationError(f"--voice gives {key} twice")
+        per_speaker[key] = store.get(name)
+    return whole if whole is not None else per_speaker
+
+
 def cmd_say(args: argparse.Namespace) -> int:
     import time
 
-    from .audio import check_output_path, read_audio
-    from .text import validate_script
+    from .audio import AudioStreamWriter, check_output_path, read_audio
+    from .errors import GenerationError
+    from .text import MAX_SCRIPT_BYTES, validate_script
 
     # Everything that can be checked without the model is checked first, so a typo never
     # costs a model load or a generation.
     script = _read_script(args)
-    validate_script(script)
+    validate_script(script, max_tokens=MAX_SCRIPT_BYTES)
     if args.prompt_text is not None:
         validate_script(args.prompt_text, what="--prompt-text")
-    out_path = check_output_path(args.output)
+    to_stdout = args.output == "-"
+    streaming = args.stream or to_stdout
+    out_path = None if to_stdout else check_output_path(args.output)
+    if streaming and args.loudness is not None:
+        raise GenerationError("--loudness needs the whole audio; it cannot be used with --stream or -o -")
     prompt = None
     if args.audio_prompt is not None:
         prompt = read_audio(args.audio_prompt)  # (wave, sample_rate); errors name the file
     elif args.prompt_text is not None:
-        from .errors import GenerationError
-
         raise GenerationError("--prompt-text is the transcript of --audio-prompt; give both")
+    voice = _parse_voices(args.voice, args.voices_dir)
+    if voice is not None and prompt is not None:
+        raise GenerationError("give --voice or --audio-prompt (with --prompt-text), not both")
 
     from . import Dia
 
     tts = Dia.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                              codec=args.codec)
+                              codec=args.codec, voices_dir=args.voices_dir)
     if tts.is_random:
+        import warnings
+
+        from .api import NoiseModelWarning
+
         print(f"note: {args.model} has random weights: its audio is noise, useful only for trials",
               file=sys.stderr)
-    sampling = dict(max_tokens=args.max_tokens, cfg_scale=args.cfg_scale, temperature=args.temperature,
-                    top_p=args.top_p, cfg_filter_top_k=args.cfg_filter_top_k, seed=args.seed)
+        warnings.simplefilter("ignore", NoiseModelWarning)  # said once, just above
+    options = dict(max_tokens=args.max_tokens, cfg_scale=args.cfg_scale, temperature=args.temperature,
+                   top_p=args.top_p, cfg_filter_top_k=args.cfg_filter_top_k, seed=args.seed,
+                   audio_prompt=None if prompt is None else prompt[0],
+                   sample_rate=None if prompt is None else prompt[1],
+                   prompt_text=args.prompt_text, voice=voice, chunk_tokens=args.chunk_tokens,
+                   progress=not args.quiet)
     start = time.perf_counter()
-    codes = tts.generate_codes(
-        script,
-        audio_prompt=None if prompt is None else prompt[0],
-        sample_rate=None if prompt is None else prompt[1],
-        prompt_text=args.prompt_text,
-        progress=not args.quiet,
-        **sampling,
-    )
-    gen_seconds = time.perf_counter() - start
-    audio = tts.decode(codes)
-    tts.save_audio(out_path, audio, loudness=args.loudness)
+    if streaming:
+        first = None
+        chunks = tts.stream(script, chunk_seconds=args.chunk_seconds, **options)
+        with AudioStreamWriter(sys.stdout.buffer if to_stdout else out_path, tts.sample_rate) as out:
+            for chunk in chunks:
+                first = first or time.perf_counter() - start
+                out.write(chunk)
+        samples = out.frames
+        where = "stdout" if to_stdout else str(out_path)
+    else:
+        codes = tts.generate_codes(script, **options)
+        audio = tts.decode(codes)
+        tts.save_audio(out_path, audio, loudness=args.loudness)
+        samples, where = len(audio), str(out_path)
     total = time.perf_counter() - start
-    seconds = len(audio) / tts.sample_rate
+    seconds = samples / tts.sample_rate
     if not args.quiet:
-        print(f"wrote {out_path}: {seconds:.2f} s of audio ({len(codes)} frames) in {total:.1f} s "
-              f"(generation {gen_seconds:.1f} s, {seconds / total if total else 0:.2f}x realtime)", file=sys.stderr)
+        first_audio = f", first audio after {first:.1f} s" if streaming and first else ""
+        print(f"wrote {where}: {seconds:.2f} s of audio in {total:.1f} s "
+              f"({seconds / total if total else 0:.2f}x realtime{first_audio})", file=sys.stderr)
     return 0
 
 
 def _add_say(sub) -> None:
     from .generation.options import GenerationConfig
+    from .text import DEFAULT_CHUNK_TOKENS
 
     d = GenerationConfig()
     p = sub.add_parser("say", help="speak a dialogue script into an audio file",
                        description='Speak a script such as "[S1] Hello. [S2] Hi! (laughs)" into an audio file.')
     p.add_argument("text", nargs="?", help="the script; or use --input")
     p.add_argument("-i", "--input", metavar="FILE", help="read the script from FILE ('-' for stdin)")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="output file: .wav, .flac, .ogg or .mp3")
+    p.add_argument("-o", "--output", required=True, metavar="PATH",
+                   help="output file: .wav, .flac, .ogg or .mp3; '-' streams WAV to stdout (| aplay, | ffplay -)")
+    p.add_argument("--stream", action="store_true",
+                   help="write the output file progressively, as audio is generated")
+    p.add_argument("--chunk-seconds", type=float, default=0.5,
+                   help="audio per streamed chunk (default: %(default)s)")
     _add_model_flags(p)
     p.add_argument("--codec", default=None,
                    help="DAC codec: hub id, directory or file (default: descript/dac_44khz; presets use their own)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantization")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--max-tokens", type=int, default=d.max_tokens,
-                   help="decoder position limit incl. any prompt; 86 = 1 s (default: %(default)s)")
+                   help="decoder position limit per generation (per chunk of a long script) incl. any prompt; 86 = 1 s (default: %(default)s)")
     p.add_argument("--cfg-scale", type=float, default=d.cfg_scale, help="guidance strength (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass (default: %(default)s)")
@@ -155,6 +206,14 @@ def _add_say(sub) -> None:
                    help="candidates kept by the guidance filter (default: %(default)s)")
     p.add_argument("--audio-prompt", metavar="FILE", help="voice to clone: an audio file (5-10 s works best)")
     p.add_argument("--prompt-text", metavar="TEXT", help="transcript of --audio-prompt, with speaker tags")
+    p.add_argument("--voice", action="append", metavar="[S1=|S2=]NAME",
+                   help="a saved voice (fastdia voice add) for the whole script, or per speaker: "
+                        "--voice S1=alice --voice S2=bob")
+    p.add_argument("--voices-dir", metavar="DIR", default=None,
+                   help="saved voices' folder (default: $FASTDIA_VOICES_DIR, else the XDG data dir)")
+    p.add_argument("--chunk-tokens", type=int, default=DEFAULT_CHUNK_TOKENS,
+                   help="long scripts are spoken in chunks of at most this many bytes, split at speaker "
+                        "turns (default: %(default)s, about 11 s of speech)")
     p.add_argument("--loudness", type=float, default=None, metavar="LUFS",
                    help="normalise the output to this loudness, e.g. -16 (peaks kept under -1 dBTP)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -192,6 +251,130 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=bench.cmd_bench)
 
 
+def cmd_voice_add(args: argparse.Namespace) -> int:
+    from .audio import read_audio
+    from .errors import VoiceError
+    from .text import validate_script
+    from .voices import VoiceStore
+
+    # Name, transcript and audio are checked before the codec loads, so a typo costs no download.
+    store = VoiceStore(args.voices_dir)
+    if store.exists(args.name) and not args.force:
+        raise VoiceError(f"voice {args.name!r} exists; use --force to replace it")
+    validate_script(args.text, what="voice transcript")
+    wave, rate = read_audio(args.audio)
+    if len(wave) / rate > 15:
+        print(f"note: {args.audio} is {len(wave) / rate:.1f} s long; 5-10 s clones best, and a long prompt "
+              "leaves less room to generate", file=sys.stderr)
+
+    from .backends.device import resolve_device
+    from .codecs import DAC
+    from .codecs.dac_model import DEFAULT_MODEL
+    from .config import PRESETS
+
+    source = args.codec or ("tiny-random" if args.model in PRESETS else DEFAULT_MODEL)
+    device = resolve_device(args.device)
+    # Dia loads its codec with this dtype rule, and codec ids differ between dtypes.
+    codec = DAC.from_pretrained(source, device=device, dtype="auto" if device.type == "cuda" else "float32")
+    voice = store.add(args.name, codec.encode(wave, rate), args.text, codec.codec_id, codec.sample_rate,
+                      source=args.audio, force=args.force, hop_length=codec.hop_length)
+    print(f"saved voice {voice.name!r} ({voice.seconds:.1f} s, {len(voice.codes)} frames) to {store.path(voice.name)}")
+    return 0
+
+
+def _voice_info(voice, store) -> dict:
+    info = {"name": voice.name, "path": str(store.path(voice.name)), "seconds": voice.seconds,
+            "frames": len(voice.codes), "codebooks": voice.codes.shape[1], "codec": voice.codec,
+            "sample_rate": voice.sample_rate}
+    info.update((k, v) for k, v in voice.metadata.items() if k not in info)
+    info["text"] = voice.text
+    return info
+
+
+def cmd_voice_list(args: argparse.Namespace) -> int:
+    from .voices import ADD_HINT, VoiceStore
+
+    store = VoiceStore(args.voices_dir)
+    broken: list = []
+    voices = store.list(broken)
+    for exc in broken:
+        print(f"fastdia: warning: skipped {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([_voice_info(v, store) for v in voices], indent=2, ensure_ascii=False))
+        return 0
+    if not voices:
+        print(f"no saved voices in {store.directory}; add one with: {ADD_HINT}")
+        return 0
+    width = max(4, *(len(v.name) for v in voices))
+    print(f"{'NAME':<{width}}  SECONDS  {'CODEC':<20}  TRANSCRIPT")
+    for v in voices:
+        text = " ".join(v.text.split())
+        text = text if len(text) <= 60 else text[:57] + "..."
+        print(f"{v.name:<{width}}  {v.seconds:7.1f}  {v.codec:<20}  {text}")
+    return 0
+
+
+def cmd_voice_show(args: argparse.Namespace) -> int:
+    from .voices import VoiceStore
+
+    store = VoiceStore(args.voices_dir)
+    info = _voice_info(store.get(args.name), store)
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in info.items():
+        print(f"{'transcript' if key == 'text' else key:<15}{value}")
+    return 0
+
+
+def cmd_voice_remove(args: argparse.Namespace) -> int:
+    from .voices import VoiceStore
+
+    path = VoiceStore(args.voices_dir).remove(args.name)
+    print(f"removed voice {args.name!r} ({path})")
+    return 0
+
+
+def _add_voice(sub) -> None:
+    p = sub.add_parser("voice", help="save voices to clone (audio + transcript) once, reuse them by name",
+                       description="Saved voices: an audio clip encoded once with its exact transcript.")
+    actions = p.add_subparsers(dest="voice_command", metavar="ACTION")
+    actions.required = True
+    dir_help = ("folder of saved voices (default: $FASTDIA_VOICES_DIR, else $XDG_DATA_HOME/fastdia/voices, "
+                "else ~/.local/share/fastdia/voices)")
+
+    a = actions.add_parser("add", help="encode an audio clip and save it with its transcript",
+                           description="Encode AUDIO with the model's codec and save it, with its transcript, as NAME.")
+    a.add_argument("name", metavar="NAME", help="1-64 letters, digits, '.', '_' or '-', e.g. alice")
+    a.add_argument("audio", metavar="AUDIO", help="the voice, alone: wav, flac, ogg or mp3; 5-10 s clones best")
+    a.add_argument("--text", required=True, metavar="TRANSCRIPT",
+                   help='exactly the words spoken in AUDIO, with speaker tags: "[S1] Hello there."')
+    a.add_argument("--force", action="store_true", help="replace a saved voice of the same name")
+    a.add_argument("--voices-dir", metavar="DIR", help=dir_help)
+    a.add_argument("--model", default="nari-labs/Dia-1.6B-0626",
+                   help="the model the voice is for; presets use their own codec (default: %(default)s)")
+    a.add_argument("--codec", default=None,
+                   help="DAC codec: hub id, directory or file (default: descript/dac_44khz; presets use their own)")
+    a.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)")
+    a.set_defaults(func=cmd_voice_add)
+
+    q = actions.add_parser("list", help="list saved voices")
+    q.add_argument("--voices-dir", metavar="DIR", help=dir_help)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_voice_list)
+
+    q = actions.add_parser("show", help="show a saved voice's details and transcript")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--voices-dir", metavar="DIR", help=dir_help)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_voice_show)
+
+    q = actions.add_parser("remove", help="delete a saved voice")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--voices-dir", metavar="DIR", help=dir_help)
+    q.set_defaults(func=cmd_voice_remove)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastdia", description="Fast inference for Nari Labs' Dia dialogue text-to-speech models."
@@ -207,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_say(sub)
     _add_bench(sub)
     _add_convert(sub)
+    _add_voice(sub)
     return parser
 
 

@@ -28,3 +28,7 @@ class AudioError(FastDiaError, ValueError):
 
 class GenerationError(FastDiaError, ValueError):
     """Generation options or prompts are invalid (e.g. a prompt that leaves no room to generate)."""
+
+
+class VoiceError(FastDiaError, ValueError):
+    """A saved voice cannot be stored or used (bad name, unknown voice, broken file, other codec)."""

@@ -55,7 +55,10 @@ class DAC:
 
             h = hashlib.sha256()
             for q in self.model.quantizer.quantizers:
-                h.update(q.codebook.weight.detach().float().cpu().numpy().tobytes())
+                # Rounded to bfloat16 first: a codec loaded in bfloat16 (on CUDA) and the same
+                # checkpoint in float32 (on CPU) must give the same id.
+                w = q.codebook.weight.detach().to(torch.bfloat16).float()
+                h.update(w.cpu().numpy().tobytes())
             self._codec_id = "dac-" + h.hexdigest()[:16]
         return self._codec_id
 
