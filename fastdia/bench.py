@@ -7,7 +7,10 @@ transformers' DiaForConditionalGeneration with the same weights) in its own subp
 peak RSS is that variant's alone and nothing is shared between runs.
 
 Decoding drives `Dia1Generator.prepare()` then `.step()` a fixed number of times: CFG on,
-default sampling, EOS never ends the run (step() keeps decoding finished items).
+default sampling, EOS never ends the run (step() keeps decoding finished items). Then, in the
+same process, time to first audio (TTFA) of the streaming path: `Dia.stream(text)` to its first
+0.5 s chunk, through the codec (the released DAC architecture, random weights, for the full-size
+preset).
 
 `--quality` teacher-forces quantized/bfloat16 variants over the tokens a float32 run picked and
 reports top-1 agreement of the CFG-guided logits with float32 and their relative error.
@@ -130,6 +133,9 @@ def _child_fastdia(spec: dict) -> dict:
             times.append(time.perf_counter())
     per_step = [b - a for a, b in zip([t2] + times[:-1], times)]
     steady = per_step[1:] or per_step
+    peak_rss = _peak_rss_bytes()  # before the codec exists: the decoder's own memory
+    del state
+    ttfa = time_to_first_audio(loaded, dev, dt, spec)
     return {
         "impl": "fastdia",
         "dtype": str(dt).removeprefix("torch."),
@@ -142,8 +148,39 @@ def _child_fastdia(spec: dict) -> dict:
         "weight_bytes_per_step": step_weight_bytes(model),
         "parameters_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values())
         + sum(m.nbytes() for m in model.modules() if hasattr(m, "packed")),
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss,
+        **ttfa,
     }
+
+
+# The codec a benchmark streams through: presets have no released codec weights to pair with, so
+# the full-size model gets the released DAC architecture with random weights (same cost).
+_BENCH_CODECS = {"tiny-random": "tiny-random", "dia-1.6b-random": "dac-44khz-random"}
+
+
+def time_to_first_audio(loaded, dev, dt, spec: dict) -> dict:
+    """Seconds from `Dia.stream(...)` to its first chunk (default 0.5 s chunks), as a user calls it.
+
+    Includes text encoding, prefill, the 15 + chunk + codec-context decoder steps the first chunk
+    needs, and its DAC decode. The codec is loaded (and warmed on one frame) first: it is loaded
+    once per process, not per request.
+    """
+    import warnings
+
+    import numpy as np
+
+    from .api import Dia
+
+    tts = Dia(loaded, dev, dt, codec=spec.get("codec") or _BENCH_CODECS.get(str(spec["model"])))
+    tts.decode(np.zeros((1, loaded.config.n_channels), np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        chunks = tts.stream(spec["text"], seed=0, chunk_seconds=spec.get("chunk_seconds", 0.5))
+        first = next(chunks)
+        ttfa = time.perf_counter() - t0
+        chunks.close()
+    return {"ttfa_s": ttfa, "ttfa_chunk_s": len(first) / tts.sample_rate, "codec": str(tts.codec_source)}
 
 
 def _effective_quantize(spec: dict) -> str | None:
@@ -338,6 +375,10 @@ def _label(r: dict) -> str:
     return f"fastdia {r['dtype']}" + ("" if q == "none" else f" {q}")
 
 
+def _ttfa(r: dict) -> str:
+    return "-" if r.get("ttfa_s") is None else f"{r['ttfa_s']:.2f}"
+
+
 def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f}"
 
@@ -377,7 +418,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         out["results"].append(r)
         log(f"bench: {_label(r):28s} {r['steps_per_s']:7.2f} steps/s  (x{r['realtime_factor']:.3f} realtime, "
             f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
-            f"first step {r['ttfs_ms']:.0f} ms, peak RSS {_gb(r['peak_rss_bytes'])} GB")
+            f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB")
     ref = next((r for r in out["results"] if r["impl"] == "transformers"), None)
     if ref and ref["steps_per_s"]:
         for r in out["results"]:
@@ -436,14 +477,14 @@ def _machine() -> dict:
 
 def print_table(out: dict) -> None:
     print(f"{'variant':30s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
-          f"{'prefill ms':>10s} {'1st step ms':>11s} {'GB/step':>7s} {'peak RSS GB':>11s}")
+          f"{'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_transformers")
         pre = r.get("prefill_ms")
         print(f"{_label(r):30s} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
               f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
               f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
-              f"{r['ttfs_ms']:11.0f} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
+              f"{r['ttfs_ms']:11.0f} {_ttfa(r):>6s} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
     for q in out.get("quality", []):
         print(f"quality {q['dtype']} {q['quantize']}: top-1 agreement {100 * q['top1_agreement']:.1f}% of "
               f"{q['steps']} teacher-forced steps x channels, relative logit error {q['rel_logit_error']:.4f}")

@@ -227,7 +227,15 @@ def _split_turn(turn: str, budget: int) -> list[str]:
             LongSentenceWarning,
             stacklevel=4,
         )
-        units.extend(_cut(sentence, min(limit, budget) - 5))
+        for part in _cut(sentence, min(limit, budget) - 5):
+            if _size(tag + " " + part) > hard:
+                from .errors import ScriptError
+
+                raise ScriptError(
+                    f"the script has a run of {_size(part)} bytes with no space or punctuation ({part[:40]!r}...); "
+                    f"Dia cannot speak it in one generation (at most {hard} bytes): add spaces or sentence ends"
+                )
+            units.append(part)
     pieces: list[str] = []
     for unit in units:
         if pieces and _size(pieces[-1]) + 1 + _size(unit) <= budget:

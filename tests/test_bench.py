@@ -39,6 +39,8 @@ def test_bench_json_variants_transformers_and_quality():
                     "fraction_of_ceiling", "realtime_factor", "vs_transformers"):
             assert x[key] is not None and x[key] > 0, (key, x)
     assert data["results"][0]["vs_transformers"] == pytest.approx(1.0)
+    for x in data["results"][1:]:  # the streaming path's time to first audio, fastdia variants
+        assert x["ttfa_s"] > 0 and x["ttfa_chunk_s"] > 0 and x["codec"] == "tiny-random", x
     int8 = data["results"][2]
     assert int8["weight_bytes_per_step"] < data["results"][1]["weight_bytes_per_step"] / 2
     assert "running fastdia float32 int8" in r.stderr

@@ -170,6 +170,9 @@ PRESETS: dict[str, DACConfig] = {
     # A few hundred KB, random weights, but the same hop (512) and 9 x 1024 codebooks as the real
     # one, so Dia's tiny preset can produce audio of the right length offline.
     "tiny-random": DACConfig(encoder_dim=4, decoder_dim=16, codebook_dim=8),
+    # The released architecture with random weights: what benchmarks time (decode cost, time to
+    # first audio) without a download.
+    "dac-44khz-random": DACConfig(),
 }
 
 # Seed of the random weights of weight-less presets; fixed so every run makes the same codec.
