@@ -141,18 +141,24 @@ def run_script(
         if on_chunk is not None:
             on_chunk(k, len(chunks))
         context = select_context(chunk, voices, history, gen.max_tokens, max_delay)
-        tokens, prompt = compose(context, chunk)
-        frames = 0 if prompt is None else prompt.shape[0]
         options = replace(gen, seed=chunk_seed(gen.seed, k))
-        if len(chunks) > 1:
-            # A chunk may run to CAP_FACTOR times its expected length, never to the whole window:
-            # a chunk that does not stop would otherwise fill it with babble.
-            cap = math.ceil(CAP_FACTOR * expected_frames(chunk)) + round(FRAME_RATE)
-            options = replace(options, max_tokens=min(gen.max_tokens, 1 + frames + max_delay + cap))
         pieces = []
-        for new in generator.run([tokens], [prompt], options, on_step=on_step):
-            if new[0].shape[0]:
-                pieces.append(new[0])
-                yield new[0]
-        if pieces:  # a chunk the model ended at once leaves nothing to continue from
+        for attempt in (context, list(voices)):
+            tokens, prompt = compose(attempt, chunk)
+            frames = 0 if prompt is None else prompt.shape[0]
+            if len(chunks) > 1:
+                # A chunk may run to CAP_FACTOR times its expected length, never to the whole
+                # window: a chunk that does not stop would otherwise fill it with babble.
+                cap = math.ceil(CAP_FACTOR * expected_frames(chunk)) + round(FRAME_RATE)
+                options = replace(options, max_tokens=min(gen.max_tokens, 1 + frames + max_delay + cap))
+            for new in generator.run([tokens], [prompt], options, on_step=on_step):
+                if new[0].shape[0]:
+                    pieces.append(new[0])
+                    yield new[0]
+            if pieces or len(attempt) == len(voices):
+                break
+            # The model ended at once: a previous chunk that itself closed on end-of-speech can
+            # make that the likeliest next frame. Speak the chunk again from the voices alone
+            # rather than lose its text.
+        if pieces:
             history.append(Segment(chunk, torch.cat(pieces)))
