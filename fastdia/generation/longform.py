@@ -32,8 +32,8 @@ from .options import GenerationConfig
 # use up to CAP_FACTOR times its expected length (slow speech, long non-verbal sounds) and the
 # context leaves it at least RESERVE_FACTOR times that, plus a second.
 BYTES_PER_SECOND = 14.0
-RESERVE_FACTOR = 1.5
-CAP_FACTOR = 2.5
+RESERVE_FACTOR = 1.25
+CAP_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
