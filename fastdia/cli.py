@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import FastDiaError
@@ -110,15 +111,19 @@ def _parse_voices(specs: list[str] | None, voices_dir: str | None):
 
 def cmd_say(args: argparse.Namespace) -> int:
     import time
+    import warnings
 
     from .audio import AudioStreamWriter, check_output_path, read_audio
     from .errors import GenerationError
-    from .text import MAX_SCRIPT_BYTES, validate_script
+    from .text import MAX_SCRIPT_BYTES, split_script, validate_script
 
     # Everything that can be checked without the model is checked first, so a typo never
     # costs a model load or a generation.
     script = _read_script(args)
-    validate_script(script, max_tokens=MAX_SCRIPT_BYTES)
+    script = validate_script(script, max_tokens=MAX_SCRIPT_BYTES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # said once, when the script is spoken
+        split_script(script, args.chunk_tokens)  # a bad --chunk-tokens or an unspeakable run
     if args.prompt_text is not None:
         validate_script(args.prompt_text, what="--prompt-text")
     to_stdout = args.output == "-"
@@ -140,8 +145,6 @@ def cmd_say(args: argparse.Namespace) -> int:
     tts = Dia.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize,
                               codec=args.codec, voices_dir=args.voices_dir)
     if tts.is_random:
-        import warnings
-
         from .api import NoiseModelWarning
 
         print(f"note: {args.model} has random weights: its audio is noise, useful only for trials",
@@ -157,10 +160,16 @@ def cmd_say(args: argparse.Namespace) -> int:
     if streaming:
         first = None
         chunks = tts.stream(script, chunk_seconds=args.chunk_seconds, **options)
-        with AudioStreamWriter(sys.stdout.buffer if to_stdout else out_path, tts.sample_rate) as out:
-            for chunk in chunks:
-                first = first or time.perf_counter() - start
-                out.write(chunk)
+        try:
+            with AudioStreamWriter(sys.stdout.buffer if to_stdout else out_path, tts.sample_rate) as out:
+                for chunk in chunks:
+                    first = first or time.perf_counter() - start
+                    out.write(chunk)
+        except BrokenPipeError:
+            # The player went away (e.g. aplay was stopped): stop generating, quietly.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            print("fastdia: the output pipe was closed; stopped", file=sys.stderr)
+            return 0
         samples = out.frames
         where = "stdout" if to_stdout else str(out_path)
     else:

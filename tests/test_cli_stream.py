@@ -62,6 +62,22 @@ def test_stdout_wav_stream(one_shot):
     assert "wrote stdout" in err and "first audio after" in err and "generating" in err  # progress on stderr
 
 
+def test_stdout_closed_early_stops_quietly():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fastdia.cli", "say", SCRIPT, "-o", "-", "--model", "tiny-random",
+                             "--max-tokens", "3000", "--chunk-seconds", "0.1", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        head = proc.stdout.read(2000)  # a player that stops after a moment
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=300) == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert head[:4] == b"RIFF" and "Traceback" not in err and "pipe was closed" in err
+
+
 def test_stream_to_file(one_shot, tmp_path):
     for ext in ("wav", "flac"):
         out = tmp_path / f"s.{ext}"

@@ -36,7 +36,7 @@ RESERVE_FACTOR = 1.25
 CAP_FACTOR = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: two chunks may say the same words
 class Segment:
     """A transcript and the codes `(P, C)` of its audio: a voice prompt or a chunk already spoken."""
 
