@@ -21,3 +21,13 @@ def hf_models():
         return cache[shape, seed]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tts():
+    """The tiny-random preset on CPU, shared by the streaming, long-script and voice tests."""
+    from fastdia import Dia
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Dia.from_pretrained("tiny-random", device="cpu")

@@ -7,13 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from fastdia import Dia
 from fastdia.errors import GenerationError, ScriptError
 from fastdia.voices import VoiceStore
 
@@ -33,13 +31,6 @@ def fails_cleanly(r, words: str) -> None:
     assert r.returncode == 2, err
     assert len(lines) == 1 and words in lines[0], err
     assert "Traceback" not in err
-
-
-@pytest.fixture(scope="module")
-def tts():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Dia.from_pretrained("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -144,13 +144,6 @@ LONG = " ".join(
     for i in range(40))  # 40 turns, ~2,300 bytes: about three minutes of speech at Dia's pace
 
 
-@pytest.fixture(scope="module")
-def tts():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Dia.from_pretrained("tiny-random", device="cpu")
-
-
 def record_generations(tts, monkeypatch) -> list:
     """Wrap the generator so each chunk's (text tokens, prompt codes) can be inspected."""
     seen = []

@@ -7,20 +7,12 @@ import warnings
 import numpy as np
 import pytest
 
-from fastdia import Dia
 from fastdia.codecs import DAC
 from fastdia.codecs.dac import receptive_frames
 from fastdia.codecs.dac_model import DACConfig
 from fastdia.errors import AudioError, GenerationError, ScriptError
 
 SCRIPT = "[S1] Hello there, this is a stream. [S2] Oh, hi! (laughs)"
-
-
-@pytest.fixture(scope="module")
-def tts():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Dia.from_pretrained("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="module")
