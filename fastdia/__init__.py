@@ -2,6 +2,7 @@
 
 from .api import Dia
 from .generation.options import GenerationConfig
+from .speech import Speech
 
-__all__ = ["Dia", "GenerationConfig"]
+__all__ = ["Dia", "GenerationConfig", "Speech"]
 __version__ = "0.1.0"

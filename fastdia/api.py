@@ -18,6 +18,7 @@ from .checkpoints.dia1_load import load_model, source_parameters, source_quantiz
 from .checkpoints.hub import resolve_dir
 from .config import PRESETS, DiaConfig
 from .errors import AudioError, GenerationError, ScriptError
+from .speech import Speech
 from .generation.dia1 import FRAME_RATE, Dia1Generator
 from .generation.longform import Segment, compose, run_script, select_context
 from .generation.options import GenerationConfig
@@ -234,6 +235,18 @@ class Dia:
             close()
         out = [c.cpu().numpy().astype(np.int64) for c in codes]
         return out[0] if single else out
+
+    def synthesize(self, text: str, **options: Any) -> Speech:
+        """Speak one script; returns a `Speech` (audio, sample_rate, codes, timestamps).
+
+        Takes the arguments of `generate` for one script. `timestamps` is empty: Dia-1 has no
+        word alignment (Dia2 fills it).
+        """
+        if not isinstance(text, str):
+            raise ScriptError(f"synthesize speaks one script (a string), got {type(text).__name__}")
+        codes = self.generate_codes(text, **options)
+        self._warn_if_random()
+        return Speech(audio=self.decode(codes), sample_rate=self.sample_rate, codes=codes)
 
     def stream(
         self,

@@ -102,3 +102,18 @@ def test_stream_is_lazy_but_checks_input_at_once(tts):
     first = next(chunks)  # a generator: work happens as chunks are asked for
     assert first.dtype == np.float32 and len(first) > 0
     chunks.close()
+
+
+def test_synthesize_returns_speech(tts):
+    from fastdia import Speech
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        speech = tts.synthesize(SCRIPT, seed=2, max_tokens=120)
+        audio = tts.generate(SCRIPT, seed=2, max_tokens=120)
+    assert isinstance(speech, Speech) and speech.sample_rate == 44100 and speech.timestamps == ()
+    assert np.array_equal(speech.codes, tts.generate_codes(SCRIPT, seed=2, max_tokens=120))
+    np.testing.assert_array_equal(speech.audio, audio)
+    assert speech.duration == len(audio) / 44100
+    with pytest.raises(ScriptError, match="one script"):
+        tts.synthesize(["[S1] a"])

@@ -1,0 +1,30 @@
+"""What a synthesis returns, the same for both model families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy arrays have no truth value to compare by
+class Speech:
+    """One spoken script.
+
+    Attributes:
+        audio: np.float32 mono waveform at `sample_rate`.
+        sample_rate: Hz (44100 for Dia-1, 24000 for Dia2).
+        codes: np.int64 `[T, C]`, the codec codes the audio was decoded from (time-major).
+        timestamps: `[(word, seconds)]`, when each word starts; empty for Dia-1, which has no
+            word alignment.
+    """
+
+    audio: np.ndarray
+    sample_rate: int
+    codes: np.ndarray
+    timestamps: tuple[tuple[str, float], ...] = field(default=())
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return len(self.audio) / self.sample_rate
