@@ -1,8 +1,10 @@
 """fastdia: fast, dependable inference for Nari Labs' Dia dialogue text-to-speech models."""
 
 from .api import Dia
+from .api_dia2 import Dia2
 from .generation.options import GenerationConfig
-from .speech import Speech
+from .loader import load
+from .speech import Speech, VoicePrompt
 
-__all__ = ["Dia", "GenerationConfig", "Speech"]
+__all__ = ["Dia", "Dia2", "GenerationConfig", "Speech", "VoicePrompt", "load"]
 __version__ = "0.1.0"

@@ -28,3 +28,21 @@ class Speech:
     def duration(self) -> float:
         """Seconds of audio."""
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True, eq=False)
+class VoicePrompt:
+    """A voice to continue from (Dia2's speaker prefixes).
+
+    Attributes:
+        audio: a path to an audio file, or a float waveform (give `sample_rate`).
+        sample_rate: Hz of a waveform `audio`.
+        text: what is said in the audio (used when `words` is not given: the words are then
+            spread evenly over the audio, with a warning; exact timings clone better).
+        words: `[(word, start_seconds, end_seconds), ...]`, the transcript with timings.
+    """
+
+    audio: object
+    sample_rate: int | None = None
+    text: str | None = None
+    words: tuple | list | None = None

@@ -37,6 +37,9 @@ PRESETS: dict[str, MimiConfig] = {
         vector_quantization_hidden_dimension=16,
         upsample_groups=32,
     ),
+    # The released architecture (32 codebooks) with random weights: what dia2-2b-random decodes
+    # through in benchmarks, at the real codec's cost, without a download.
+    "mimi-random": MimiConfig(),
 }
 PRESET_SEED = 0  # fixed so every run builds the same random codec
 

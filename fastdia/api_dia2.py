@@ -1,0 +1,251 @@
+"""The `Dia2` facade: the same shape as `Dia` (generate, generate_codes, synthesize, decode, encode,
+save_audio) for Nari Labs' Dia2 models on the Mimi codec. Thin: it validates input, turns voice
+prompts into a prefix and calls fastdia.generation.dia2."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backends.device import resolve_device, resolve_dtype
+from .checkpoints.dia2_load import LoadedDia2, load_dia2
+from .config_dia2 import DIA2_PRESETS
+from .errors import AudioError, FastDiaError, GenerationError, ScriptError
+from .generation.dia2 import Dia2GenerationConfig, Dia2Generator, Prefix
+from .speech import Speech, VoicePrompt
+from .text_dia2 import Dia2Tokenizer, build_prefix_plan, parse_script
+
+DEFAULT_MODEL = "nari-labs/Dia2-2B"
+DEFAULT_CODEC = "kyutai/mimi"
+# Presets carry random codecs of their own size, so everything runs offline.
+_PRESET_CODECS = {"dia2-tiny-random": "mimi-tiny-random", "dia2-2b-random": "mimi-random"}
+
+
+class Dia2:
+    """A loaded Dia2 model, its tokenizer and its Mimi codec.
+
+    Create it with `Dia2.from_pretrained(...)`; `generate(script)` returns a waveform at
+    `sample_rate` (24000), `synthesize(script)` a `Speech` with word timestamps.
+    """
+
+    sample_rate = 24000
+
+    def __init__(self, loaded: LoadedDia2, device: torch.device, dtype: torch.dtype, tokenizer: Dia2Tokenizer,
+                 codec: str | Path) -> None:
+        self._loaded = loaded
+        self.model, self.config = loaded.model, loaded.config
+        self.device, self.dtype = device, dtype
+        self.tokenizer = tokenizer
+        data = self.config.data
+        self.ids = tokenizer.text_ids(data.text_pad_token_id, data.text_new_word_token_id, data.text_zero_token_id)
+        self._generator = Dia2Generator(self.model, device, self.ids)
+        self.codec_source, self._codec = codec, None
+        self.is_random = loaded.directory is None
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype = "auto", quantize: str | None = None,
+                        codec: str | Path | None = None) -> "Dia2":
+        """Load a Dia2 model.
+
+        Args:
+            model: a hub id ("nari-labs/Dia2-1B", "nari-labs/Dia2-2B"), a local directory
+                (config.json + model.safetensors + tokenizer files), or a preset
+                ("dia2-tiny-random", "dia2-2b-random": random weights, offline).
+            device: "auto" (CUDA when available), "cpu", "cuda", ...
+            dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16".
+            quantize: not yet available for Dia2 (None).
+            codec: the Mimi codec (hub id, directory, "mimi-tiny-random"); default: the
+                checkpoint's `assets.mimi`, else "kyutai/mimi"; presets use their own.
+        """
+        if quantize is not None:
+            raise FastDiaError("quantize is not available for Dia2 yet; load it without quantize")
+        dev = resolve_device(device)
+        dt = resolve_dtype("float32" if dtype == "auto" and dev.type == "cpu" else dtype, dev)
+        loaded = load_dia2(model, dev, dt)
+        if loaded.directory is None:
+            tokenizer = builtin_tokenizer()
+            source = codec or _PRESET_CODECS.get(str(model), "mimi-tiny-random")
+        else:
+            tokenizer = _directory_tokenizer(loaded)
+            source = codec or _asset(loaded, loaded.config.assets.mimi) or DEFAULT_CODEC
+        return cls(loaded, dev, dt, tokenizer, source)
+
+    # ------------------------------------------------------------------ codec
+    @property
+    def codec(self):
+        """The Mimi codec, loaded on first use."""
+        if self._codec is None:
+            from .codecs.mimi import Mimi
+
+            self._codec = Mimi.from_pretrained(self.codec_source, device=self.device, dtype="float32")
+            if self._codec.n_codebooks < self.config.data.n_codebooks:
+                raise FastDiaError(f"codec {self.codec_source} has {self._codec.n_codebooks} codebooks but the "
+                                   f"model needs {self.config.data.n_codebooks}")
+        return self._codec
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes `[T, C]` -> np.float32 waveform `[T * 1920]` at 24 kHz, clamped to [-1, 1]."""
+        return np.clip(self.codec.decode(codes), -1.0, 1.0)
+
+    def encode(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Waveform -> codes np.int64 `[T, C]` (the model's C codebooks)."""
+        return self.codec.encode(wave, sample_rate)[:, : self.config.data.n_codebooks]
+
+    def save_audio(self, path: str | os.PathLike, audio: np.ndarray) -> Path:
+        """Write `audio` (at 24 kHz); the format comes from the extension (wav, flac, ogg, mp3)."""
+        from .audio import write_audio
+
+        return write_audio(path, audio, self.sample_rate)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def __repr__(self) -> str:
+        return (f"Dia2(model={self._loaded.source!r}, device={str(self.device)!r}, "
+                f"dtype={str(self.dtype).removeprefix('torch.')!r}, codec={str(self.codec_source)!r})")
+
+    # ------------------------------------------------------------------ generation
+    def generation_config(self, **sampling: Any) -> Dia2GenerationConfig:
+        """The defaults with `sampling` keywords applied (validated)."""
+        return Dia2GenerationConfig().with_overrides(**sampling)
+
+    def synthesize(self, script: str, *, prefix_speaker_1: VoicePrompt | str | None = None,
+                   prefix_speaker_2: VoicePrompt | str | None = None, include_prefix: bool = False,
+                   **sampling: Any) -> Speech:
+        """Speak a script; returns `Speech(audio, sample_rate, codes, timestamps)`.
+
+        Args:
+            script: e.g. "[S1] Hello there. [S2] Hi! (laughs)".
+            prefix_speaker_1, prefix_speaker_2: voices to continue (a `VoicePrompt` or an audio
+                path; speaker 2 needs speaker 1).
+            include_prefix: keep the prefix audio at the start of the result.
+            **sampling: cfg_scale (2.0), temperature (0.8), text_temperature (0.6), top_k (50),
+                cfg_filter_k (50), seed, max_steps.
+        """
+        result = self._run(script, prefix_speaker_1, prefix_speaker_2, include_prefix, sampling)
+        codes = result.codes.cpu().numpy().astype(np.int64)
+        if self.is_random:
+            warnings.warn("this is a random-weight preset: its audio is noise, useful only for trials", UserWarning,
+                          stacklevel=2)
+        audio = self.decode(codes) if len(codes) else np.zeros(0, np.float32)
+        return Speech(audio=audio, sample_rate=self.sample_rate, codes=codes, timestamps=tuple(result.timestamps))
+
+    def generate(self, script: str, **options: Any) -> np.ndarray:
+        """Speak a script; np.float32 mono at 24 kHz. Takes `synthesize`'s arguments."""
+        return self.synthesize(script, **options).audio
+
+    def generate_codes(self, script: str, *, prefix_speaker_1=None, prefix_speaker_2=None,
+                       include_prefix: bool = False, **sampling: Any) -> np.ndarray:
+        """Codes np.int64 `[T, C]` (time-major, what Mimi decodes). Takes `synthesize`'s arguments."""
+        result = self._run(script, prefix_speaker_1, prefix_speaker_2, include_prefix, sampling)
+        return result.codes.cpu().numpy().astype(np.int64)
+
+    def _run(self, script, p1, p2, include_prefix, sampling):
+        gen = self.generation_config(**sampling)
+        if not isinstance(script, str):
+            raise ScriptError(f"the script must be a string, got {type(script).__name__}")
+        entries = parse_script(script, self.tokenizer, self.ids)
+        if not entries:
+            raise ScriptError('the script is empty; write dialogue such as "[S1] Hello there. [S2] Hi!"')
+        prefix = self._prefix(p1, p2, include_prefix)
+        return self._generator.generate(entries, gen, prefix)
+
+    def _prefix(self, p1, p2, include_prefix: bool) -> Prefix | None:
+        if p1 is None and p2 is None:
+            return None
+        if p1 is None:
+            raise GenerationError("prefix_speaker_2 needs prefix_speaker_1 (the reference's order); give speaker 1 first")
+        speakers = [self._voice(p, i + 1) for i, p in enumerate((p1, p2)) if p is not None]
+        plan = build_prefix_plan(self.tokenizer, *[(words, codes.shape[0]) for words, codes in speakers])
+        codes = torch.as_tensor(np.concatenate([c for _, c in speakers]).T.copy())  # (C, P0)
+        return Prefix(plan, codes, include_audio=bool(include_prefix))
+
+    def _voice(self, prompt, speaker: int) -> tuple[list, np.ndarray]:
+        """A voice prompt -> (word timings, Mimi codes [F, C])."""
+        from .audio import read_audio
+
+        if isinstance(prompt, (str, os.PathLike)):
+            prompt = VoicePrompt(audio=prompt)
+        if not isinstance(prompt, VoicePrompt):
+            raise GenerationError(f"prefix_speaker_{speaker} must be a VoicePrompt or an audio path, "
+                                  f"got {type(prompt).__name__}")
+        if isinstance(prompt.audio, (str, os.PathLike)):
+            wave, sr = read_audio(prompt.audio)
+        else:
+            wave, sr = np.asarray(prompt.audio, dtype=np.float32), prompt.sample_rate
+            if sr is None:
+                raise AudioError(f"prefix_speaker_{speaker}: a waveform needs its sample_rate")
+        codes = self.encode(wave, sr)
+        seconds = codes.shape[0] / 12.5
+        if prompt.words:
+            words = [tuple(w) for w in prompt.words]
+        elif prompt.text:
+            # No timings: spread the words evenly; the model then hears the words roughly where
+            # they are said. Exact timings (words=) clone better.
+            plain = [w for w in prompt.text.replace("[S1]", " ").replace("[S2]", " ").split() if w]
+            if not plain:
+                raise GenerationError(f"prefix_speaker_{speaker}: its text has no words")
+            step = seconds / len(plain)
+            words = [(w, i * step, (i + 1) * step) for i, w in enumerate(plain)]
+            warnings.warn(f"prefix_speaker_{speaker} has text but no word timings: the words are spread evenly "
+                          "over the audio; give words=[(word, start, end), ...] to clone better", UserWarning,
+                          stacklevel=5)
+        else:
+            raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)")
+        return words, codes
+
+
+def builtin_tokenizer() -> Dia2Tokenizer:
+    """A byte-level tokenizer for the random presets (no merges: every byte is a token), with the
+    speaker and non-verbal tags as added tokens, so presets run with no files at all."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|bos|>", "<|new_word|>", "<|pad|>", "<|s4|>", "<|s5|>", "<|s6|>", "<|zero|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(t, normalized=False) for t in ("[S1]", "[S2]", "(laughs)", "(coughs)", "(sighs)")])
+    return Dia2Tokenizer(tok)
+
+
+def _asset(loaded: LoadedDia2, rel: str | None) -> str | None:
+    if not rel:
+        return None
+    path = (loaded.directory / rel) if not Path(rel).is_absolute() else Path(rel)
+    return str(path) if path.exists() else rel
+
+
+def _directory_tokenizer(loaded: LoadedDia2) -> Dia2Tokenizer:
+    folder = Path(_asset(loaded, loaded.config.assets.tokenizer) or loaded.directory)
+    path = folder / "tokenizer.json" if folder.is_dir() else folder
+    if not path.exists():
+        raise FastDiaError(f"no tokenizer.json in {folder}; a Dia2 checkpoint folder needs its tokenizer files")
+    return Dia2Tokenizer.from_file(path)
+
+
+def is_dia2(model: str | Path) -> bool:
+    """Whether `model` (preset, directory or hub id) is a Dia2 checkpoint: presets by name,
+    directories by their config.json layout (Dia2's has `data` and `runtime` blocks), hub ids by name."""
+    import json
+
+    name = str(model)
+    if name in DIA2_PRESETS:
+        return True
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(cfg, dict) and "data" in cfg and "runtime" in cfg
+    return not path.exists() and "dia2" in name.lower()

@@ -1,0 +1,97 @@
+"""The Dia2 facade end to end: `fastdia.load` picks the family; greedy synthesis of the fixture model
+gives the reference's codes, waveform and timestamps (README levels 4-5), prefix included."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastdia
+from fastdia import Dia, Dia2, Speech, VoicePrompt
+from fastdia.errors import FastDiaError, GenerationError, ScriptError
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dia2"
+pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="the Dia2 fixtures are not next to this checkout")
+GREEDY = dict(temperature=0, text_temperature=0)
+
+
+def case(name):
+    cases = json.loads((FIXTURES / "cases.json").read_text())["cases"]
+    c = next(c for c in cases if c["name"] == name)
+    return c, np.load(FIXTURES / c["arrays"])
+
+
+@pytest.fixture(scope="module")
+def fixture_model():
+    return fastdia.load(FIXTURES / "model", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def preset():
+    return fastdia.load("dia2-tiny-random", device="cpu")
+
+
+def test_load_picks_the_family(fixture_model, preset):
+    assert isinstance(fixture_model, Dia2) and isinstance(preset, Dia2)
+    assert isinstance(fastdia.load("tiny-random", device="cpu"), Dia)
+    assert fixture_model.sample_rate == 24000
+    assert str(fixture_model.codec_source).endswith("mimi")  # the checkpoint's assets.mimi
+
+
+@pytest.mark.parametrize("name", ["dialogue_cfg2", "single_nonverbal_break_cfg6"])
+def test_synthesize_equals_reference(fixture_model, name):
+    c, z = case(name)
+    g = c["generation"]
+    speech = fixture_model.synthesize(c["script"], cfg_scale=g["cfg_scale"], cfg_filter_k=g["cfg_filter_k"], **GREEDY)
+    assert isinstance(speech, Speech) and speech.sample_rate == 24000
+    np.testing.assert_array_equal(speech.codes.T, z["audio_codes"])
+    np.testing.assert_allclose(speech.audio, z["waveform"], atol=1e-5, rtol=0)
+    assert [list(w) for w in speech.timestamps] == c["result"]["timestamps"]
+
+
+def test_prefix_voices_equal_reference(fixture_model):
+    c, z = case("prefix_two_speakers_cfg3")
+    p, g = c["prefix"], c["generation"]
+    # The stored 24 kHz waveforms (the reference resamples by linear interpolation; we use soxr).
+    s1 = VoicePrompt(audio=z["prefix_audio_s1"], sample_rate=24000, words=p["speaker_1"]["words"])
+    s2 = VoicePrompt(audio=z["prefix_audio_s2"], sample_rate=24000, words=p["speaker_2"]["words"])
+    speech = fixture_model.synthesize(c["script"], prefix_speaker_1=s1, prefix_speaker_2=s2,
+                                      include_prefix=p["include_prefix"], cfg_scale=g["cfg_scale"], **GREEDY)
+    np.testing.assert_array_equal(speech.codes.T, z["audio_codes"])
+    np.testing.assert_allclose(speech.audio, z["waveform"], atol=1e-5, rtol=0)
+    assert [list(w) for w in speech.timestamps] == c["result"]["timestamps"]
+
+
+def test_preset_seeded_and_shaped(preset, tmp_path):
+    script = "[S1] Hello there, how are you today? [S2] I am fine. (laughs)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = preset.synthesize(script, seed=3)
+        b = preset.generate(script, seed=3)
+    codes = preset.generate_codes(script, seed=3)
+    assert np.array_equal(a.codes, codes) and np.array_equal(a.audio, b)
+    assert codes.dtype == np.int64 and codes.shape[1] == 8 and len(a.audio) == len(codes) * 1920
+    assert [w for w, _ in a.timestamps][:2] == ["Hello", "there,"]
+    assert preset.save_audio(tmp_path / "x.wav", a.audio).exists()
+    back = preset.encode(a.audio, 24000)
+    assert back.shape == codes.shape
+
+
+def test_errors(preset, tmp_path):
+    with pytest.raises(GenerationError, match="needs prefix_speaker_1"):
+        preset.generate_codes("[S1] Hi.", prefix_speaker_2=VoicePrompt(np.zeros(4800, np.float32), 24000, "Hi"))
+    with pytest.raises(GenerationError, match="transcript"):
+        preset.generate_codes("[S1] Hi.", prefix_speaker_1=VoicePrompt(np.zeros(4800, np.float32), 24000))
+    with pytest.raises(ScriptError):
+        preset.generate_codes("[S1] Hi [S3] there.")
+    with pytest.raises(GenerationError, match="unknown generation option"):
+        preset.generate_codes("[S1] Hi.", temprature=1)
+    with pytest.raises(FastDiaError, match="quantize"):
+        Dia2.from_pretrained("dia2-tiny-random", quantize="int8")
+    with pytest.warns(UserWarning, match="spread evenly"):
+        preset.generate_codes("[S1] Hi.", seed=1, max_steps=40,
+                              prefix_speaker_1=VoicePrompt(np.zeros(9600, np.float32), 24000, text="[S1] Hello you"))
