@@ -1,4 +1,6 @@
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +33,13 @@ def tts():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Dia.from_pretrained("tiny-random", device="cpu")
+
+
+def dia2_fixtures() -> Path:
+    """The Dia2 golden fixtures: shared/fixtures/dia2 beside this checkout (where CI puts them),
+    or $FASTDIA_DIA2_FIXTURES. Under CI they must exist; elsewhere their tests skip."""
+    env = os.environ.get("FASTDIA_DIA2_FIXTURES")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dia2"
+    if not path.exists() and os.environ.get("CI"):
+        raise RuntimeError(f"the Dia2 fixtures are missing at {path}; CI needs them (shared/ beside the checkout)")
+    return path

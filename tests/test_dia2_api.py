@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import dia2_fixtures
 import fastdia
 from fastdia import Dia, Dia2, Speech, VoicePrompt
 from fastdia.errors import FastDiaError, GenerationError, ScriptError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dia2"
+FIXTURES = dia2_fixtures()
 pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="the Dia2 fixtures are not next to this checkout")
 GREEDY = dict(temperature=0, text_temperature=0)
 

@@ -5,18 +5,18 @@ timestamps exactly; sampling is reproducible with a seed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import dia2_fixtures
 from fastdia.checkpoints.dia2_load import load_dia2
 from fastdia.errors import GenerationError
 from fastdia.generation.dia2 import Dia2GenerationConfig, Dia2Generator, Prefix
 from fastdia.text_dia2 import Dia2Tokenizer, build_prefix_plan, parse_script
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dia2"
+FIXTURES = dia2_fixtures()
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if FIXTURES.exists() else {"cases": []}
 pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="the Dia2 fixtures are not next to this checkout")
 

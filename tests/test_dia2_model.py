@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import dia2_fixtures
 from fastdia.checkpoints.dia2_load import (
     build_model,
     expected_shapes,
@@ -29,7 +30,7 @@ from fastdia.checkpoints.dia2_load import (
 from fastdia.config_dia2 import DIA2_PRESETS, load_dia2_config, parse_dia2_config
 from fastdia.errors import CheckpointError
 
-FIXTURES = Path("/work/shared/fixtures/dia2")
+FIXTURES = dia2_fixtures()
 MODEL_DIR = FIXTURES / "model"
 CASES = ["dialogue_cfg2", "single_nonverbal_break_cfg6", "prefix_two_speakers_cfg3"]
 ATOL = 2e-5

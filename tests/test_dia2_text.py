@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import dia2_fixtures
 from fastdia.errors import GenerationError, ScriptError
 from fastdia.generation.dia2_state import Dia2TextState, TextStarvedError
 from fastdia.text import UnlistedTagWarning
@@ -30,9 +30,7 @@ from fastdia.text_dia2 import (
     word_timestamps,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dia2"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/dia2")
+FIXTURES = dia2_fixtures()
 pytestmark = pytest.mark.skipif(not (FIXTURES / "cases.json").is_file(), reason="Dia2 fixtures not available")
 
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if (FIXTURES / "cases.json").is_file() else {"cases": []}

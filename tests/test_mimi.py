@@ -15,12 +15,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from tests.conftest import dia2_fixtures
 from fastdia.codecs.mimi import Mimi, PRESETS  # noqa: E402
 from fastdia.codecs.mimi_model import MimiConfig  # noqa: E402
 from fastdia.errors import AudioError, CheckpointError, ModelNotFoundError  # noqa: E402
 
 HOP = 1920
-FIXTURE = Path("/work/shared/fixtures/dia2/model/mimi")
+FIXTURE = dia2_fixtures() / "model" / "mimi"
 TINY = dict(
     hidden_size=32,
     num_filters=4,
@@ -298,7 +299,7 @@ def test_tiny_random_preset():
     assert wave.shape == (6 * HOP,) and np.isfinite(wave).all() and 0.001 < np.abs(wave).max() < 5
     np.testing.assert_array_equal(wave, b.decode(codes))
     assert a.encode(wave, 24000).shape == (6, 8)
-    assert set(PRESETS) == {"mimi-tiny-random"}
+    assert set(PRESETS) == {"mimi-tiny-random", "mimi-random"}
 
 
 def test_codec_id_tracks_codebooks(oracle, ours):
