@@ -18,7 +18,8 @@ EXIT_USAGE = 2
 
 def _add_model_flags(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
-        p.add_argument("model", help="hub id, local directory, or preset (tiny-random, dia-1.6b-random)")
+        p.add_argument("model", help="hub id, local directory, or preset (tiny-random, dia-1.6b-random, "
+                                     "dia2-tiny-random, dia2-2b-random)")
     else:
         p.add_argument("--model", default="nari-labs/Dia-1.6B-0626",
                        help="hub id, local directory, or preset (default: %(default)s)")
@@ -27,9 +28,40 @@ def _add_model_flags(p: argparse.ArgumentParser, positional: bool = False) -> No
                    help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 (default: auto)")
 
 
+def _info_dia2(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .api_dia2 import Dia2
+
+    tts = Dia2.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    cfg = tts.config
+    info = {"model": args.model, "family": "dia2", "parameters": tts.num_parameters(), "device": str(tts.device),
+            "dtype": str(tts.dtype).removeprefix("torch."), "codec": str(tts.codec_source),
+            "config": dataclasses.asdict(cfg)}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    d, dp, data = cfg.decoder, cfg.depformer, cfg.data
+    print(f"model              {args.model}   (Dia2)")
+    print(f"parameters         {info['parameters']:,}")
+    print(f"device / dtype     {info['device']} / {info['dtype']}")
+    print(f"decoder            {d.n_layer} layers, width {d.d_model}, MLP {d.d_ff}, {d.n_head} heads x {d.head_dim} "
+          f"({d.n_kv_head} KV)")
+    print(f"depformer          {cfg.n_stages} stages, {dp.n_layer} layers, width {dp.d_model}, MLP {dp.d_ff}, "
+          f"weight groups {list(cfg.runtime.weights_schedule)}")
+    print(f"codebooks          {data.n_codebooks} x {data.codebook_size}, delays {list(data.delay_pattern)}")
+    print(f"text               vocab {data.text_vocab_size}, second stream {data.second_stream_ahead} words ahead")
+    print(f"context            {cfg.runtime.max_context_steps} steps ({cfg.runtime.max_context_steps / 12.5:.0f} s)")
+    print(f"codec              {info['codec']}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import Dia
+    from .api_dia2 import is_dia2
 
+    if is_dia2(args.model):
+        return _info_dia2(args)
     tts = Dia.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     cfg = tts.config
     info = {
@@ -117,6 +149,11 @@ def cmd_say(args: argparse.Namespace) -> int:
     from .errors import GenerationError
     from .text import MAX_SCRIPT_BYTES, split_script, validate_script
 
+    from .api_dia2 import is_dia2
+
+    if is_dia2(args.model):
+        return _say_dia2(args)
+    _refuse(args, "a Dia-1 model", ("text_temperature", "top_k", "cfg_filter_k", "max_steps"))
     # Everything that can be checked without the model is checked first, so a typo never
     # costs a model load or a generation.
     script = _read_script(args)
@@ -150,8 +187,10 @@ def cmd_say(args: argparse.Namespace) -> int:
         print(f"note: {args.model} has random weights: its audio is noise, useful only for trials",
               file=sys.stderr)
         warnings.simplefilter("ignore", NoiseModelWarning)  # said once, just above
-    options = dict(max_tokens=args.max_tokens, cfg_scale=args.cfg_scale, temperature=args.temperature,
-                   top_p=args.top_p, cfg_filter_top_k=args.cfg_filter_top_k, seed=args.seed,
+    sampling = {k: v for k, v in dict(max_tokens=args.max_tokens, cfg_scale=args.cfg_scale,
+                                      temperature=args.temperature, top_p=args.top_p,
+                                      cfg_filter_top_k=args.cfg_filter_top_k).items() if v is not None}
+    options = dict(sampling, seed=args.seed,
                    audio_prompt=None if prompt is None else prompt[0],
                    sample_rate=None if prompt is None else prompt[1],
                    prompt_text=args.prompt_text, voice=voice, chunk_tokens=args.chunk_tokens,
@@ -186,7 +225,60 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse(args: argparse.Namespace, family: str, names: tuple[str, ...]) -> None:
+    """Flags of the other family are an error, not silently ignored."""
+    from .errors import GenerationError
+
+    given = [n for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise GenerationError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to {family}")
+
+
+def _say_dia2(args: argparse.Namespace) -> int:
+    """`fastdia say` with a Dia2 model: one synthesis, written with its word count."""
+    import time
+    import warnings
+
+    from .api_dia2 import Dia2
+    from .audio import check_output_path
+
+    _refuse(args, "Dia2 (yet)", ("max_tokens", "top_p", "cfg_filter_top_k", "audio_prompt", "prompt_text",
+                                 "voice", "stream"))
+    if args.output == "-":
+        from .errors import GenerationError
+
+        raise GenerationError("-o - (streaming) is not available for Dia2 yet; write a file")
+    script = _read_script(args)
+    out_path = check_output_path(args.output)
+    sampling = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                      text_temperature=args.text_temperature, top_k=args.top_k,
+                                      cfg_filter_k=args.cfg_filter_k, max_steps=args.max_steps,
+                                      seed=args.seed).items() if v is not None}
+    tts = Dia2.from_pretrained(args.model, device=args.device, dtype=args.dtype, codec=args.codec)
+    tts.generation_config(**sampling)  # options are checked before the script runs
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        if tts.is_random:
+            print(f"note: {args.model} has random weights: its audio is noise, useful only for trials", file=sys.stderr)
+            warnings.simplefilter("ignore", UserWarning)
+        speech = tts.synthesize(script, **sampling)
+    if args.loudness is not None:
+        from .audio import normalize_loudness
+
+        speech_audio = normalize_loudness(speech.audio, tts.sample_rate, target_lufs=args.loudness)
+    else:
+        speech_audio = speech.audio
+    tts.save_audio(out_path, speech_audio)
+    total = time.perf_counter() - start
+    if not args.quiet:
+        print(f"wrote {out_path}: {speech.duration:.2f} s of audio, {len(speech.timestamps)} words, in {total:.1f} s "
+              f"({speech.duration / total if total else 0:.2f}x realtime)", file=sys.stderr)
+    return 0
+
+
 def _add_say(sub) -> None:
+    from .generation.dia2 import Dia2GenerationConfig
     from .generation.options import GenerationConfig
     from .text import DEFAULT_CHUNK_TOKENS
 
@@ -206,13 +298,24 @@ def _add_say(sub) -> None:
                    help="DAC codec: hub id, directory or file (default: descript/dac_44khz; presets use their own)")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantization")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens,
-                   help="decoder position limit per generation (per chunk of a long script) incl. any prompt; 86 = 1 s (default: %(default)s)")
-    p.add_argument("--cfg-scale", type=float, default=d.cfg_scale, help="guidance strength (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass (default: %(default)s)")
-    p.add_argument("--cfg-filter-top-k", type=int, default=d.cfg_filter_top_k,
-                   help="candidates kept by the guidance filter (default: %(default)s)")
+    d2 = Dia2GenerationConfig()
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help=f"Dia-1: decoder position limit per generation (per chunk of a long script) incl. any "
+                        f"prompt; 86 = 1 s (default: {d.max_tokens})")
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help=f"guidance strength (default: {d.cfg_scale}; Dia2: {d2.cfg_scale})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"audio sampling temperature, 0 = greedy (default: {d.temperature}; Dia2: {d2.temperature})")
+    p.add_argument("--top-p", type=float, default=None, help=f"Dia-1: nucleus mass (default: {d.top_p})")
+    p.add_argument("--cfg-filter-top-k", type=int, default=None,
+                   help=f"Dia-1: candidates kept by the guidance filter (default: {d.cfg_filter_top_k})")
+    p.add_argument("--text-temperature", type=float, default=None,
+                   help=f"Dia2: temperature of the word/pause decisions (default: {d2.text_temperature})")
+    p.add_argument("--top-k", type=int, default=None, help=f"Dia2: candidates per sampler (default: {d2.top_k})")
+    p.add_argument("--cfg-filter-k", type=int, default=None,
+                   help=f"Dia2: candidates kept by the guidance filter (default: {d2.cfg_filter_k})")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="Dia2: decoder steps at most, 12.5 per second (default: the model's context)")
     p.add_argument("--audio-prompt", metavar="FILE", help="voice to clone: an audio file (5-10 s works best)")
     p.add_argument("--prompt-text", metavar="TEXT", help="transcript of --audio-prompt, with speaker tags")
     p.add_argument("--voice", action="append", metavar="[S1=|S2=]NAME",

@@ -95,3 +95,37 @@ def test_errors(preset, tmp_path):
     with pytest.warns(UserWarning, match="spread evenly"):
         preset.generate_codes("[S1] Hi.", seed=1, max_steps=40,
                               prefix_speaker_1=VoicePrompt(np.zeros(9600, np.float32), 24000, text="[S1] Hello you"))
+
+
+def cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_cli_say_and_info_dia2(tmp_path, preset):
+    import soundfile as sf
+
+    out = tmp_path / "d2.wav"
+    r = cli("say", "[S1] Hello there. [S2] Hi! (laughs)", "-o", str(out), "--model", "dia2-tiny-random",
+            "--seed", "4", "--max-steps", "60")
+    assert r.returncode == 0, r.stderr
+    data, sr = sf.read(out, dtype="float32")
+    assert sr == 24000 and len(data) % 1920 == 0 and "words" in r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = preset.generate("[S1] Hello there. [S2] Hi! (laughs)", seed=4, max_steps=60)
+    assert len(ref) == len(data) and np.abs(ref - data).max() < 1e-4  # 16-bit rounding
+    for args, words in ((("--top-p", "0.5"), "--top-p does not apply to Dia2"),
+                        (("-o", "-"), "not available for Dia2 yet")):
+        r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "dia2-tiny-random", *args)
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fastdia: error:")]
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
+    r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "tiny-random", "--top-k", "5")
+    assert r.returncode == 2 and "does not apply to a Dia-1 model" in r.stderr
+    r = cli("info", "dia2-tiny-random", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["family"] == "dia2"
