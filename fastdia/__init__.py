@@ -4,7 +4,7 @@ from .api import Dia
 from .api_dia2 import Dia2
 from .generation.options import GenerationConfig
 from .loader import load
-from .speech import Speech, VoicePrompt
+from .speech import Speech, SpeechChunk, VoicePrompt
 
-__all__ = ["Dia", "Dia2", "GenerationConfig", "Speech", "VoicePrompt", "load"]
+__all__ = ["Dia", "Dia2", "GenerationConfig", "Speech", "SpeechChunk", "VoicePrompt", "load"]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from .checkpoints.dia2_load import LoadedDia2, load_dia2
 from .config_dia2 import DIA2_PRESETS
 from .errors import AudioError, FastDiaError, GenerationError, ScriptError
 from .generation.dia2 import Dia2GenerationConfig, Dia2Generator, Prefix
-from .speech import Speech, VoicePrompt
+from .speech import Speech, SpeechChunk, VoicePrompt
 from .text_dia2 import Dia2Tokenizer, build_prefix_plan, parse_script
 
 DEFAULT_MODEL = "nari-labs/Dia2-2B"
@@ -146,13 +146,64 @@ class Dia2:
         result = self._run(script, prefix_speaker_1, prefix_speaker_2, include_prefix, sampling)
         return result.codes.cpu().numpy().astype(np.int64)
 
-    def _run(self, script, p1, p2, include_prefix, sampling):
+    def stream(self, script, *, prefix_speaker_1: VoicePrompt | str | None = None,
+               prefix_speaker_2: VoicePrompt | str | None = None, include_prefix: bool = False,
+               chunk_seconds: float = 0.24, **sampling: Any) -> Iterator[SpeechChunk]:
+        """Speak as a stream: `SpeechChunk(audio, words)` pieces as soon as their frames are final.
+
+        Args:
+            script: the whole script, or an iterable of text pieces (e.g. tokens from an LLM):
+                generation reads on as far as each step needs and waits for more; the end of the
+                iterable ends the speech.
+            chunk_seconds: audio per chunk, in whole 80 ms frames (default 0.24 s = 3 frames).
+            Others: as `synthesize`.
+
+        Yields:
+            SpeechChunk; joined, the audio equals `generate(...)` with the same seed (to float
+            rounding) and the words are `synthesize(...).timestamps`.
+        """
         gen = self.generation_config(**sampling)
+        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not 0 < chunk_seconds <= 60:
+            raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {chunk_seconds!r}")
+        if isinstance(script, str):
+            entries, pieces = self._entries(script), None
+        elif isinstance(script, Iterable):
+            entries, pieces = None, (_check_piece(p) for p in script)
+        else:
+            raise ScriptError(f"the script must be a string or an iterable of strings, got {type(script).__name__}")
+        prefix = self._prefix(prefix_speaker_1, prefix_speaker_2, include_prefix)
+        frames = max(1, round(chunk_seconds * 12.5))
+        return self._stream(gen, prefix, entries, pieces, frames)
+
+    def _stream(self, gen, prefix, entries, pieces, frames: int) -> Iterator[SpeechChunk]:
+        decoder = self.codec.stream()
+        audio, words, held = [], [], 0
+        with torch.inference_mode():
+            for codes, new_words in self._generator.stream(gen, prefix, entries=entries, text=pieces,
+                                                           tokenizer=self.tokenizer):
+                audio.append(np.clip(decoder.push(codes.cpu().numpy()), -1.0, 1.0))
+                words += new_words
+                held += codes.shape[0]
+                if held >= frames:
+                    yield SpeechChunk(np.concatenate(audio), tuple(words))
+                    audio, words, held = [], [], 0
+        tail = decoder.finish()
+        if len(tail):
+            audio.append(np.clip(tail, -1.0, 1.0))
+        if audio or words:
+            yield SpeechChunk(np.concatenate(audio) if audio else np.zeros(0, np.float32), tuple(words))
+
+    def _entries(self, script):
         if not isinstance(script, str):
             raise ScriptError(f"the script must be a string, got {type(script).__name__}")
         entries = parse_script(script, self.tokenizer, self.ids)
         if not entries:
             raise ScriptError('the script is empty; write dialogue such as "[S1] Hello there. [S2] Hi!"')
+        return entries
+
+    def _run(self, script, p1, p2, include_prefix, sampling):
+        gen = self.generation_config(**sampling)
+        entries = self._entries(script)
         prefix = self._prefix(p1, p2, include_prefix)
         return self._generator.generate(entries, gen, prefix)
 
@@ -199,6 +250,12 @@ class Dia2:
         else:
             raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)")
         return words, codes
+
+
+def _check_piece(piece) -> str:
+    if not isinstance(piece, str):
+        raise ScriptError(f"streamed script pieces must be strings, got {type(piece).__name__}")
+    return piece
 
 
 def builtin_tokenizer() -> Dia2Tokenizer:

@@ -46,3 +46,16 @@ class VoicePrompt:
     sample_rate: int | None = None
     text: str | None = None
     words: tuple | list | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechChunk:
+    """A piece of a stream: audio that is final, and the words that start in it.
+
+    Attributes:
+        audio: np.float32 mono samples.
+        words: `((word, seconds), ...)`, times from the start of the whole stream.
+    """
+
+    audio: np.ndarray
+    words: tuple[tuple[str, float], ...] = ()

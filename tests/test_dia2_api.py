@@ -129,3 +129,56 @@ def test_cli_say_and_info_dia2(tmp_path, preset):
     assert r.returncode == 2 and "does not apply to a Dia-1 model" in r.stderr
     r = cli("info", "dia2-tiny-random", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["family"] == "dia2"
+
+
+STREAM_SCRIPT = "[S1] Hello there, how are you today? [S2] I am fine. (laughs) Thanks for asking!"
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.08, 0.24, 2.0])
+def test_stream_out_equals_one_shot(preset, chunk_seconds):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = preset.synthesize(STREAM_SCRIPT, seed=3)
+    chunks = list(preset.stream(STREAM_SCRIPT, seed=3, chunk_seconds=chunk_seconds))
+    frames = max(1, round(chunk_seconds * 12.5))
+    assert all(len(c.audio) == frames * 1920 for c in chunks[:-1])
+    np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), ref.audio, atol=1e-4, rtol=0)
+    assert [w for c in chunks for w in c.words] == list(ref.timestamps)
+    for c in chunks:  # each word arrives with the chunk its time falls in (or an earlier one)
+        assert all(0 <= t for _, t in c.words)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stream_text_in_equals_one_shot(preset, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = preset.synthesize(STREAM_SCRIPT, seed=7)
+    rng = np.random.default_rng(seed)
+    cuts = sorted(rng.choice(np.arange(1, len(STREAM_SCRIPT)), 6 + 4 * seed, replace=False).tolist())
+    pieces = [STREAM_SCRIPT[a:b] for a, b in zip([0, *cuts], [*cuts, len(STREAM_SCRIPT)])]
+    read = []
+
+    def source():  # a generator, as an LLM's token stream would be
+        for p in pieces:
+            read.append(p)
+            yield p
+
+    chunks = preset.stream(source(), seed=7)
+    first = next(chunks)
+    assert len(read) < len(pieces)  # audio came before the whole text was read
+    rest = list(chunks)
+    audio = np.concatenate([first.audio] + [c.audio for c in rest])
+    np.testing.assert_allclose(audio, ref.audio, atol=1e-4, rtol=0)
+    assert [w for c in [first, *rest] for w in c.words] == list(ref.timestamps)
+    with pytest.raises(ScriptError):
+        preset.stream(42)
+
+
+def test_stream_with_prefix_equals_reference(fixture_model):
+    c, z = case("prefix_two_speakers_cfg3")
+    p = c["prefix"]
+    s1 = VoicePrompt(audio=z["prefix_audio_s1"], sample_rate=24000, words=p["speaker_1"]["words"])
+    s2 = VoicePrompt(audio=z["prefix_audio_s2"], sample_rate=24000, words=p["speaker_2"]["words"])
+    chunks = list(fixture_model.stream(c["script"], prefix_speaker_1=s1, prefix_speaker_2=s2, cfg_scale=3.0, **GREEDY))
+    np.testing.assert_allclose(np.concatenate([ch.audio for ch in chunks]), z["waveform"], atol=1e-4, rtol=0)
+    assert [list(w) for ch in chunks for w in ch.words] == c["result"]["timestamps"]

@@ -23,14 +23,15 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field, fields, replace
+from typing import Iterator
 
 import torch
 
 from ..config_dia2 import Dia2Config
 from ..errors import GenerationError
 from ..models.dia2 import Dia2Model
-from ..text_dia2 import Dia2TextIds, PrefixPlan, ScriptEntry, output_crop, word_timestamps
-from .dia2_state import MAX_PADDING, Dia2TextState
+from ..text_dia2 import FRAME_RATE, Dia2TextIds, Dia2Tokenizer, PrefixPlan, ScriptEntry, output_crop, word_timestamps
+from .dia2_state import MAX_PADDING, Dia2TextState, TextStarvedError
 
 UNWRITTEN = -2  # delayed-buffer cells no step has written (become audio pad at the end)
 SEED_MODULUS = 2**63
@@ -161,21 +162,61 @@ class Dia2Generator:
         self.delay = list(data.delay_pattern)
         self.max_delay = max(self.delay)
         self.flush_tail = self.max_delay + MAX_PADDING  # steps after end of speech (spec 5.4 step 11)
+        self._delay = torch.tensor(self.delay, device=device)
 
     @torch.inference_mode()
     def generate(self, entries: list[ScriptEntry], gen: Dia2GenerationConfig,
                  prefix: Prefix | None = None) -> Dia2Result:
         """Speak parsed script `entries` (fastdia.text_dia2.parse_script), optionally after a prefix."""
+        run = self.start(gen, prefix, entries=entries)
+        for _ in self.steps(run):
+            pass
+        return self.finish(run)
+
+    @torch.inference_mode()
+    def stream(self, gen: Dia2GenerationConfig, prefix: Prefix | None = None,
+               entries: list[ScriptEntry] | None = None, text: Iterator[str] | None = None,
+               tokenizer: Dia2Tokenizer | None = None) -> Iterator[tuple[torch.Tensor, list[tuple[str, float]]]]:
+        """Yield `(codes (n, C), words)` as aligned frames become final, with the words (and their
+        times in the output, seconds) that start in them; joined, exactly `generate`'s result.
+
+        The script is either parsed `entries` or `text`, an iterator of pieces read as the
+        state machine needs words (its end ends the speech), parsed with `tokenizer`.
+        """
+        run = self.start(gen, prefix, entries=entries, text=text, tokenizer=tokenizer)
+        done, said = None, 0  # next output frame (absolute, set once the crop is known); words given
+        for t in self.steps(run):
+            crop = self._crop(run, final=False)
+            if crop is None:
+                continue
+            done = crop if done is None else done
+            ready = t + 2 - self.max_delay  # aligned frames 0..ready-1 are complete after step t
+            if ready > done:
+                said, words = self._words(run, crop, said, ready)
+                yield self._aligned(run, done, ready).T, words
+                done = ready
+        result = self.finish(run)
+        start = result.crop + (0 if done is None else done - result.crop)
+        said, words = self._words(run, result.crop, said, None)
+        tail = result.extra["aligned"][:, start:].T
+        if tail.shape[0] or words:
+            yield tail, words
+
+    # ------------------------------------------------------------------ the loop, in pieces
+    def start(self, gen: Dia2GenerationConfig, prefix: Prefix | None = None, entries: list[ScriptEntry] | None = None,
+              text: Iterator[str] | None = None, tokenizer: Dia2Tokenizer | None = None) -> "_Run":
+        """Allocate a run: buffer, caches, the text state; the prefix warm-up happens in `steps`."""
         cfg, dev, c_n = self.cfg, self.device, self.n_codebooks
         data = cfg.data
-        model = self.model
         rng = None
         if gen.temperature > 0 or gen.text_temperature > 0:
             rng = torch.Generator(device=dev)
             rng.manual_seed((gen.seed if gen.seed is not None else secrets.randbits(62)) % SEED_MODULUS)
+        streamed = text is not None
         state = Dia2TextState(self.ids, second_stream_ahead=data.second_stream_ahead,
-                              initial_padding=gen.initial_padding, entries=entries,
-                              prefix_entries=prefix.plan.entries if prefix else ())
+                              initial_padding=gen.initial_padding, entries=() if streamed else entries,
+                              prefix_entries=prefix.plan.entries if prefix else (),
+                              tokenizer=tokenizer if streamed else None, input_complete=not streamed)
         p0 = 0 if prefix is None else prefix.plan.frames_total
         p_cols = 0 if prefix is None else p0 + self.max_delay
         max_steps = gen.max_steps or cfg.runtime.max_context_steps
@@ -185,73 +226,133 @@ class Dia2Generator:
             buffer[:, :p_cols] = data.audio_pad_token_id
             for c, d in enumerate(self.delay):
                 buffer[c, d:d + p0] = prefix.codes[c].to(dev)
-        cache = model.new_decoder_cache(2, total, dev)
-        dep_cache = model.new_depformer_cache(2, dev)
         tokens = torch.full((2, 1, c_n + 2), data.text_pad_token_id, dtype=torch.long, device=dev)
         tokens[0, 0, 0], tokens[1, 0, 0] = self.ids.bos, self.ids.zero
-        delay = torch.tensor(self.delay, device=dev)
-        audio_bos = data.audio_bos_token_id
-        slot = 0
+        return _Run(gen=gen, prefix=prefix, state=state, rng=rng, buffer=buffer, tokens=tokens,
+                    cache=self.model.new_decoder_cache(2, total, dev),
+                    dep_cache=self.model.new_depformer_cache(2, dev), p0=p0, total=total, max_steps=max_steps,
+                    start=p0 - 1 if prefix is not None else 0, text=text)
 
-        def run_decoder(t: int):
-            nonlocal slot
-            column = buffer[:, t]
-            tokens[:, 0, 2:] = torch.where(delay > t, audio_bos, column)
-            tokens[1, 0, 0], tokens[1, 0, 1] = self.ids.zero, data.text_pad_token_id
-            pos = torch.full((2, 1), t, dtype=torch.long, device=dev)
-            slots = torch.full((2, 1), slot, dtype=torch.long, device=dev)
-            out = model.transformer(tokens, pos, cache, slots=slots, kv_len=slot + 1)
-            slot += 1
-            return out
-
-        def set_text(main: int, second: int) -> None:
-            tokens[0, 0, 0], tokens[0, 0, 1] = main, second
-
-        # Warm-up (spec 6): the prefix frames are fed and the prefix words forced; nothing sampled.
-        for t in range(p0):
-            run_decoder(t)
+    def steps(self, run: "_Run") -> Iterator[int]:
+        """Warm up on the prefix, then run loop steps until the flush ends; yields each loop step t."""
+        prefix, state = run.prefix, run.state
+        for t in range(run.p0):  # spec 6: prefix frames fed, prefix words forced, nothing sampled
+            self._decode(run, t)
             out = state.force(t, prefix.plan.forced_new_word(t))
-            set_text(out.main, out.second)
-
-        start = p0 - 1 if prefix is not None else 0
+            self._set_text(run, out.main, out.second)
         cutoff = None
-        last = start
-        for t in range(start, start + max_steps):
-            if (cutoff is not None and t >= cutoff) or t + 1 >= total:
+        for t in range(run.start, run.start + run.max_steps):
+            if (cutoff is not None and t >= cutoff) or t + 1 >= run.total:
                 break
-            last = t
-            dec = run_decoder(t)
-            action = sample(cfg_filter(dec.action_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k),
-                            gen.text_temperature, gen.top_k, rng)
-            out = state.step(t, int(action))
-            set_text(out.main, out.second)
-            cb0 = cfg_filter(dec.cb0_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k).clone()
-            cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
-            token = sample(cb0, gen.temperature, gen.top_k, rng)
-            buffer[0, t + 1] = token
-            hidden = dec.hidden[:, 0]  # (2, D)
-            text = (tokens[:, 0, 0].clone(), tokens[:, 0, 1].clone())
-            text[0][1], text[1][1] = text[0][0], text[1][0]  # both rows get the conditional text
-            for s in range(c_n - 1):
-                logits = model.depformer.stage(s, hidden, token.expand(2), dep_cache,
-                                               text if s == 0 and model.depformer.text_embed is not None else None)
-                token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, rng)
-                buffer[s + 1, t + 1] = token
-            if out.end_of_speech:
+            run.last = t
+            if self._step(run, t).end_of_speech:
                 cutoff = t + self.flush_tail
+            yield t
 
-        cols = last + 2
-        delayed = buffer[:, :cols]
-        delayed = torch.where(delayed == UNWRITTEN, data.audio_pad_token_id, delayed)
-        frames = cols - self.max_delay
-        aligned = torch.stack([delayed[c, d:d + frames] for c, d in enumerate(self.delay)])  # (C, F)
-        include = prefix.include_audio if prefix is not None else False
-        crop = output_crop(start, state.first_main_new_word_step, gen.initial_padding, include)
+    def finish(self, run: "_Run") -> Dia2Result:
+        """Undelay and crop what the loop wrote (spec 5.6)."""
+        cols = run.last + 2
+        delayed = run.buffer[:, :cols]
+        delayed = torch.where(delayed == UNWRITTEN, self.cfg.data.audio_pad_token_id, delayed)
+        aligned = self._aligned(run, 0, cols - self.max_delay)
+        crop = self._crop(run, final=True)
         if crop >= aligned.shape[1]:
             crop = 0
-        codes = aligned[:, crop:].T.contiguous()
-        skip = 0 if include else state.num_prefix_entries
-        transcript = [(w.text, w.step) for w in state.transcript]
-        return Dia2Result(codes=codes, timestamps=word_timestamps(state.transcript, crop, skip_words=skip),
-                          transcript=transcript, start_step=start, end_step=state.end_step, last_step=last,
-                          crop=crop, extra={"delayed": delayed, "aligned": aligned})
+        state = run.state
+        skip = 0 if run.include_prefix else state.num_prefix_entries
+        return Dia2Result(codes=aligned[:, crop:].T.contiguous(),
+                          timestamps=word_timestamps(state.transcript, crop, skip_words=skip),
+                          transcript=[(w.text, w.step) for w in state.transcript], start_step=run.start,
+                          end_step=state.end_step, last_step=run.last, crop=crop,
+                          extra={"delayed": delayed, "aligned": aligned})
+
+    def _decode(self, run: "_Run", t: int):
+        column, tokens = run.buffer[:, t], run.tokens
+        tokens[:, 0, 2:] = torch.where(self._delay > t, self.cfg.data.audio_bos_token_id, column)
+        tokens[1, 0, 0], tokens[1, 0, 1] = self.ids.zero, self.cfg.data.text_pad_token_id
+        pos = torch.full((2, 1), t, dtype=torch.long, device=self.device)
+        slots = torch.full((2, 1), run.slot, dtype=torch.long, device=self.device)
+        out = self.model.transformer(tokens, pos, run.cache, slots=slots, kv_len=run.slot + 1)
+        run.slot += 1
+        return out
+
+    @staticmethod
+    def _set_text(run: "_Run", main: int, second: int) -> None:
+        run.tokens[0, 0, 0], run.tokens[0, 0, 1] = main, second
+
+    def _step(self, run: "_Run", t: int):
+        """One loop step (spec 5.4): decoder, action -> text state, codebook 0, depformer stages."""
+        gen, model, data = run.gen, self.model, self.cfg.data
+        dec = self._decode(run, t)
+        action = int(sample(cfg_filter(dec.action_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k),
+                            gen.text_temperature, gen.top_k, run.rng))
+        while True:
+            try:
+                out = run.state.step(t, action)
+                break
+            except TextStarvedError:  # streamed text: read on until this step can be decided
+                piece = next(run.text, None)
+                if piece is None:
+                    run.state.end_input()
+                else:
+                    run.state.append_text(piece)
+        self._set_text(run, out.main, out.second)
+        cb0 = cfg_filter(dec.cb0_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k).clone()
+        cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
+        token = sample(cb0, gen.temperature, gen.top_k, run.rng)
+        run.buffer[0, t + 1] = token
+        hidden = dec.hidden[:, 0]  # (2, D)
+        text = None
+        if model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
+            text = (run.tokens[0, 0, 0].expand(2), run.tokens[0, 0, 1].expand(2))
+        for s in range(self.n_codebooks - 1):
+            logits = model.depformer.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
+            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
+            run.buffer[s + 1, t + 1] = token
+        return out
+
+    def _aligned(self, run: "_Run", a: int, b: int) -> torch.Tensor:
+        """Undelayed frames a..b-1 `(C, b - a)`: aligned[c, f] = delayed[c, f + delay[c]]."""
+        rows = [run.buffer[c, a + d: b + d] for c, d in enumerate(self.delay)]
+        aligned = torch.stack(rows)
+        return torch.where(aligned == UNWRITTEN, self.cfg.data.audio_pad_token_id, aligned)
+
+    def _crop(self, run: "_Run", final: bool) -> int | None:
+        """The output crop, or None while it is not known yet (k = 0 before the first word)."""
+        state = run.state
+        if not final and not run.include_prefix and self.cfg.data.second_stream_ahead == 0 \
+                and state.first_main_new_word_step is None:
+            return None
+        return output_crop(run.start, state.first_main_new_word_step, run.gen.initial_padding, run.include_prefix)
+
+    def _words(self, run: "_Run", crop: int, said: int, ready: int | None) -> tuple[int, list[tuple[str, float]]]:
+        """Timestamps (word, seconds) not given yet whose frame is below `ready` (all if None)."""
+        skip = 0 if run.include_prefix else run.state.num_prefix_entries
+        stamps = word_timestamps(run.state.transcript, crop, skip_words=skip)
+        new = [w for w in stamps[said:] if ready is None or w[1] * FRAME_RATE + crop < ready]
+        return said + len(new), new
+
+
+@dataclass
+class _Run:
+    """The state of one generation between steps (one script, two CFG rows)."""
+
+    gen: Dia2GenerationConfig
+    prefix: Prefix | None
+    state: Dia2TextState
+    rng: torch.Generator | None
+    buffer: torch.Tensor  # (C, total) delayed codes
+    tokens: torch.Tensor  # (2, 1, C + 2) the next decoder input
+    cache: object
+    dep_cache: object
+    p0: int
+    total: int
+    max_steps: int
+    start: int
+    text: Iterator[str] | None = None
+    slot: int = 0
+    last: int = 0
+
+    @property
+    def include_prefix(self) -> bool:
+        return self.prefix is not None and self.prefix.include_audio
