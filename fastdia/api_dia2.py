@@ -154,7 +154,8 @@ class Dia2:
         Args:
             script: the whole script, or an iterable of text pieces (e.g. tokens from an LLM):
                 generation reads on as far as each step needs and waits for more; the end of the
-                iterable ends the speech.
+                iterable ends the speech. An async iterable gives an async generator (use
+                `async for`); generation then runs in a worker thread.
             chunk_seconds: audio per chunk, in whole 80 ms frames (default 0.24 s = 3 frames).
             Others: as `synthesize`.
 
@@ -165,15 +166,69 @@ class Dia2:
         gen = self.generation_config(**sampling)
         if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not 0 < chunk_seconds <= 60:
             raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {chunk_seconds!r}")
+        prefix_args = (prefix_speaker_1, prefix_speaker_2, include_prefix)
+        if hasattr(script, "__aiter__"):
+            prefix = self._prefix(*prefix_args)
+            return self._astream(gen, prefix, script, max(1, round(chunk_seconds * 12.5)))
         if isinstance(script, str):
             entries, pieces = self._entries(script), None
         elif isinstance(script, Iterable):
             entries, pieces = None, (_check_piece(p) for p in script)
         else:
             raise ScriptError(f"the script must be a string or an iterable of strings, got {type(script).__name__}")
-        prefix = self._prefix(prefix_speaker_1, prefix_speaker_2, include_prefix)
+        prefix = self._prefix(*prefix_args)
         frames = max(1, round(chunk_seconds * 12.5))
         return self._stream(gen, prefix, entries, pieces, frames)
+
+    async def _astream(self, gen, prefix, text, frames: int):
+        """`stream` for an async iterable of text: an async generator of SpeechChunk.
+
+        Generation is blocking work, so it runs in one worker thread (torch's inference mode is
+        per thread); the thread pulls text pieces from the event loop as the state machine needs
+        them and hands chunks back through a queue. Leaving the loop early stops the worker at its
+        next chunk or text read.
+        """
+        import asyncio
+        import threading
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop, done = threading.Event(), object()
+        source = text.__aiter__()
+
+        async def next_piece():
+            try:
+                return await source.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        def pieces():
+            while not stop.is_set():
+                piece = asyncio.run_coroutine_threadsafe(next_piece(), loop).result()
+                if piece is None:
+                    return
+                yield _check_piece(piece)
+
+        def work():
+            try:
+                for chunk in self._stream(gen, prefix, None, pieces(), frames):
+                    if stop.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # handed to the consumer, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = threading.Thread(target=work, name="fastdia-dia2-stream", daemon=True)
+        worker.start()
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
 
     def _stream(self, gen, prefix, entries, pieces, frames: int) -> Iterator[SpeechChunk]:
         decoder = self.codec.stream()

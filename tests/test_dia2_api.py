@@ -182,3 +182,33 @@ def test_stream_with_prefix_equals_reference(fixture_model):
     chunks = list(fixture_model.stream(c["script"], prefix_speaker_1=s1, prefix_speaker_2=s2, cfg_scale=3.0, **GREEDY))
     np.testing.assert_allclose(np.concatenate([ch.audio for ch in chunks]), z["waveform"], atol=1e-4, rtol=0)
     assert [list(w) for ch in chunks for w in ch.words] == c["result"]["timestamps"]
+
+
+def test_stream_async_text_in(preset):
+    import asyncio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = preset.synthesize(STREAM_SCRIPT, seed=7)
+
+    async def pieces():
+        for word in STREAM_SCRIPT.split(" "):
+            await asyncio.sleep(0)
+            yield word + " "
+
+    async def collect():
+        return [c async for c in preset.stream(pieces(), seed=7)]
+
+    chunks = asyncio.run(collect())
+    np.testing.assert_allclose(np.concatenate([c.audio for c in chunks]), ref.audio, atol=1e-4, rtol=0)
+    assert [w for c in chunks for w in c.words] == list(ref.timestamps)
+
+    async def bad():
+        yield "[S1] Hi"
+        yield 42
+
+    async def fails():
+        return [c async for c in preset.stream(bad(), seed=1)]
+
+    with pytest.raises(ScriptError, match="must be strings"):
+        asyncio.run(fails())
