@@ -152,8 +152,11 @@ def cmd_say(args: argparse.Namespace) -> int:
     from .api_dia2 import is_dia2
 
     if is_dia2(args.model):
-        return _say_dia2(args)
-    _refuse(args, "a Dia-1 model", ("text_temperature", "top_k", "cfg_filter_k", "max_steps"))
+        from .cli_dia2 import say_dia2
+
+        return say_dia2(args, read_script=_read_script, refuse=_refuse)
+    _refuse(args, "a Dia-1 model", ("text_temperature", "top_k", "cfg_filter_k", "max_steps", "prefix_speaker_1",
+                                    "prefix_speaker_2", "prefix_text_1", "prefix_text_2", "include_prefix"))
     # Everything that can be checked without the model is checked first, so a typo never
     # costs a model load or a generation.
     script = _read_script(args)
@@ -235,48 +238,6 @@ def _refuse(args: argparse.Namespace, family: str, names: tuple[str, ...]) -> No
         raise GenerationError(f"{flags} {'does' if len(given) == 1 else 'do'} not apply to {family}")
 
 
-def _say_dia2(args: argparse.Namespace) -> int:
-    """`fastdia say` with a Dia2 model: one synthesis, written with its word count."""
-    import time
-    import warnings
-
-    from .api_dia2 import Dia2
-    from .audio import check_output_path
-
-    _refuse(args, "Dia2 (yet)", ("max_tokens", "top_p", "cfg_filter_top_k", "audio_prompt", "prompt_text",
-                                 "voice", "stream"))
-    if args.output == "-":
-        from .errors import GenerationError
-
-        raise GenerationError("-o - (streaming) is not available for Dia2 yet; write a file")
-    script = _read_script(args)
-    out_path = check_output_path(args.output)
-    sampling = {k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
-                                      text_temperature=args.text_temperature, top_k=args.top_k,
-                                      cfg_filter_k=args.cfg_filter_k, max_steps=args.max_steps,
-                                      seed=args.seed).items() if v is not None}
-    tts = Dia2.from_pretrained(args.model, device=args.device, dtype=args.dtype, codec=args.codec)
-    tts.generation_config(**sampling)  # options are checked before the script runs
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        if tts.is_random:
-            print(f"note: {args.model} has random weights: its audio is noise, useful only for trials", file=sys.stderr)
-            warnings.simplefilter("ignore", UserWarning)
-        speech = tts.synthesize(script, **sampling)
-    if args.loudness is not None:
-        from .audio import normalize_loudness
-
-        speech_audio = normalize_loudness(speech.audio, tts.sample_rate, target_lufs=args.loudness)
-    else:
-        speech_audio = speech.audio
-    tts.save_audio(out_path, speech_audio)
-    total = time.perf_counter() - start
-    if not args.quiet:
-        print(f"wrote {out_path}: {speech.duration:.2f} s of audio, {len(speech.timestamps)} words, in {total:.1f} s "
-              f"({speech.duration / total if total else 0:.2f}x realtime)", file=sys.stderr)
-    return 0
-
-
 def _add_say(sub) -> None:
     from .generation.dia2 import Dia2GenerationConfig
     from .generation.options import GenerationConfig
@@ -316,6 +277,12 @@ def _add_say(sub) -> None:
                    help=f"Dia2: candidates kept by the guidance filter (default: {d2.cfg_filter_k})")
     p.add_argument("--max-steps", type=int, default=None,
                    help="Dia2: decoder steps at most, 12.5 per second (default: the model's context)")
+    for n in (1, 2):
+        p.add_argument(f"--prefix-speaker-{n}", metavar="AUDIO", default=None,
+                       help=f"Dia2: a voice for speaker {n} to continue (needs --prefix-text-{n})")
+        p.add_argument(f"--prefix-text-{n}", metavar="TEXT", default=None,
+                       help=f"Dia2: what is said in --prefix-speaker-{n} (its words are spread evenly over it)")
+    p.add_argument("--include-prefix", action="store_true", help="Dia2: keep the prefix audio in the output")
     p.add_argument("--audio-prompt", metavar="FILE", help="voice to clone: an audio file (5-10 s works best)")
     p.add_argument("--prompt-text", metavar="TEXT", help="transcript of --audio-prompt, with speaker tags")
     p.add_argument("--voice", action="append", metavar="[S1=|S2=]NAME",

@@ -107,6 +107,15 @@ def cli(*args):
                           env=env)
 
 
+def subprocess_bytes(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, timeout=300, env=env)
+
+
 def test_cli_say_and_info_dia2(tmp_path, preset):
     import soundfile as sf
 
@@ -120,13 +129,25 @@ def test_cli_say_and_info_dia2(tmp_path, preset):
         warnings.simplefilter("ignore")
         ref = preset.generate("[S1] Hello there. [S2] Hi! (laughs)", seed=4, max_steps=60)
     assert len(ref) == len(data) and np.abs(ref - data).max() < 1e-4  # 16-bit rounding
+    r = subprocess_bytes("say", "[S1] Hello there. [S2] Hi! (laughs)", "-o", "-", "--model", "dia2-tiny-random",
+                         "--seed", "4", "--max-steps", "60")
+    assert r.returncode == 0 and r.stdout[:4] == b"RIFF"
+    piped = np.frombuffer(r.stdout[44:], dtype="<i2").astype(np.float32) / 32768
+    assert len(piped) == len(data) and np.abs(piped - data).max() <= 2 / 32768
+    wav = str(FIXTURES / "prefix" / "prefix_s1.wav")
+    r = cli("say", "[S1] Hi there.", "-o", str(out), "--model", "dia2-tiny-random", "--seed", "1", "--max-steps", "60",
+            "--prefix-speaker-1", wav, "--prefix-text-1", "[S1] Hello everyone, good morning.")
+    assert r.returncode == 0, r.stderr
     for args, words in ((("--top-p", "0.5"), "--top-p does not apply to Dia2"),
-                        (("-o", "-"), "not available for Dia2 yet")):
+                        (("--prefix-speaker-1", wav), "go together"),
+                        (("--prefix-speaker-2", wav, "--prefix-text-2", "Hi"), "needs --prefix-speaker-1"),
+                        (("--prefix-speaker-1", str(tmp_path / "none.wav"), "--prefix-text-1", "Hi"), "none.wav")):
         r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "dia2-tiny-random", *args)
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fastdia: error:")]
         assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
-    r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "tiny-random", "--top-k", "5")
-    assert r.returncode == 2 and "does not apply to a Dia-1 model" in r.stderr
+    for flag in (("--top-k", "5"), ("--include-prefix",)):
+        r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "tiny-random", *flag)
+        assert r.returncode == 2 and "does not apply to a Dia-1 model" in r.stderr
     r = cli("info", "dia2-tiny-random", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["family"] == "dia2"
 
