@@ -152,14 +152,18 @@ class DiaConfig:
 
 def load_config(path: str | Path) -> DiaConfig:
     """Read a config.json in either layout."""
+    return parse_config(read_config_json(path), where=str(path))
+
+
+def read_config_json(path: str | Path) -> Any:
+    """The parsed config.json at `path` (either family); a missing or unreadable file is a CheckpointError."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"no config.json in {path.parent}") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
-    return parse_config(raw, where=str(path))
 
 
 def parse_config(raw: Mapping[str, Any], where: str = "config") -> DiaConfig:

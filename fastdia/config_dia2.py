@@ -8,7 +8,6 @@ the 2B values (the 1B config is not public). Presets are named configs that need
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,14 +225,9 @@ def _validate(cfg: Dia2Config) -> None:
 
 def load_dia2_config(path: str | Path) -> Dia2Config:
     """Read a Dia2 config.json."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"no config.json in {path.parent}") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    return parse_dia2_config(raw, where=str(path))
+    from .config import read_config_json
+
+    return parse_dia2_config(read_config_json(path), where=str(path))
 
 
 def is_dia2_config(raw: Any) -> bool:

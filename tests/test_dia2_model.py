@@ -232,7 +232,7 @@ def test_unexpected_tensor_is_named(tmp_path):
 def test_misshaped_tensor_is_named(tmp_path):
     key = "transformer.layers.0.attn.k_proj.weight"
     _copy_with(tmp_path, lambda s: s.update({key: torch.zeros(16, 64)}))
-    with pytest.raises(CheckpointError, match=r"wrong shape.*k_proj\.weight: file \[16, 64\], config says \[32, 64\]"):
+    with pytest.raises(CheckpointError, match=r"wrong shapes: .*k_proj\.weight has shape \[16, 64\], expected \[32, 64\]"):
         load_dia2(tmp_path)
 
 

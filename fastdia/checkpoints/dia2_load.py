@@ -23,6 +23,7 @@ from ..config_dia2 import DIA2_PRESET_SEED, DIA2_PRESETS, Dia2Config, load_dia2_
 from ..errors import CheckpointError
 from ..models.dia2 import Dia2Model
 from .hub import resolve_dir
+from .strict import shape_problems
 
 WEIGHTS_FILE = "model.safetensors"
 HUB_IDS = ("nari-labs/Dia2-1B", "nari-labs/Dia2-2B")
@@ -90,21 +91,8 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
 def check_header(cfg: Dia2Config, header: dict[str, tuple[str, tuple[int, ...]]], where: str) -> None:
     """Raise a CheckpointError naming every missing, unexpected or mis-shaped tensor."""
     expected = expected_shapes(cfg)
-    missing = sorted(set(expected) - set(header))
-    unexpected = sorted(set(header) - set(expected))
-    misshaped = [
-        f"{k}: file {list(header[k][1])}, config says {list(expected[k])}"
-        for k in sorted(set(expected) & set(header))
-        if header[k][1] != expected[k]
-    ]
+    problems = shape_problems(expected, {k: shape for k, (_, shape) in header.items()})
     not_float = [f"{k} ({header[k][0]})" for k in sorted(set(expected) & set(header)) if header[k][0] not in _FLOAT_DTYPES]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing tensor(s): {_some(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s): {_some(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} tensor(s) of the wrong shape: {_some(misshaped)}")
     if not_float:
         problems.append(f"non-float tensor(s): {_some(not_float)}")
     if problems:

@@ -22,6 +22,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from ..checkpoints.hub import resolve_dir
+from ..checkpoints.strict import shape_problems
 from ..errors import CheckpointError
 from .dac_model import DEFAULT_MODEL, PRESET_SEED, PRESETS, DACConfig, DACModel
 
@@ -277,18 +278,7 @@ def check_state_dict(
             return f"{name} (descript: {to_descript[prefix]}.{leaf})"
         return name
 
-    missing = [label(k) for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{label(k)} has shape {list(state[k].shape)}, expected {list(expected[k])}"
-        for k in expected
-        if k in state and state[k].shape != expected[k]
-    ]
-    problems = []
-    for title, items in (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)):
-        if items:
-            more = f" and {len(items) - 8} more" if len(items) > 8 else ""
-            problems.append(f"{title}: {'; '.join(items[:8])}{more}")
+    problems = shape_problems(expected, {k: v.shape for k, v in state.items()}, label)
     if problems:
         raise CheckpointError(
             f"DAC checkpoint {source} does not match the codec config "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..backends.device import resolve_device, resolve_dtype
+from ..checkpoints.strict import shape_problems
 from ..errors import AudioError, CheckpointError
 from .mimi_model import DEFAULT_MODEL, MimiConfig, MimiModel
 
@@ -100,19 +101,7 @@ def expected_shapes(config: MimiConfig) -> dict[str, torch.Size]:
 
 def check_state_dict(state: Mapping[str, torch.Tensor], config: MimiConfig, source: str = "checkpoint") -> None:
     """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
-    expected = expected_shapes(config)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} has shape {list(state[k].shape)}, expected {list(expected[k])}"
-        for k in expected
-        if k in state and state[k].shape != expected[k]
-    ]
-    problems = []
-    for title, items in (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", wrong)):
-        if items:
-            more = f" and {len(items) - 8} more" if len(items) > 8 else ""
-            problems.append(f"{title}: {'; '.join(items[:8])}{more}")
+    problems = shape_problems(expected_shapes(config), {k: v.shape for k, v in state.items()})
     if problems:
         raise CheckpointError(
             f"Mimi checkpoint {source} does not match its config (hidden_size={config.hidden_size}, "
