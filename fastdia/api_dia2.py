@@ -36,7 +36,7 @@ class Dia2:
     sample_rate = 24000
 
     def __init__(self, loaded: LoadedDia2, device: torch.device, dtype: torch.dtype, tokenizer: Dia2Tokenizer,
-                 codec: str | Path) -> None:
+                 codec: str | Path, voices_dir: str | os.PathLike | None = None) -> None:
         self._loaded = loaded
         self.model, self.config = loaded.model, loaded.config
         self.device, self.dtype = device, dtype
@@ -46,11 +46,15 @@ class Dia2:
         self._generator = Dia2Generator(self.model, device, self.ids)
         self.codec_source, self._codec = codec, None
         self.is_random = loaded.directory is None
+        # Saved voices (fastdia voice add) used as prefixes: looked up here, encoded for Mimi on
+        # first use and kept for the life of this object.
+        self.voices_dir = voices_dir
+        self._voice_codes: dict[tuple[str, str], np.ndarray] = {}
 
     @classmethod
     def from_pretrained(cls, model: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
                         dtype: str | torch.dtype = "auto", quantize: str | None = None,
-                        codec: str | Path | None = None) -> "Dia2":
+                        codec: str | Path | None = None, voices_dir: str | os.PathLike | None = None) -> "Dia2":
         """Load a Dia2 model.
 
         Args:
@@ -62,6 +66,8 @@ class Dia2:
             quantize: not yet available for Dia2 (None).
             codec: the Mimi codec (hub id, directory, "mimi-tiny-random"); default: the
                 checkpoint's `assets.mimi`, else "kyutai/mimi"; presets use their own.
+            voices_dir: the saved voices' folder for prefixes given by name (default:
+                $FASTDIA_VOICES_DIR, else the XDG data dir).
         """
         if quantize is not None:
             raise FastDiaError("quantize is not available for Dia2 yet; load it without quantize")
@@ -74,7 +80,7 @@ class Dia2:
         else:
             tokenizer = _directory_tokenizer(loaded)
             source = codec or _asset(loaded, loaded.config.assets.mimi) or DEFAULT_CODEC
-        return cls(loaded, dev, dt, tokenizer, source)
+        return cls(loaded, dev, dt, tokenizer, source, voices_dir)
 
     # ------------------------------------------------------------------ codec
     @property
@@ -113,7 +119,12 @@ class Dia2:
     # ------------------------------------------------------------------ generation
     def generation_config(self, **sampling: Any) -> Dia2GenerationConfig:
         """The defaults with `sampling` keywords applied (validated)."""
-        return Dia2GenerationConfig().with_overrides(**sampling)
+        gen = Dia2GenerationConfig().with_overrides(**sampling)
+        need = max(self.config.data.delay_pattern) + 2  # the first frame complete in every codebook
+        if gen.max_steps is not None and gen.max_steps < need:
+            raise GenerationError(f"max_steps={gen.max_steps} is too small: the codebooks' delays need at least "
+                                  f"{need} steps for one frame of audio (12.5 steps are 1 s)")
+        return gen
 
     def synthesize(self, script: str, *, prefix_speaker_1: VoicePrompt | str | None = None,
                    prefix_speaker_2: VoicePrompt | str | None = None, include_prefix: bool = False,
@@ -122,8 +133,9 @@ class Dia2:
 
         Args:
             script: e.g. "[S1] Hello there. [S2] Hi! (laughs)".
-            prefix_speaker_1, prefix_speaker_2: voices to continue (a `VoicePrompt` or an audio
-                path; speaker 2 needs speaker 1).
+            prefix_speaker_1, prefix_speaker_2: voices to continue: a `VoicePrompt`, an audio
+                path, or a saved voice (its name or a `fastdia.voices.Voice`); speaker 2 needs
+                speaker 1.
             include_prefix: keep the prefix audio at the start of the result.
             **sampling: cfg_scale (2.0), temperature (0.8), text_temperature (0.6), top_k (50),
                 cfg_filter_k (50), seed, max_steps.
@@ -275,7 +287,12 @@ class Dia2:
     def _voice(self, prompt, speaker: int) -> tuple[list, np.ndarray]:
         """A voice prompt -> (word timings, Mimi codes [F, C])."""
         from .audio import read_audio
+        from .voices import Voice, VoiceStore
 
+        if isinstance(prompt, str) and not Path(prompt).expanduser().exists():
+            prompt = VoiceStore(self.voices_dir).get(prompt)  # not a file: a saved voice's name
+        if isinstance(prompt, Voice):
+            return self._saved_voice(prompt, speaker)
         if isinstance(prompt, (str, os.PathLike)):
             prompt = VoicePrompt(audio=prompt)
         if not isinstance(prompt, VoicePrompt):
@@ -288,23 +305,39 @@ class Dia2:
             if sr is None:
                 raise AudioError(f"prefix_speaker_{speaker}: a waveform needs its sample_rate")
         codes = self.encode(wave, sr)
-        seconds = codes.shape[0] / 12.5
-        if prompt.words:
-            words = [tuple(w) for w in prompt.words]
-        elif prompt.text:
-            # No timings: spread the words evenly; the model then hears the words roughly where
-            # they are said. Exact timings (words=) clone better.
-            plain = [w for w in prompt.text.replace("[S1]", " ").replace("[S2]", " ").split() if w]
-            if not plain:
-                raise GenerationError(f"prefix_speaker_{speaker}: its text has no words")
-            step = seconds / len(plain)
-            words = [(w, i * step, (i + 1) * step) for i, w in enumerate(plain)]
-            warnings.warn(f"prefix_speaker_{speaker} has text but no word timings: the words are spread evenly "
-                          "over the audio; give words=[(word, start, end), ...] to clone better", UserWarning,
-                          stacklevel=5)
-        else:
-            raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)")
-        return words, codes
+        return _words_for(prompt, codes.shape[0] / 12.5, speaker), codes
+
+    def _saved_voice(self, voice, speaker: int) -> tuple[list, np.ndarray]:
+        """A saved voice: its kept audio encoded with this model's Mimi (once), its transcript."""
+        from .errors import VoiceError
+        from .voices import AUDIO_RATE
+
+        if voice.audio is None:
+            raise VoiceError(f"voice {voice.name!r} was saved without its audio (by an older fastdia), which Dia2 "
+                             "needs; add it again with fastdia voice add --force")
+        key = (voice.name, self.codec.codec_id)
+        if key not in self._voice_codes:
+            self._voice_codes[key] = self.encode(voice.audio, AUDIO_RATE)
+        codes = self._voice_codes[key]
+        prompt = VoicePrompt(voice.audio, AUDIO_RATE, text=voice.text, words=voice.metadata.get("words"))
+        return _words_for(prompt, codes.shape[0] / 12.5, speaker), codes
+
+
+def _words_for(prompt: VoicePrompt, seconds: float, speaker: int) -> list:
+    """A prompt's word timings: given, or its text's words spread evenly over `seconds` (warned)."""
+    if prompt.words:
+        return [tuple(w) for w in prompt.words]
+    if not prompt.text:
+        raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)")
+    # No timings: spread the words evenly; the model then hears the words roughly where they are
+    # said. Exact timings (words=) clone better.
+    plain = [w for w in prompt.text.replace("[S1]", " ").replace("[S2]", " ").split() if w]
+    if not plain:
+        raise GenerationError(f"prefix_speaker_{speaker}: its text has no words")
+    step = seconds / len(plain)
+    warnings.warn(f"prefix_speaker_{speaker} has text but no word timings: the words are spread evenly over the "
+                  "audio; give words=[(word, start, end), ...] to clone better", UserWarning, stacklevel=6)
+    return [(w, i * step, (i + 1) * step) for i, w in enumerate(plain)]
 
 
 def _check_piece(piece) -> str:

@@ -154,9 +154,10 @@ def cmd_say(args: argparse.Namespace) -> int:
     if is_dia2(args.model):
         from .cli_dia2 import say_dia2
 
-        return say_dia2(args, read_script=_read_script, refuse=_refuse)
+        return say_dia2(args, read_script=_read_script, refuse=_refuse, parse_voices=_parse_voices)
     _refuse(args, "a Dia-1 model", ("text_temperature", "top_k", "cfg_filter_k", "max_steps", "prefix_speaker_1",
-                                    "prefix_speaker_2", "prefix_text_1", "prefix_text_2", "include_prefix"))
+                                    "prefix_speaker_2", "prefix_text_1", "prefix_text_2", "prefix_words_1",
+                                    "prefix_words_2", "include_prefix", "timestamps"))
     # Everything that can be checked without the model is checked first, so a typo never
     # costs a model load or a generation.
     script = _read_script(args)
@@ -282,7 +283,12 @@ def _add_say(sub) -> None:
                        help=f"Dia2: a voice for speaker {n} to continue (needs --prefix-text-{n})")
         p.add_argument(f"--prefix-text-{n}", metavar="TEXT", default=None,
                        help=f"Dia2: what is said in --prefix-speaker-{n} (its words are spread evenly over it)")
+        p.add_argument(f"--prefix-words-{n}", metavar="JSON", default=None,
+                       help=f"Dia2: the words of --prefix-speaker-{n} with timings, a JSON file "
+                            '[["word", start_s, end_s], ...] (instead of --prefix-text-{n})')
     p.add_argument("--include-prefix", action="store_true", help="Dia2: keep the prefix audio in the output")
+    p.add_argument("--timestamps", metavar="JSON", default=None,
+                   help='Dia2: also write the word timestamps, [["word", seconds], ...], to this JSON file')
     p.add_argument("--audio-prompt", metavar="FILE", help="voice to clone: an audio file (5-10 s works best)")
     p.add_argument("--prompt-text", metavar="TEXT", help="transcript of --audio-prompt, with speaker tags")
     p.add_argument("--voice", action="append", metavar="[S1=|S2=]NAME",
@@ -355,8 +361,12 @@ def cmd_voice_add(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     # Dia loads its codec with this dtype rule, and codec ids differ between dtypes.
     codec = DAC.from_pretrained(source, device=device, dtype="auto" if device.type == "cuda" else "float32")
+    from .audio import resample, to_mono
+    from .voices import AUDIO_RATE
+
     voice = store.add(args.name, codec.encode(wave, rate), args.text, codec.codec_id, codec.sample_rate,
-                      source=args.audio, force=args.force, hop_length=codec.hop_length)
+                      source=args.audio, force=args.force, hop_length=codec.hop_length,
+                      audio=resample(to_mono(wave), rate, AUDIO_RATE))
     print(f"saved voice {voice.name!r} ({voice.seconds:.1f} s, {len(voice.codes)} frames) to {store.path(voice.name)}")
     return 0
 

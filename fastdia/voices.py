@@ -23,6 +23,7 @@ import numpy as np
 from .errors import VoiceError
 
 FORMAT_VERSION = 1
+AUDIO_RATE = 24000  # the kept waveform's rate (Mimi's): another codec encodes the voice from it
 CODEBOOK_SIZE = 1024  # DAC decoding silently replaces codes outside 0..1023, so they are refused here
 DAC_HOP_LENGTH = 512
 ADD_HINT = 'fastdia voice add NAME AUDIO --text "[S1] the exact words spoken in AUDIO"'
@@ -55,6 +56,7 @@ class Voice:
     codec: str
     sample_rate: int
     metadata: dict = field(default_factory=dict)
+    audio: np.ndarray | None = None  # float32 mono at AUDIO_RATE, for codecs other than `codec` (Dia2's Mimi)
 
     @property
     def seconds(self) -> float:
@@ -115,7 +117,7 @@ class VoiceStore:
 
     def add(self, name: str, codes: Any, text: str, codec: str, sample_rate: int,
             source: str | os.PathLike | None = None, force: bool = False,
-            hop_length: int = DAC_HOP_LENGTH) -> Voice:
+            hop_length: int = DAC_HOP_LENGTH, audio: np.ndarray | None = None) -> Voice:
         """Save a voice atomically: a crash leaves the old file or the new one, never part of one.
 
         Args:
@@ -127,6 +129,8 @@ class VoiceStore:
             source: the audio file it came from; only its base name is kept.
             force: replace a voice of the same name.
             hop_length: samples per code frame, to record the length in seconds.
+            audio: the voice as float mono at AUDIO_RATE (kept as 16-bit), so a model on another
+                codec (Dia2's Mimi) can use the voice too.
 
         Returns:
             The saved Voice.
@@ -165,14 +169,16 @@ class VoiceStore:
                              "choose another with --voices-dir or FASTDIA_VOICES_DIR") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, codes=arr, meta=meta)
+                extra = {} if audio is None else {"audio24k": _pcm16(audio)}
+                np.savez(f, codes=arr, meta=meta, **extra)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return Voice(name, arr, text, codec, int(sample_rate), metadata)
+        kept = None if audio is None else _pcm16(audio).astype(np.float32) / 32768
+        return Voice(name, arr, text, codec, int(sample_rate), metadata, kept)
 
     def get(self, name: str) -> Voice:
         """Load voice `name`; VoiceError for an invalid name, an unknown voice (the message names
@@ -253,6 +259,7 @@ def _load(path: Path) -> Voice:
             f.seek(0)
             with np.load(f, allow_pickle=False) as data:
                 codes, header = data["codes"], json.loads(data["meta"].tobytes().decode("utf-8"))
+                audio = data["audio24k"].astype(np.float32) / 32768 if "audio24k" in data.files else None
         if not isinstance(header, dict):
             raise ValueError("its metadata is not a JSON object")
         version = header.get("format_version")
@@ -270,4 +277,11 @@ def _load(path: Path) -> Voice:
         raise VoiceError(f"voice file {path} has format version {version} but this fastdia reads up to "
                          f"{FORMAT_VERSION}; upgrade fastdia")
     metadata = {k: v for k, v in header.items() if k not in ("text", "codec", "sample_rate")}
-    return Voice(path.stem, codes, text, codec, rate, metadata)
+    return Voice(path.stem, codes, text, codec, rate, metadata, audio)
+
+
+def _pcm16(audio: np.ndarray) -> np.ndarray:
+    wave = np.asarray(audio, dtype=np.float32)
+    if wave.ndim != 1 or not np.isfinite(wave).all():
+        raise VoiceError("a voice's kept audio must be a finite mono waveform")
+    return np.clip(np.round(wave * 32768), -32768, 32767).astype(np.int16)

@@ -233,3 +233,48 @@ def test_stream_async_text_in(preset):
 
     with pytest.raises(ScriptError, match="must be strings"):
         asyncio.run(fails())
+
+
+def test_cli_dia2_voices_timestamps_and_bad_input(tmp_path, preset):
+    import soundfile as sf
+
+    wav = tmp_path / "alice.wav"
+    sf.write(wav, (0.2 * np.sin(np.linspace(0, 800, 44100))).astype(np.float32), 44100)
+    voices = str(tmp_path / "voices")
+    r = cli("voice", "add", "alice", str(wav), "--text", "[S1] Hello there my friend.", "--model", "tiny-random",
+            "--voices-dir", voices)
+    assert r.returncode == 0, r.stderr
+    out, stamps = tmp_path / "v.wav", tmp_path / "t.json"
+    base = ("--model", "dia2-tiny-random", "--seed", "2", "--max-steps", "60")
+    r = cli("say", "[S1] Hi there.", "-o", str(out), *base, "--voice", "alice", "--voices-dir", voices,
+            "--timestamps", str(stamps))
+    assert r.returncode == 0, r.stderr
+    # The saved voice is the same prefix as its kept audio and transcript given directly.
+    from fastdia.voices import VoiceStore
+
+    v = VoiceStore(voices).get("alice")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = preset.synthesize("[S1] Hi there.", seed=2, max_steps=60,
+                                prefix_speaker_1=VoicePrompt(v.audio, 24000, text=v.text))
+    data, _ = sf.read(out, dtype="float32")
+    assert len(data) == len(ref.audio) and np.abs(data - ref.audio).max() < 1e-4
+    assert json.loads(stamps.read_text()) == [[w, round(t, 3)] for w, t in ref.timestamps]
+    words = tmp_path / "w.json"
+    words.write_text(json.dumps([["Hello", 0.1, 0.4], ["there", 0.45, 0.9]]))
+    r = cli("say", "[S1] Hi there.", "-o", str(out), *base, "--prefix-speaker-1", str(wav),
+            "--prefix-words-1", str(words))
+    assert r.returncode == 0, r.stderr
+    bad_words = tmp_path / "bad.json"
+    bad_words.write_text("[1, 2]")
+    for args, msg in (((" ",), "empty"), (("[S1] Hi [S3] there.",), "[S3]"),
+                      (("[S1] Hi.", "--max-steps", "3"), "max_steps=3 is too small"),
+                      (("[S1] Hi.", "--prefix-speaker-1", str(tmp_path / "missing.wav"), "--prefix-text-1", "Hi"),
+                       "missing.wav"),
+                      (("[S1] Hi.", "--prefix-speaker-1", str(wav), "--prefix-words-1", str(bad_words)),
+                       "must be a JSON list"),
+                      (("[S1] Hi.", "--voice", "nobody", "--voices-dir", voices), "nobody")):
+        extra = [a for a in base if a not in ("--max-steps", "60")] if "--max-steps" in args else list(base)
+        r = cli("say", args[0], "-o", str(out), *extra, *args[1:])
+        lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fastdia: error:")]
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
