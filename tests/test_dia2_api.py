@@ -139,7 +139,7 @@ def test_cli_say_and_info_dia2(tmp_path, preset):
             "--prefix-speaker-1", wav, "--prefix-text-1", "[S1] Hello everyone, good morning.")
     assert r.returncode == 0, r.stderr
     for args, words in ((("--top-p", "0.5"), "--top-p does not apply to Dia2"),
-                        (("--prefix-speaker-1", wav), "go together"),
+                        (("--prefix-speaker-1", wav), "goes with --prefix-text-1 or --prefix-words-1"),
                         (("--prefix-speaker-2", wav, "--prefix-text-2", "Hi"), "needs --prefix-speaker-1"),
                         (("--prefix-speaker-1", str(tmp_path / "none.wav"), "--prefix-text-1", "Hi"), "none.wav")):
         r = cli("say", "[S1] Hi.", "-o", str(out), "--model", "dia2-tiny-random", *args)
