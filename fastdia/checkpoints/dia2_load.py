@@ -23,7 +23,7 @@ from ..config_dia2 import DIA2_PRESET_SEED, DIA2_PRESETS, Dia2Config, load_dia2_
 from ..errors import CheckpointError
 from ..models.dia2 import Dia2Model
 from .hub import resolve_dir
-from .strict import shape_problems
+from .strict import build_on_meta, shape_problems
 
 WEIGHTS_FILE = "model.safetensors"
 HUB_IDS = ("nari-labs/Dia2-1B", "nari-labs/Dia2-2B")
@@ -155,13 +155,8 @@ def random_state(cfg: Dia2Config, seed: int = DIA2_PRESET_SEED, dtype: torch.dty
 
 def build_model(cfg: Dia2Config, state: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> Dia2Model:
     """Build on meta, attach `state` (strict, assign). `state` must hold exactly the checkpoint keys."""
-    with torch.device("meta"):
-        model = Dia2Model(cfg)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:  # check_header ran already; this guards presets / callers
-        raise CheckpointError(f"Dia2 state does not match the model: {exc}") from None
-    return model.to(device).eval().requires_grad_(False)
+    # check_header ran already for files; build_on_meta still guards presets and callers.
+    return build_on_meta(lambda: Dia2Model(cfg), state, device)
 
 
 def _choose_files(files: Sequence[str]) -> list[str]:

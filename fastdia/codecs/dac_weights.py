@@ -22,7 +22,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from ..checkpoints.hub import resolve_dir
-from ..checkpoints.strict import shape_problems
+from ..checkpoints.strict import build_on_meta, shape_problems
 from ..errors import CheckpointError
 from .dac_model import DEFAULT_MODEL, PRESET_SEED, PRESETS, DACConfig, DACModel
 
@@ -296,12 +296,7 @@ def build_model(
 ) -> DACModel:
     """Strictly load our-layout `state` into a new `DACModel` on `device` in `dtype`."""
     check_state_dict(state, config, source)
-    with torch.device("meta"):
-        net = DACModel(config)
-    # assign=True adopts our tensors instead of copying into meta storage (there is none).
-    cast = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    net.load_state_dict(cast, strict=True, assign=True)
-    return net.eval().requires_grad_(False)
+    return build_on_meta(lambda: DACModel(config), state, device, dtype)
 
 
 def random_state_dict(config: DACConfig, seed: int = PRESET_SEED) -> Tensors:

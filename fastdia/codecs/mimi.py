@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..backends.device import resolve_device, resolve_dtype
-from ..checkpoints.strict import shape_problems
+from ..checkpoints.strict import build_on_meta, shape_problems
 from ..errors import AudioError, CheckpointError
 from .mimi_model import DEFAULT_MODEL, MimiConfig, MimiModel
 
@@ -115,11 +115,7 @@ def build_model(
 ) -> MimiModel:
     """Strictly load `state` into a new `MimiModel` on `device` in `dtype` (eval mode, no grads)."""
     check_state_dict(state, config, source)
-    with torch.device("meta"):
-        net = MimiModel(config)
-    cast = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    net.load_state_dict(cast, strict=True, assign=True)
-    return net.eval().requires_grad_(False)
+    return build_on_meta(lambda: MimiModel(config), state, device, dtype)
 
 
 def random_state_dict(config: MimiConfig, seed: int = PRESET_SEED) -> Tensors:
