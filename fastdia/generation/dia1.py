@@ -93,8 +93,13 @@ class Dia1Generator:
         texts: list[list[int]],
         prompts: list[torch.Tensor | None],
         gen: GenerationConfig,
+        cache_len: int | None = None,
     ) -> DecodeState:
-        """Encode the texts, build the prompt grid and prefill the KV cache."""
+        """Encode the texts, build the prompt grid and prefill the KV cache.
+
+        `cache_len` sizes the KV cache (default max_tokens); a scheduler that moves the prefilled
+        rows into its own cache asks for only the prefill's length.
+        """
         cfg, dev = self.cfg, self.device
         b = len(texts)
         max_tokens = gen.max_tokens
@@ -120,7 +125,7 @@ class Dia1Generator:
         tokens = torch.full((b, max_tokens + 1, cfg.n_channels), UNKNOWN, dtype=torch.long, device=dev)
         rows = min(grid.shape[1], max_tokens + 1)
         tokens[:, :rows] = grid[:, :rows]
-        cache = KVCache(cfg, 2 * b, max_tokens, dev, self.dtype)
+        cache = KVCache(cfg, 2 * b, max_tokens if cache_len is None else max(1, cache_len), dev, self.dtype)
 
         if gen.temperature == 0:
             rngs = None
@@ -154,14 +159,19 @@ class Dia1Generator:
     # ------------------------------------------------------------------ one step
     def step(self, state: DecodeState, gen: GenerationConfig) -> None:
         """Decode position t for every row, sample, apply the EOS countdown, write row t + 1."""
-        cfg = self.cfg
         b = state.tokens.shape[0]
         t = state.t
         current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)  # (2B, 1, C)
         positions = torch.full((2 * b, 1), t, dtype=torch.long, device=self.device)
         logits = self.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
-        logits = logits.view(b, 2, cfg.n_channels, -1)  # (B, 2, C, V): uncond, cond
+        self.advance(state, logits.view(b, 2, self.cfg.n_channels, -1), gen)
 
+    def advance(self, state: DecodeState, logits: torch.Tensor, gen: GenerationConfig) -> None:
+        """Sample row t + 1 from position t's logits `(B, 2, C, V)` (uncond, cond), apply the EOS
+        countdown, write it. Batched decoding (fastdia.generation.dia1_slots) calls this per
+        request on its own slice of a shared step."""
+        cfg = self.cfg
+        t = state.t
         filtered = cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_top_k, cfg.eos_id)
         noise = None
         if state.rngs is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 import numpy as np
 import torch
@@ -117,6 +117,45 @@ def compose(context: list[Segment], chunk: str) -> tuple[list[int], torch.Tensor
     return tokenize(text), torch.cat(codes) if codes else None
 
 
+def script_calls(
+    chunks: list[str],
+    voices: list[Segment],
+    gen: GenerationConfig,
+    max_delay: int,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> Generator[tuple[list[int], torch.Tensor | None, GenerationConfig], torch.Tensor | None, None]:
+    """The generations that speak `chunks`, one after another, as a coroutine.
+
+    Yields `(tokens, prompt, options)` for one Dia-1 generation; the caller runs it and sends
+    back all the frames `(n, C)` it produced (None for none). Callers that run generations one at
+    a time (`run_script`) and the server's batch scheduler, which interleaves many requests, drive
+    the same plan, so a seed gives the same audio both ways.
+    """
+    history: list[Segment] = []
+    for k, chunk in enumerate(chunks):
+        if on_chunk is not None:
+            on_chunk(k, len(chunks))
+        context = select_context(chunk, voices, history, gen.max_tokens, max_delay)
+        options = replace(gen, seed=chunk_seed(gen.seed, k))
+        spoken = None
+        for attempt in (context, list(voices)):
+            tokens, prompt = compose(attempt, chunk)
+            frames = 0 if prompt is None else prompt.shape[0]
+            if len(chunks) > 1:
+                # A chunk may run to CAP_FACTOR times its expected length, never to the whole
+                # window: a chunk that does not stop would otherwise fill it with babble.
+                cap = math.ceil(CAP_FACTOR * expected_frames(chunk)) + round(FRAME_RATE)
+                options = replace(options, max_tokens=min(gen.max_tokens, 1 + frames + max_delay + cap))
+            spoken = yield tokens, prompt, options
+            if spoken is not None or len(attempt) == len(voices):
+                break
+            # The model ended at once: a previous chunk that itself closed on end-of-speech can
+            # make that the likeliest next frame. Speak the chunk again from the voices alone
+            # rather than lose its text.
+        if spoken is not None:
+            history.append(Segment(chunk, spoken))
+
+
 def run_script(
     generator: Dia1Generator,
     chunks: list[str],
@@ -135,30 +174,16 @@ def run_script(
         on_step: called after every decoder step with the position.
         on_chunk: called with (k, number of chunks) before chunk k starts.
     """
-    max_delay = generator.cfg.max_delay
-    history: list[Segment] = []
-    for k, chunk in enumerate(chunks):
-        if on_chunk is not None:
-            on_chunk(k, len(chunks))
-        context = select_context(chunk, voices, history, gen.max_tokens, max_delay)
-        options = replace(gen, seed=chunk_seed(gen.seed, k))
+    calls = script_calls(chunks, voices, gen, generator.cfg.max_delay, on_chunk)
+    call = next(calls, None)
+    while call is not None:
+        tokens, prompt, options = call
         pieces = []
-        for attempt in (context, list(voices)):
-            tokens, prompt = compose(attempt, chunk)
-            frames = 0 if prompt is None else prompt.shape[0]
-            if len(chunks) > 1:
-                # A chunk may run to CAP_FACTOR times its expected length, never to the whole
-                # window: a chunk that does not stop would otherwise fill it with babble.
-                cap = math.ceil(CAP_FACTOR * expected_frames(chunk)) + round(FRAME_RATE)
-                options = replace(options, max_tokens=min(gen.max_tokens, 1 + frames + max_delay + cap))
-            for new in generator.run([tokens], [prompt], options, on_step=on_step):
-                if new[0].shape[0]:
-                    pieces.append(new[0])
-                    yield new[0]
-            if pieces or len(attempt) == len(voices):
-                break
-            # The model ended at once: a previous chunk that itself closed on end-of-speech can
-            # make that the likeliest next frame. Speak the chunk again from the voices alone
-            # rather than lose its text.
-        if pieces:
-            history.append(Segment(chunk, torch.cat(pieces)))
+        for new in generator.run([tokens], [prompt], options, on_step=on_step):
+            if new[0].shape[0]:
+                pieces.append(new[0])
+                yield new[0]
+        try:
+            call = calls.send(torch.cat(pieces) if pieces else None)
+        except StopIteration:
+            call = None
