@@ -305,7 +305,7 @@ class Dia2:
             if sr is None:
                 raise AudioError(f"prefix_speaker_{speaker}: a waveform needs its sample_rate")
         codes = self.encode(wave, sr)
-        return _words_for(prompt, codes.shape[0] / 12.5, speaker), codes
+        return _words_for(prompt, codes.shape[0] / 12.5, speaker, wave, sr), codes
 
     def _saved_voice(self, voice, speaker: int) -> tuple[list, np.ndarray]:
         """A saved voice: its kept audio encoded with this model's Mimi (once), its transcript."""
@@ -320,23 +320,45 @@ class Dia2:
             self._voice_codes[key] = self.encode(voice.audio, AUDIO_RATE)
         codes = self._voice_codes[key]
         prompt = VoicePrompt(voice.audio, AUDIO_RATE, text=voice.text, words=voice.metadata.get("words"))
-        return _words_for(prompt, codes.shape[0] / 12.5, speaker), codes
+        return _words_for(prompt, codes.shape[0] / 12.5, speaker, voice.audio, AUDIO_RATE), codes
 
 
-def _words_for(prompt: VoicePrompt, seconds: float, speaker: int) -> list:
-    """A prompt's word timings: given, or its text's words spread evenly over `seconds` (warned)."""
+def _words_for(prompt: VoicePrompt, seconds: float, speaker: int, wave: np.ndarray | None = None,
+               sample_rate: int | None = None) -> list:
+    """A prompt's word timings, best source first: given `words`; else speech recognition of `wave`
+    (the `asr` extra, when installed); else its `text`'s words spread evenly over `seconds` (warned)."""
+    from . import asr
+
     if prompt.words:
         return [tuple(w) for w in prompt.words]
+    plain = [w for w in (prompt.text or "").replace("[S1]", " ").replace("[S2]", " ").split() if w]
+    why = 'the ASR extra, pip install "fastdia[asr]", would time them from the audio'
+    if wave is not None and asr.available():
+        try:
+            heard = asr.transcribe_words(wave, sample_rate)
+            why = "speech recognition heard no words in the audio"
+        except FastDiaError as exc:
+            if not plain:
+                raise GenerationError(f"prefix_speaker_{speaker} has no transcript (text= or words=) and speech "
+                                      f"recognition failed: {exc}") from exc
+            heard, why = [], f"speech recognition failed: {exc}"
+        if heard:
+            # Recognised timings beat any spread; a given text with as many words keeps its spelling.
+            if len(plain) == len(heard):
+                return [(w, start, end) for w, (_, start, end) in zip(plain, heard)]
+            return heard
     if not prompt.text:
-        raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)")
+        hint = f"; {why}" if why.startswith("speech") else ' or pip install "fastdia[asr]" to recognise it'
+        raise GenerationError(f"prefix_speaker_{speaker} needs its transcript: text= (or words= with timings)"
+                              f"{hint}")
     # No timings: spread the words evenly; the model then hears the words roughly where they are
-    # said. Exact timings (words=) clone better.
-    plain = [w for w in prompt.text.replace("[S1]", " ").replace("[S2]", " ").split() if w]
+    # said. Exact timings (words=, or the ASR extra) clone better.
     if not plain:
         raise GenerationError(f"prefix_speaker_{speaker}: its text has no words")
     step = seconds / len(plain)
-    warnings.warn(f"prefix_speaker_{speaker} has text but no word timings: the words are spread evenly over the "
-                  "audio; give words=[(word, start, end), ...] to clone better", UserWarning, stacklevel=6)
+    warnings.warn(f"prefix_speaker_{speaker} has text but no word timings, so its words are spread evenly over "
+                  f"the audio ({why}); give words=[(word, start, end), ...] to clone better", UserWarning,
+                  stacklevel=6)
     return [(w, i * step, (i + 1) * step) for i, w in enumerate(plain)]
 
 

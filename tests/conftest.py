@@ -8,6 +8,9 @@ import torch
 # Tiny models gain nothing from threads, and a busy machine makes thread pools spin.
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message=".*Dia.*DiaProcessor.*")
+# Tests never download: a Dia2 prefix given without word timings must not fetch Whisper large-v3
+# when the ASR extra is installed (tests/test_asr.py builds its own tiny Whisper).
+os.environ.setdefault("FASTDIA_ASR_MODEL", str(Path(__file__).parent / "no-such-asr-model"))
 
 
 @pytest.fixture(scope="session")
