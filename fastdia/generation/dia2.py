@@ -184,23 +184,37 @@ class Dia2Generator:
         state machine needs words (its end ends the speech), parsed with `tokenizer`.
         """
         run = self.start(gen, prefix, entries=entries, text=text, tokenizer=tokenizer)
-        done, said = None, 0  # next output frame (absolute, set once the crop is known); words given
         for t in self.steps(run):
-            crop = self._crop(run, final=False)
-            if crop is None:
-                continue
-            done = crop if done is None else done
-            ready = t + 2 - self.max_delay  # aligned frames 0..ready-1 are complete after step t
-            if ready > done:
-                said, words = self._words(run, crop, said, ready)
-                yield self._aligned(run, done, ready).T, words
-                done = ready
-        result = self.finish(run)
-        start = result.crop + (0 if done is None else done - result.crop)
-        said, words = self._words(run, result.crop, said, None)
+            out = self.emit(run, t)
+            if out is not None:
+                yield out
+        self.finish(run)
+        out = self.emit_tail(run)
+        if out is not None:
+            yield out
+
+    def emit(self, run: "_Run", t: int) -> tuple[torch.Tensor, list[tuple[str, float]]] | None:
+        """After loop step t: the aligned frames `(n, C)` that became final and the words that
+        start in them, or None (nothing new, or the crop is not known yet)."""
+        crop = self._crop(run, final=False)
+        if crop is None:
+            return None
+        run.emitted = crop if run.emitted is None else run.emitted
+        ready = t + 2 - self.max_delay  # aligned frames 0..ready-1 are complete after step t
+        if ready <= run.emitted:
+            return None
+        run.said, words = self._words(run, crop, run.said, ready)
+        codes = self._aligned(run, run.emitted, ready).T
+        run.emitted = ready
+        return codes, words
+
+    def emit_tail(self, run: "_Run") -> tuple[torch.Tensor, list[tuple[str, float]]] | None:
+        """After `finish`: the rest of the frames and words (None if nothing is left)."""
+        result = run.result
+        start = result.crop if run.emitted is None else run.emitted
+        run.said, words = self._words(run, result.crop, run.said, None)
         tail = result.extra["aligned"][:, start:].T
-        if tail.shape[0] or words:
-            yield tail, words
+        return (tail, words) if tail.shape[0] or words else None
 
     # ------------------------------------------------------------------ the loop, in pieces
     def start(self, gen: Dia2GenerationConfig, prefix: Prefix | None = None, entries: list[ScriptEntry] | None = None,
@@ -235,19 +249,20 @@ class Dia2Generator:
 
     def steps(self, run: "_Run") -> Iterator[int]:
         """Warm up on the prefix, then run loop steps until the flush ends; yields each loop step t."""
-        prefix, state = run.prefix, run.state
         for t in range(run.p0):  # spec 6: prefix frames fed, prefix words forced, nothing sampled
             self._decode(run, t)
-            out = state.force(t, prefix.plan.forced_new_word(t))
-            self._set_text(run, out.main, out.second)
-        cutoff = None
+            self.warm(run, t)
         for t in range(run.start, run.start + run.max_steps):
-            if (cutoff is not None and t >= cutoff) or t + 1 >= run.total:
+            if self.done(run, t):
                 break
             run.last = t
-            if self._step(run, t).end_of_speech:
-                cutoff = t + self.flush_tail
+            self._step(run, t)
             yield t
+
+    def done(self, run: "_Run", t: int) -> bool:
+        """Whether the loop ends before step t (the flush after end of speech is over, or the
+        buffer is full; the step limit is the caller's range)."""
+        return (run.cutoff is not None and t >= run.cutoff) or t + 1 >= run.total
 
     def finish(self, run: "_Run") -> Dia2Result:
         """Undelay and crop what the loop wrote (spec 5.6)."""
@@ -260,21 +275,32 @@ class Dia2Generator:
             crop = 0
         state = run.state
         skip = 0 if run.include_prefix else state.num_prefix_entries
-        return Dia2Result(codes=aligned[:, crop:].T.contiguous(),
+        run.result = Dia2Result(codes=aligned[:, crop:].T.contiguous(),
                           timestamps=word_timestamps(state.transcript, crop, skip_words=skip),
                           transcript=[(w.text, w.step) for w in state.transcript], start_step=run.start,
                           end_step=state.end_step, last_step=run.last, crop=crop,
                           extra={"delayed": delayed, "aligned": aligned})
+        return run.result
 
     def _decode(self, run: "_Run", t: int):
+        tokens, pos, slots = self.inputs(run, t)
+        return self.model.transformer(tokens, pos, run.cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
+
+    def inputs(self, run: "_Run", t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder input of step t for the run's two rows: tokens `(2, 1, C + 2)`, positions
+        and cache slots `(2, 1)`; takes the run's next cache slot."""
         column, tokens = run.buffer[:, t], run.tokens
         tokens[:, 0, 2:] = torch.where(self._delay > t, self.cfg.data.audio_bos_token_id, column)
         tokens[1, 0, 0], tokens[1, 0, 1] = self.ids.zero, self.cfg.data.text_pad_token_id
         pos = torch.full((2, 1), t, dtype=torch.long, device=self.device)
         slots = torch.full((2, 1), run.slot, dtype=torch.long, device=self.device)
-        out = self.model.transformer(tokens, pos, run.cache, slots=slots, kv_len=run.slot + 1)
         run.slot += 1
-        return out
+        return tokens, pos, slots
+
+    def warm(self, run: "_Run", t: int) -> None:
+        """Prefix warm-up after the decoder pass of step t: the prefix's word is forced."""
+        out = run.state.force(t, run.prefix.plan.forced_new_word(t))
+        self._set_text(run, out.main, out.second)
 
     @staticmethod
     def _set_text(run: "_Run", main: int, second: int) -> None:
@@ -282,34 +308,49 @@ class Dia2Generator:
 
     def _step(self, run: "_Run", t: int):
         """One loop step (spec 5.4): decoder, action -> text state, codebook 0, depformer stages."""
-        gen, model, data = run.gen, self.model, self.cfg.data
         dec = self._decode(run, t)
-        action = int(sample(cfg_filter(dec.action_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k),
+        out, token, text = self.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
+        hidden = dec.hidden[:, 0]  # (2, D)
+        for s in range(self.n_codebooks - 1):
+            logits = self.model.depformer.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
+            token = self.pick(run, t, s + 1, logits)
+        return out
+
+    def head(self, run: "_Run", t: int, action_logits: torch.Tensor, cb0_logits: torch.Tensor):
+        """From the decoder's `(2, V)` action and codebook-0 logits of step t: the action through
+        the text state machine, then codebook 0. Returns (state output, codebook-0 token, the text
+        the depformer's first stage reads, or None)."""
+        gen, data = run.gen, self.cfg.data
+        action = int(sample(cfg_filter(action_logits, gen.cfg_scale, gen.cfg_filter_k),
                             gen.text_temperature, gen.top_k, run.rng))
         while True:
             try:
                 out = run.state.step(t, action)
                 break
             except TextStarvedError:  # streamed text: read on until this step can be decided
-                piece = next(run.text, None)
+                piece = next(run.text, None) if run.text is not None else None
                 if piece is None:
                     run.state.end_input()
                 else:
                     run.state.append_text(piece)
         self._set_text(run, out.main, out.second)
-        cb0 = cfg_filter(dec.cb0_logits[:, 0], gen.cfg_scale, gen.cfg_filter_k).clone()
+        cb0 = cfg_filter(cb0_logits, gen.cfg_scale, gen.cfg_filter_k).clone()
         cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
         token = sample(cb0, gen.temperature, gen.top_k, run.rng)
         run.buffer[0, t + 1] = token
-        hidden = dec.hidden[:, 0]  # (2, D)
         text = None
-        if model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
+        if self.model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
             text = (run.tokens[0, 0, 0].expand(2), run.tokens[0, 0, 1].expand(2))
-        for s in range(self.n_codebooks - 1):
-            logits = model.depformer.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
-            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
-            run.buffer[s + 1, t + 1] = token
-        return out
+        if out.end_of_speech:
+            run.cutoff = t + self.flush_tail
+        return out, token, text
+
+    def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
+        """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
+        gen = run.gen
+        token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
+        run.buffer[codebook, t + 1] = token
+        return token
 
     def _aligned(self, run: "_Run", a: int, b: int) -> torch.Tensor:
         """Undelayed frames a..b-1 `(C, b - a)`: aligned[c, f] = delayed[c, f + delay[c]]."""
@@ -352,6 +393,10 @@ class _Run:
     text: Iterator[str] | None = None
     slot: int = 0
     last: int = 0
+    cutoff: int | None = None  # the loop's last step + 1, once end of speech is known
+    emitted: int | None = None  # streaming: the next aligned frame to hand out (once the crop is known)
+    said: int = 0  # streaming: words handed out
+    result: "Dia2Result | None" = None
 
     @property
     def include_prefix(self) -> bool:
