@@ -218,8 +218,10 @@ class Dia2Generator:
 
     # ------------------------------------------------------------------ the loop, in pieces
     def start(self, gen: Dia2GenerationConfig, prefix: Prefix | None = None, entries: list[ScriptEntry] | None = None,
-              text: Iterator[str] | None = None, tokenizer: Dia2Tokenizer | None = None) -> "_Run":
-        """Allocate a run: buffer, caches, the text state; the prefix warm-up happens in `steps`."""
+              text: Iterator[str] | None = None, tokenizer: Dia2Tokenizer | None = None,
+              own_caches: bool = True) -> "_Run":
+        """Allocate a run: buffer, caches (unless a batch provides them), the text state; the
+        prefix warm-up happens in `steps`."""
         cfg, dev, c_n = self.cfg, self.device, self.n_codebooks
         data = cfg.data
         rng = None
@@ -243,8 +245,8 @@ class Dia2Generator:
         tokens = torch.full((2, 1, c_n + 2), data.text_pad_token_id, dtype=torch.long, device=dev)
         tokens[0, 0, 0], tokens[1, 0, 0] = self.ids.bos, self.ids.zero
         return _Run(gen=gen, prefix=prefix, state=state, rng=rng, buffer=buffer, tokens=tokens,
-                    cache=self.model.new_decoder_cache(2, total, dev),
-                    dep_cache=self.model.new_depformer_cache(2, dev), p0=p0, total=total, max_steps=max_steps,
+                    cache=self.model.new_decoder_cache(2, total, dev) if own_caches else None,
+                    dep_cache=self.model.new_depformer_cache(2, dev) if own_caches else None, p0=p0, total=total, max_steps=max_steps,
                     start=p0 - 1 if prefix is not None else 0, text=text)
 
     def steps(self, run: "_Run") -> Iterator[int]:
