@@ -464,6 +464,16 @@ def _add_voice(sub) -> None:
     q.set_defaults(func=cmd_voice_remove)
 
 
+def _add_serve(sub) -> None:
+    from .serve.cli_serve import add_arguments, cmd_serve
+
+    p = sub.add_parser("serve", help="run an OpenAI-compatible speech server (HTTP + WebSocket)",
+                       description="Serve models over HTTP: OpenAI's /v1/audio/speech, saved voices, /health, "
+                                   "/metrics and a live-text WebSocket, with continuous batching.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastdia", description="Fast inference for Nari Labs' Dia dialogue text-to-speech models."
@@ -480,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_convert(sub)
     _add_voice(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,494 @@
+"""The HTTP server: OpenAI's speech API over fastdia engines, plus voices, health and metrics.
+
+`create_app(config)` returns a FastAPI app whose models load in a background thread once it starts,
+so /health answers (and speech requests get 503) while they load. OpenAI's openai-python API
+reference is the contract for /v1/audio/speech, /v1/models and the error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import FastDiaError
+from ..text import MAX_SCRIPT_BYTES
+from .access_log import AccessLogMiddleware
+from .audio_formats import MEDIA_TYPES, stream_encoder
+from .metrics import Metrics
+from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unauthorized, unavailable
+
+log = logging.getLogger("fastdia.serve")
+
+STATIC_DIR = Path(__file__).parent / "static"
+# JSON escapes can take 6 bytes per character of `input`; past this the body cannot hold a valid input.
+MAX_BODY_BYTES = 8 * MAX_SCRIPT_BYTES
+MAX_VOICE_UPLOAD_BYTES = 50 * 1024 * 1024
+# OpenAI's model names, so that clients written for OpenAI work unchanged: they use the first model.
+OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-03-20",
+                        "gpt-4o-mini-tts-2025-12-15")
+
+# Sampling options accepted as extra JSON fields (openai-python's `extra_body`), per family.
+DIA1_OPTIONS = ("seed", "max_tokens", "cfg_scale", "temperature", "top_p", "cfg_filter_top_k")
+DIA2_OPTIONS = ("seed", "cfg_scale", "temperature", "text_temperature", "top_k", "cfg_filter_k", "max_steps")
+
+
+@dataclass
+class ServerConfig:
+    """What `fastdia serve` was asked to run (each field is a CLI flag)."""
+
+    models: list[str]
+    device: str | None = None
+    dtype: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    timeout: float | None = None
+    voices_dir: str | None = None
+    api_key: str | None = None
+    drain_timeout: float = 30.0
+    on_load_failure: Callable[[str, BaseException], None] | None = field(default=None, repr=False)
+
+
+class SpeechBody(BaseModel):
+    """POST /v1/audio/speech. Unknown fields are refused, so a typo in `extra_body` is not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: str
+    voice: str | dict
+    instructions: str | None = None  # accepted and ignored: Dia is steered by the script itself
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = 1.0
+    stream_format: Literal["audio", "sse"] = "audio"
+    seed: int | None = None
+    max_tokens: int | None = None
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    cfg_filter_top_k: int | None = None
+    text_temperature: float | None = None
+    top_k: int | None = None
+    cfg_filter_k: int | None = None
+    max_steps: int | None = None
+
+
+class Server:
+    """The engines and their loading state; shared by the routes."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
+        from ..voices import VoiceStore
+        from .voices_api import VoiceEncoder
+
+        if not config.models:
+            raise FastDiaError("give at least one --model to serve")
+        self.config = config
+        self.metrics = metrics
+        self.engines: dict[str, Any] = {}
+        self.states: dict[str, str] = {m: "loading" for m in config.models}
+        self.failures: dict[str, str] = {}
+        self.draining = False
+        self.store = VoiceStore(config.voices_dir)
+        self.voice_encoder = VoiceEncoder(config.models, config.device)
+        self.started = time.time()
+
+    def load_all(self) -> None:
+        """Load every model in order (blocking; run in a thread) and start its scheduler."""
+        for model in self.config.models:
+            if self.draining:
+                return
+            try:
+                from .engine import Engine
+
+                c = self.config
+                engine = Engine.load(model, device=c.device, dtype=c.dtype, max_batch=c.max_batch,
+                                     max_queue=c.max_queue, timeout=c.timeout, voices_dir=c.voices_dir,
+                                     metrics=self.metrics)
+                engine.start()
+            except BaseException as exc:  # reported on /health and by the CLI, never lost in a thread
+                self.states[model], self.failures[model] = "failed", f"{type(exc).__name__}: {exc}"
+                log.error("could not load model %s: %s", model, exc)
+                if self.config.on_load_failure is not None:
+                    self.config.on_load_failure(model, exc)
+                return
+            self.engines[model] = engine
+            self.states[model] = "ready"
+            log.info("model %s ready (%s, %d Hz)", model, engine.family, engine.sample_rate)
+
+    def shutdown(self) -> None:
+        """Stop taking requests, let the running ones finish (up to drain_timeout), stop the engines."""
+        self.draining = True
+        for model, engine in list(self.engines.items()):
+            self.states[model] = "draining"
+            try:
+                engine.drain(self.config.drain_timeout)
+            finally:
+                engine.close()
+                self.states[model] = "stopped"
+
+    def engine(self, name: str):
+        """The ready engine serving `name`; APIError 400 for an unknown model, 503 while not ready."""
+        if name in OPENAI_MODEL_ALIASES:
+            name = self.config.models[0]
+        if name not in self.states:
+            raise bad_request(f"unknown model {name!r}; this server serves {', '.join(self.config.models)} "
+                              f"(or {OPENAI_MODEL_ALIASES[0]}-style names for the first)", "model", "model_not_found")
+        if self.draining:
+            raise unavailable("the server is shutting down")
+        state = self.states[name]
+        if state == "failed":
+            raise unavailable(f"model {name!r} failed to load: {self.failures[name]}")
+        if state != "ready":
+            raise unavailable(f"model {name!r} is {state}; retry in a few seconds")
+        engine = self.engines[name]
+        if getattr(engine, "state", "ready") != "ready":
+            raise unavailable(f"model {name!r} is {engine.state}")
+        return engine
+
+    def check_voice(self, voice: str) -> None:
+        from .voices_api import builtin_voices
+
+        if voice in builtin_voices():
+            return
+        try:
+            exists = self.store.exists(voice)
+        except FastDiaError as exc:  # an invalid name
+            raise bad_request(str(exc), "voice", "invalid_voice") from None
+        if not exists:
+            saved = [p.stem for p in self.store.directory.glob("*.npz")] if self.store.directory.is_dir() else []
+            raise bad_request(f"unknown voice {voice!r}; use a built-in voice ({', '.join(builtin_voices())}) "
+                              f"or a saved one ({', '.join(sorted(saved)) or 'none saved yet'})", "voice",
+                              "voice_not_found")
+
+
+def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
+    """The server app. Models start loading when the app starts (its lifespan)."""
+    metrics = metrics or Metrics()
+    server = Server(config, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=server.load_all, name="fastdia-load", daemon=True).start()
+        yield
+        await asyncio.to_thread(server.shutdown)
+
+    app = FastAPI(title="fastdia", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = server
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    _add_error_handlers(app, metrics)
+    _add_routes(app, server)
+    from .live import add_live_route
+
+    add_live_route(app, server)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def respond(request: Request, err: APIError) -> JSONResponse:
+        metrics.errors.labels(type=err.code or err.type).inc()
+        request.state.error = err.code or err.type
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return respond(request, exc)
+
+    @app.exception_handler(FastDiaError)
+    async def fastdia_error(request: Request, exc: FastDiaError):
+        return respond(request, from_exception(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return respond(request, _validation_error(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            err = not_found(f"no route {request.method} {request.url.path}")
+        else:
+            err = APIError(exc.status_code, str(exc.detail), "invalid_request_error", None, None)
+        return respond(request, err)
+
+
+def _validation_error(errors: list[dict]) -> APIError:
+    """pydantic's first error as OpenAI's 400, naming the field."""
+    first = errors[0] if errors else {}
+    loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "form", "query")]
+    param = loc[0] if loc else None
+    kind = first.get("type")
+    if kind == "extra_forbidden":
+        message = f"unknown parameter {param!r}"
+    elif kind == "missing":
+        message = f"missing required parameter {param!r}"
+    else:
+        message = f"invalid value for {param!r}: {first.get('msg', 'invalid')}"
+    return bad_request(message, param, "invalid_value" if kind != "missing" else "missing_required_parameter")
+
+
+def _authorize(server: Server, header: str | None) -> None:
+    key = server.config.api_key
+    if not key:
+        return
+    if not header or not header.startswith("Bearer "):
+        raise unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    if not hmac.compare_digest(header[len("Bearer "):].strip().encode(), key.encode()):
+        raise unauthorized("incorrect API key provided")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (declared or actual length)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(f"request body of {int(declared)} bytes is over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(f"request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _parse_speech(raw: bytes) -> SpeechBody:
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return SpeechBody.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc.errors()) from None
+
+
+def _voice_name(voice: str | dict) -> str:
+    if isinstance(voice, dict):
+        vid = voice.get("id")
+        if not isinstance(vid, str) or not vid:
+            raise bad_request("voice must be a name or an object {\"id\": \"<name>\"}", "voice")
+        return vid
+    if not voice:
+        raise bad_request("voice must not be empty", "voice")
+    return voice
+
+
+def _options(body: SpeechBody, family: str) -> dict:
+    """The sampling options given, refusing those of the other family (as the CLI does)."""
+    allowed = DIA2_OPTIONS if family == "dia2" else DIA1_OPTIONS
+    given = {k: getattr(body, k) for k in set(DIA1_OPTIONS + DIA2_OPTIONS) if getattr(body, k) is not None}
+    wrong = sorted(k for k in given if k not in allowed)
+    if wrong:
+        label = "Dia2" if family == "dia2" else "Dia-1"
+        raise bad_request(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to a {label} model; "
+                          f"its options are {', '.join(allowed)}", wrong[0], "unsupported_parameter")
+    return given
+
+
+def _add_routes(app: FastAPI, server: Server) -> None:
+    @app.get("/", include_in_schema=False)
+    async def index():
+        page = STATIC_DIR / "index.html"
+        if not page.is_file():
+            raise not_found("no web page is installed; the API is under /v1")
+        return FileResponse(page, media_type="text/html")
+
+    @app.get("/health")
+    async def health():
+        models = {}
+        for model, state in server.states.items():
+            info: dict[str, Any] = {"state": state}
+            engine = server.engines.get(model)
+            if engine is not None:
+                info.update(family=engine.family, sample_rate=engine.sample_rate,
+                            state=getattr(engine, "state", state), **engine.stats())
+            if model in server.failures:
+                info["error"] = server.failures[model]
+            models[model] = info
+        states = {m["state"] for m in models.values()}
+        status = ("draining" if server.draining else "failed" if "failed" in states
+                  else "ok" if states == {"ready"} else "loading")
+        return JSONResponse({"status": status, "models": models, "uptime": round(time.time() - server.started, 1)},
+                            status_code=200 if status == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics_route():
+        for model, engine in list(server.engines.items()):
+            stats = engine.stats()  # the engine also sets these per step; this keeps them fresh when idle
+            server.metrics.queue_depth.labels(model=model).set(stats.get("queued", 0))
+            server.metrics.active_rows.labels(model=model).set(stats.get("active", 0))
+        data, content_type = server.metrics.render()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        created = int(server.started)
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "fastdia"}
+                                           for m in server.config.models]}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str, request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        if model not in server.states:
+            raise not_found(f"model {model!r} is not served here", "model")
+        return {"id": model, "object": "model", "created": int(server.started), "owned_by": "fastdia"}
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        body = _parse_speech(await _read_body(request, MAX_BODY_BYTES))
+        size = len(body.input.encode("utf-8", "surrogatepass"))
+        if size > MAX_SCRIPT_BYTES:
+            raise too_large(f"input is {size} bytes; the limit is {MAX_SCRIPT_BYTES} (about two hours of speech): "
+                            "split it into several requests", "input")
+        if body.speed != 1.0:
+            raise bad_request(f"speed {body.speed} is not supported: Dia speaks at its own pace; send 1.0 or leave "
+                              "it out", "speed", "unsupported_value")
+        engine = server.engine(body.model)
+        request.state.model = engine.model_id
+        voice = _voice_name(body.voice)
+        server.check_voice(voice)
+        options = _options(body, engine.family)
+        from .engine import SpeechRequest
+
+        req = SpeechRequest(text=body.input, voice=voice, options=options, timeout=server.config.timeout)
+        try:
+            ticket = engine.submit(req)
+        except Exception as exc:
+            raise _mapped(exc) from None
+        pieces = ticket.__aiter__()
+        try:
+            first = await pieces.__anext__()  # errors before any audio still get their own status
+        except StopAsyncIteration:
+            first = None
+        except BaseException as exc:
+            ticket.cancel()
+            if isinstance(exc, Exception):
+                raise _mapped(exc) from None
+            raise
+        sse = body.stream_format == "sse"
+        # SSE deltas carry the requested format's stream; pcm when none was asked for (OpenAI's default
+        # mp3 frames in JSON help nobody). `fields_set` tells "absent" from "mp3".
+        fmt = body.response_format if (not sse or "response_format" in body.model_fields_set) else "pcm"
+        encoder = stream_encoder(fmt, engine.sample_rate)
+        chunks = _audio_chunks(first, pieces, ticket, encoder, request)
+        if sse:
+            return StreamingResponse(_sse_events(chunks, ticket), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(chunks, media_type=MEDIA_TYPES[fmt],
+                                 headers={"X-Sample-Rate": str(encoder.sample_rate)})
+
+    from .voices_api import builtin_object, builtin_voices, voice_object
+
+    @app.get("/v1/audio/voices")
+    async def list_voices(request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        broken: list = []
+        saved = await asyncio.to_thread(server.store.list, broken)
+        for exc in broken:
+            log.warning("skipped a broken voice file: %s", exc)
+        data = [builtin_object(n) for n in builtin_voices()] + [voice_object(v) for v in saved]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/audio/voices")
+    async def add_voice(request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_VOICE_UPLOAD_BYTES:
+            raise too_large(f"upload of {declared} bytes is over the limit of {MAX_VOICE_UPLOAD_BYTES}")
+        form = await request.form(max_part_size=MAX_VOICE_UPLOAD_BYTES)
+        name, transcript, audio = form.get("name"), form.get("transcript"), form.get("audio")
+        for field_name, value in (("name", name), ("transcript", transcript)):
+            if not isinstance(value, str) or not value.strip():
+                raise bad_request(f"missing form field {field_name!r}", field_name, "missing_required_parameter")
+        if audio is None or isinstance(audio, str):
+            raise bad_request("missing file field 'audio' (5-10 s of the voice, alone: wav, flac, ogg or mp3)",
+                              "audio", "missing_required_parameter")
+        if name in builtin_voices():
+            raise bad_request(f"{name!r} is a built-in voice name; choose another", "name", "invalid_voice")
+        force = str(form.get("force", "")).lower() in ("1", "true", "yes")
+        data = await audio.read()
+        try:
+            voice = await asyncio.to_thread(server.voice_encoder.add, server.store, name, data, audio.filename,
+                                            transcript, force)
+        except FastDiaError as exc:
+            raise from_exception(exc, "audio" if type(exc).__name__ == "AudioError" else
+                                 "transcript" if type(exc).__name__ == "ScriptError" else "name") from None
+        return voice_object(voice)
+
+    @app.delete("/v1/audio/voices/{name}")
+    async def delete_voice(name: str, request: Request):
+        _authorize(server, request.headers.get("authorization"))
+        if name in builtin_voices():
+            raise bad_request(f"{name!r} is a built-in voice; it cannot be deleted", "name")
+        try:
+            exists = server.store.exists(name)
+        except FastDiaError as exc:
+            raise bad_request(str(exc), "name", "invalid_voice") from None
+        if not exists:
+            raise not_found(f"no saved voice named {name!r}", "name")
+        await asyncio.to_thread(server.store.remove, name)
+        return {"id": name, "object": "voice.deleted", "deleted": True}
+
+
+def _mapped(exc: Exception) -> APIError:
+    err = from_exception(exc)
+    if err.status >= 500 and err.status != 503:
+        log.exception("speech request failed", exc_info=exc)
+    return err
+
+
+async def _audio_chunks(first, pieces, ticket, encoder, request: Request):
+    """Encoded bytes of each piece as it comes; the ticket is cancelled if the client goes away."""
+    finished = False
+    try:
+        if first is not None:
+            data = encoder.push(first.audio)
+            if data:
+                yield data
+            async for piece in pieces:
+                data = encoder.push(piece.audio)
+                if data:
+                    yield data
+        tail = encoder.finish()
+        finished = True
+        if tail:
+            yield tail
+    except Exception as exc:
+        # Headers are gone: the only honest signal left is a broken (incomplete) response.
+        request.state.error = type(exc).__name__
+        log.error("speech stream failed after it started: %s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        if not finished:
+            ticket.cancel()
+
+
+async def _sse_events(chunks, ticket):
+    def event(payload: dict) -> bytes:
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    try:
+        async for data in chunks:
+            yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+    except Exception as exc:
+        yield event({"type": "error", "error": from_exception(exc).body()["error"]})
+        return
+    usage = getattr(ticket, "usage", None) or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    yield event({"type": "speech.audio.done", "usage": usage})

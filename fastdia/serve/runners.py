@@ -1,0 +1,198 @@
+"""The per-family halves of an engine: turn a request into a job, and step all jobs as one batch.
+
+A runner lives on the engine's scheduler thread (only `plan` runs on the caller's thread: it
+validates and plans without touching shared state). Each job knows its ticket; after a step the
+runner hands every job's new audio to its ticket and reports the jobs that ended.
+
+Dia-1 jobs speak scripts of any length: the long-script plan (`longform.script_calls`) yields one
+generation per chunk; when a chunk ends its job re-joins the batch at once with the next one, and
+all chunks' frames flow through one DAC stream, so the audio is what `Dia.stream` gives.
+Dia2 jobs run one generation, prefix warm-up included, with text given whole or arriving live.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import GenerationError
+from ..generation.dia1 import FRAME_RATE as DIA1_FRAME_RATE
+from ..generation.dia1_slots import SlotBatch
+from ..generation.dia2_slots import Dia2SlotBatch, LiveText
+from ..generation.longform import script_calls
+from ..text import DEFAULT_CHUNK_TOKENS
+
+DIA2_FRAME_RATE = 12.5
+
+
+@dataclass
+class Job:
+    """One request inside a runner."""
+
+    ticket: Any
+    frames: int = 0  # codec frames generated so far (the usage's output tokens)
+    slot: int | None = None
+    state: dict = field(default_factory=dict)  # the family's own fields
+
+
+def _quiet(fn, *args, **kwargs):
+    # A random-weight preset warns on every call; a server says it once, at load.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+class Dia1Runner:
+    """Dia-1 requests in a `SlotBatch`, their audio through one `DACStream` each."""
+
+    family = "dia1"
+
+    def __init__(self, tts, slots: int) -> None:
+        self.tts = tts
+        self.batch = SlotBatch(tts._generator, slots, tts.config.decoder.max_positions)
+        self.jobs: dict[int, Job] = {}
+
+    def plan(self, text: str, voice: str | None, seed_default: int | None, options: dict, chunk_seconds: float,
+             ticket) -> Job:
+        opts = dict(options)
+        if seed_default is not None:
+            opts.setdefault("seed", seed_default)
+        gen, jobs, _ = _quiet(self.tts._plan, text, None, None, None, voice, DEFAULT_CHUNK_TOKENS, opts)
+        chunks, voices = jobs[0]
+        calls = script_calls(chunks, voices, gen, self.tts.config.max_delay)
+        frames = max(1, round(chunk_seconds * DIA1_FRAME_RATE))
+        return Job(ticket, state={"calls": calls, "call": next(calls), "pieces": [],
+                                  "stream": self.tts.codec.stream(frames)})
+
+    @property
+    def active(self) -> int:
+        return len(self.jobs)
+
+    def free(self) -> int:
+        return self.batch.free()
+
+    def join(self, job: Job) -> None:
+        tokens, prompt, options = job.state["call"]
+        job.slot = self.batch.join(tokens, prompt, options)
+        job.state["pieces"] = []
+        self.jobs[job.slot] = job
+
+    def drop(self, job: Job) -> None:
+        if job.slot is not None and self.jobs.get(job.slot) is job:
+            self.batch.leave(job.slot)
+            del self.jobs[job.slot]
+        job.slot = None
+
+    def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
+        """One batched step; returns (job, new (audio, words) pieces, finished) for every job."""
+        self.batch.step()
+        out = []
+        for slot, job in list(self.jobs.items()):
+            member = self.batch.members[slot]
+            frames = self.batch.new_frames(slot)
+            audio = []
+            if frames.shape[0]:
+                job.state["pieces"].append(frames)
+                job.frames += frames.shape[0]
+                audio += job.state["stream"].push(frames.cpu().numpy())
+            finished = False
+            if member.finished:
+                self.drop(job)
+                pieces = job.state["pieces"]
+                try:
+                    job.state["call"] = job.state["calls"].send(torch.cat(pieces) if pieces else None)
+                    self.join(job)  # the next chunk takes the slot just freed
+                except StopIteration:
+                    audio += job.state["stream"].finish()
+                    finished = True
+            out.append((job, [(a, ()) for a in audio], finished))
+        return out
+
+
+class Dia2Runner:
+    """Dia2 requests in a `Dia2SlotBatch`, their audio through one `MimiStream` each."""
+
+    family = "dia2"
+
+    def __init__(self, tts, slots: int) -> None:
+        self.tts = tts
+        g = tts._generator
+        runtime = tts.config.runtime
+        # Room for a script at the model's full context plus a voice prefix of the same length.
+        self.batch = Dia2SlotBatch(g, slots, 2 * runtime.max_context_steps + 2 * g.max_delay + 2)
+        self.jobs: dict[int, Job] = {}
+
+    def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
+             chunk_seconds: float, ticket, live: LiveText | None = None) -> Job:
+        opts = dict(options)
+        if seed_default is not None:
+            opts.setdefault("seed", seed_default)
+        gen = self.tts.generation_config(**opts)
+        if gen.max_steps is not None and gen.max_steps > self.tts.config.runtime.max_context_steps:
+            raise GenerationError(f"max_steps={gen.max_steps} exceeds the model's "
+                                  f"{self.tts.config.runtime.max_context_steps} steps")
+        entries = None if live is not None else self.tts._entries(text)
+        prefix = _quiet(self.tts._prefix, voice, None, False) if voice is not None else None
+        frames = max(1, round(chunk_seconds * DIA2_FRAME_RATE))
+        return Job(ticket, state={"gen": gen, "entries": entries, "prefix": prefix, "live": live,
+                                  "stream": self.tts.codec.stream(), "every": frames, "held": [], "words": []})
+
+    @property
+    def active(self) -> int:
+        return len(self.jobs)
+
+    def free(self) -> int:
+        return self.batch.free()
+
+    def join(self, job: Job) -> None:
+        st = job.state
+        job.slot = self.batch.join(st["gen"], st["prefix"], entries=st["entries"], live=st["live"],
+                                   tokenizer=self.tts.tokenizer)
+        self.jobs[job.slot] = job
+
+    def drop(self, job: Job) -> None:
+        if job.slot is not None and self.jobs.get(job.slot) is job:
+            self.batch.leave(job.slot)
+            del self.jobs[job.slot]
+        job.slot = None
+
+    def waiting(self) -> bool:
+        """Every member is waiting for live text (the loop may sleep until some arrives)."""
+        members = [m for m in self.batch.members if m is not None]
+        return bool(members) and all(m.waiting for m in members)
+
+    def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
+        g = self.tts._generator
+        stepped = dict(self.batch.step())
+        out = []
+        for slot, job in list(self.jobs.items()):
+            member = self.batch.members[slot]
+            new = [g.emit(member.run, stepped[slot])] if slot in stepped else []
+            finished = member.finished
+            if finished:
+                g.finish(member.run)
+                new.append(g.emit_tail(member.run))
+                self.drop(job)
+            pieces = self._audio(job, [n for n in new if n is not None], finished)
+            out.append((job, pieces, finished))
+        return out
+
+    def _audio(self, job: Job, new, finished: bool) -> list[tuple[np.ndarray, tuple]]:
+        """Decode new frames; hand audio out in pieces of at least `every` frames (all at the end)."""
+        st = job.state
+        for codes, words in new:
+            if codes.shape[0]:
+                job.frames += codes.shape[0]
+                st["held"].append(np.clip(st["stream"].push(codes.cpu().numpy()), -1.0, 1.0))
+            st["words"] += words
+        held = sum(len(a) for a in st["held"]) // self.tts.codec.hop_length if st["held"] else 0
+        if not (held >= st["every"] or (finished and (st["held"] or st["words"]))):
+            return []
+        audio = np.concatenate(st["held"]) if st["held"] else np.zeros(0, np.float32)
+        piece = (audio, tuple(st["words"]))
+        st["held"], st["words"] = [], []
+        return [piece]
