@@ -313,19 +313,8 @@ def small_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-small")
     srv = ServerProcess("--model", DIA1, "--max-batch", "1", "--max-queue", "1", "--voices-dir", str(tmp),
                         env={"FASTDIA_API_KEY": "sekret"}, tmp=tmp)
-    seen = {}
-
-    def while_loading(r):  # the very first answer: if still loading, speech must be a 503
-        seen["health"] = r.json()
-        s = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekret", max_retries=0)
-        try:
-            speech(s, DIA1, response_format="pcm")
-        except openai.APIStatusError as exc:
-            seen["speech"] = (exc.status_code, exc.body, exc.response.headers.get("retry-after"))
-
     try:
-        srv.wait_ready(on_first=while_loading)
-        srv.loading = seen
+        srv.wait_ready()
         yield srv
     finally:
         srv.stop()
@@ -346,12 +335,30 @@ def test_api_key(small_server):
     assert httpx.get(small_server.url + "/health").status_code == 200  # health stays open for probes
 
 
-def test_503_while_loading(small_server):
-    seen = small_server.loading
-    if seen.get("health", {}).get("status") != "loading" or "speech" not in seen:
-        pytest.skip("the model loaded before the first health answer")
-    status, body, retry_after = seen["speech"]
-    assert status == 503 and body["type"] == "server_error" and retry_after
+def test_503_while_loading_and_draining():
+    # The app in-process, so the states are certain: before its lifespan starts nothing has loaded;
+    # once the server drains, nothing new is taken.
+    from fastapi.testclient import TestClient
+
+    from fastdia.serve.app import ServerConfig, create_app
+
+    app = create_app(ServerConfig(models=[DIA1]))
+    body = {"model": DIA1, "input": SCRIPT, "voice": "alloy", **SHORT[DIA1]}
+    loading = TestClient(app)  # no `with`: the lifespan (which loads the models) has not run
+    r = loading.post("/v1/audio/speech", json=body)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert r.json()["error"]["type"] == "server_error" and "loading" in r.json()["error"]["message"]
+    assert loading.get("/health").status_code == 503
+
+    with TestClient(app) as running:
+        deadline = time.monotonic() + STARTUP_S
+        while running.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running.post("/v1/audio/speech", json=body).status_code == 200
+        app.state.server.draining = True
+        r = running.post("/v1/audio/speech", json=body)
+        assert r.status_code == 503 and r.headers["retry-after"] and "shutting down" in r.json()["error"]["message"]
+        app.state.server.draining = False
 
 
 def test_full_queue_is_429_with_retry_after(small_server):

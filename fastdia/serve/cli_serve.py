@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 (default: auto)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level; access lines are at info (default: %(default)s)")
+    from .ray_app import add_arguments as add_ray_arguments
+
+    add_ray_arguments(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -42,6 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise FastDiaError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise FastDiaError(f"--port must be 1-65535, got {args.port}")
+    if getattr(args, "ray", False):
+        from .ray_app import cmd_serve_ray
+
+        return cmd_serve_ray(args)
     import uvicorn
 
     from .app import ServerConfig, create_app
