@@ -92,6 +92,7 @@ class Ticket:
         self.first_audio: float | None = None
         self.usage: dict | None = None
         self.job: Job | None = None
+        self._ended = False
         try:
             self._loop = asyncio.get_running_loop()
             self._queue: Any = asyncio.Queue()
@@ -154,15 +155,22 @@ class Ticket:
             except RuntimeError:  # the caller's loop is gone; nobody is listening
                 self.cancelled = True
 
+    def _closed(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.engine._release()
+
     def _finish(self, frames: int, frame_rate: float) -> None:
         text_tokens = len(self.request.text.encode("utf-8"))
         # OpenAI's usage shape: the script's tokens (UTF-8 bytes, as Dia reads them) and the
         # codec frames generated.
         self.usage = {"input_tokens": text_tokens, "output_tokens": frames, "total_tokens": text_tokens + frames}
+        self._closed()
         self._put(_END)
 
     def _fail(self, exc: BaseException) -> None:
         self.usage = self.usage or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        self._closed()
         self._put(exc)
         self._put(_END)
 
@@ -184,6 +192,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._durations: collections.deque[float] = collections.deque(maxlen=32)
+        self._open = 0  # accepted requests not yet ended: queued, being prefilled, or decoding
         self.steps = 0
 
     @classmethod
@@ -213,7 +222,8 @@ class Engine:
 
     # ------------------------------------------------------------------ callers
     def stats(self) -> dict:
-        return {"queued": len(self._pending), "active": self.runner.active, "slots": self.max_batch}
+        return {"queued": max(0, self._open - self.runner.active), "active": self.runner.active,
+                "slots": self.max_batch}
 
     def submit(self, request: SpeechRequest) -> Ticket:
         """Validate and queue a request; raises FastDiaError subclasses for bad input (400),
@@ -241,11 +251,12 @@ class Engine:
         else:
             ticket.job = self.runner.plan(None, voice, seed, request.options, request.chunk_seconds, ticket, live=live)
         with self._cond:
-            if len(self._pending) + self.runner.active >= self.max_batch + self.max_queue:
+            if self._open >= self.max_batch + self.max_queue:
                 if self.metrics is not None:
                     self.metrics.errors.labels(type="queue_full").inc()
                 raise QueueFullError(f"all {self.max_batch} slots are busy and {len(self._pending)} requests are "
                                      "queued; retry later", self._retry_after())
+            self._open += 1
             self._pending.append(ticket)
             self._cond.notify()
         self._gauges()
@@ -279,6 +290,10 @@ class Engine:
         for ticket in list(self._pending):
             ticket._fail(EngineUnavailableError(f"model {self.model_id!r} stopped"))
         self._pending.clear()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._open -= 1
 
     def _wake(self) -> None:
         with self._cond:
@@ -322,6 +337,13 @@ class Engine:
         for job in list(self.runner.jobs.values()):
             if self._expired(job.ticket, now):
                 self.runner.drop(job)
+        # Queued requests that were cancelled or timed out leave the queue (and free its places).
+        with self._cond:
+            gone = [t for t in self._pending if t.cancelled or (t.deadline is not None and now > t.deadline)]
+            for t in gone:
+                self._pending.remove(t)
+        for t in gone:
+            self._expired(t, now)
         # Join: queued requests take the free slots, in order.
         while self._pending and self.runner.free():
             with self._cond:

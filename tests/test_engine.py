@@ -1,0 +1,101 @@
+"""The server's engine in-process: admission, timeouts, cancellation, and audio equal to the library's."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from fastdia.errors import GenerationError, ScriptError
+from fastdia.serve.engine import BUILTIN_VOICES, Engine, QueueFullError, RequestTimeoutError, SpeechRequest
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine.load("tiny-random", max_batch=4, max_queue=2)
+    e.start()
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def engine2():
+    e = Engine.load("dia2-tiny-random", max_batch=4, max_queue=2)
+    e.start()
+    yield e
+    e.close()
+
+
+def _audio(ticket) -> np.ndarray:
+    return np.concatenate([p.audio for p in ticket])
+
+
+def test_bad_input_fails_at_submit(engine):
+    with pytest.raises(ScriptError):
+        engine.submit(SpeechRequest("no speaker tag"))
+    with pytest.raises(GenerationError):
+        engine.submit(SpeechRequest("[S1] Hi.", options={"temperature": -1}))
+    with pytest.raises(GenerationError):
+        engine.submit_live(SpeechRequest(""))  # live text is Dia2's
+
+
+def test_engine_audio_equals_library_stream(engine, engine2):
+    # Alone in the batch the engine decodes the same rows as a one-shot call on this CPU path.
+    script = "[S1] Same audio. [S2] Either way."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = np.concatenate(list(engine.tts.stream(script, seed=4, max_tokens=100)))
+        ref2 = np.concatenate([c.audio for c in engine2.tts.stream(script, seed=4, max_steps=40)])
+    got = _audio(engine.submit(SpeechRequest(script, options={"seed": 4, "max_tokens": 100})))
+    got2 = _audio(engine2.submit(SpeechRequest(script, options={"seed": 4, "max_steps": 40})))
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    np.testing.assert_allclose(got2, ref2, atol=1e-4)
+
+
+def test_builtin_voice_is_a_fixed_seed(engine):
+    script = "[S1] Alloy speaks."
+    a = _audio(engine.submit(SpeechRequest(script, voice="alloy", options={"max_tokens": 80})))
+    b = _audio(engine.submit(SpeechRequest(script, voice="alloy", options={"max_tokens": 80})))
+    c = _audio(engine.submit(SpeechRequest(script, options={"max_tokens": 80, "seed": BUILTIN_VOICES["alloy"]})))
+    assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_timeout_cancels(engine):
+    ticket = engine.submit(SpeechRequest("[S1] This one runs long.", options={"max_tokens": 3000}, timeout=0.3))
+    with pytest.raises(RequestTimeoutError):
+        _audio(ticket)
+    _wait_idle(engine)
+
+
+def test_cancel_frees_the_slot_and_full_queue_refuses(engine):
+    long = SpeechRequest("[S1] Long.", options={"max_tokens": 3000})
+    tickets = [engine.submit(long) for _ in range(6)]  # 4 slots + 2 queue places
+    with pytest.raises(QueueFullError) as info:
+        engine.submit(long)
+    assert info.value.retry_after >= 1
+    for t in tickets:
+        t.cancel()
+    _wait_idle(engine)
+    assert engine.stats() == {"queued": 0, "active": 0, "slots": 4}
+
+
+def test_live_text_through_the_engine(engine2):
+    script = "[S1] Pieces of text. [S2] Arrive late."
+    whole = _audio(engine2.submit(SpeechRequest(script, options={"seed": 8, "max_steps": 50})))
+    live = engine2.submit_live(SpeechRequest("", options={"seed": 8, "max_steps": 50}))
+    for k in range(0, len(script), 5):
+        live.push(script[k:k + 5])
+        time.sleep(0.01)
+    live.end()
+    pieces = list(live)
+    assert np.array_equal(np.concatenate([p.audio for p in pieces]), whole)
+    assert [w for p in pieces for w, _ in p.words][:2] == ["Pieces", "of"]
+
+
+def _wait_idle(engine, limit: float = 10.0) -> None:
+    end = time.monotonic() + limit
+    while (engine.stats()["active"] or engine.stats()["queued"]) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert engine.stats()["active"] == 0
