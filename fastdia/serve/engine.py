@@ -306,8 +306,10 @@ class Engine:
                 with self._cond:
                     # Sleep while there is nothing to do; wake on submit, cancel, live text, or
                     # every 50 ms (timeouts and cancellations of waiting requests are checked then).
-                    while not self._stop and not self._pending and (not self.runner.active or self._idle()):
+                    while not self._stop and not (self._pending and self.runner.free()) \
+                            and (not self.runner.active or self._idle()):
                         self._cond.wait(timeout=0.05)
+                        self._sweep_queue()
                     if self._stop:
                         break
                 try:
@@ -337,13 +339,8 @@ class Engine:
         for job in list(self.runner.jobs.values()):
             if self._expired(job.ticket, now):
                 self.runner.drop(job)
-        # Queued requests that were cancelled or timed out leave the queue (and free its places).
         with self._cond:
-            gone = [t for t in self._pending if t.cancelled or (t.deadline is not None and now > t.deadline)]
-            for t in gone:
-                self._pending.remove(t)
-        for t in gone:
-            self._expired(t, now)
+            self._sweep_queue()
         # Join: queued requests take the free slots, in order.
         while self._pending and self.runner.free():
             with self._cond:
@@ -377,6 +374,15 @@ class Engine:
             if finished:
                 self._durations.append(time.monotonic() - ticket.submitted)
                 ticket._finish(job.frames, self.frame_rate)
+
+    def _sweep_queue(self) -> None:
+        """Queued requests that were cancelled or timed out leave the queue (and free its places).
+        Called with the lock held."""
+        now = time.monotonic()
+        gone = [t for t in self._pending if t.cancelled or (t.deadline is not None and now > t.deadline)]
+        for t in gone:
+            self._pending.remove(t)
+            self._expired(t, now)
 
     def _expired(self, ticket: Ticket, now: float) -> bool:
         if ticket.cancelled:
