@@ -81,10 +81,10 @@
     } catch (e) { /* fall back to the name */ }
   }
 
-  async function loadVoices(select_id) {
+  async function loadVoices(selected) {
     const list = await getJson("/v1/audio/voices");
     const select = $("voice");
-    const wanted = select_id || select.value;
+    const wanted = selected || select.value;
     const builtin = document.createElement("optgroup");
     builtin.label = "Built-in";
     const saved = document.createElement("optgroup");
