@@ -127,9 +127,8 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.qweight, self._scales_bf16)
-        elif x2.shape[0] <= cpu_kernels.BLOCKED_ROWS:
-            y = cpu_kernels.in_blocks(lambda r: cpu_kernels.q8_gemv(r, self.qweight, self.scales, self.out_features),
-                                      x2.float())
+        elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
+            y = cpu_kernels.q8_gemv(x2.float(), self.qweight, self.scales, self.out_features)
         else:
             y = _dense_blocks(self, x2.float(), self._dense_rows)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
@@ -194,10 +193,9 @@ class Int4Linear(nn.Module):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(KERNEL_DTYPE), self.qweight, self.group_size,
                                                           self.scales)
             y = y[:, : self.out_features]
-        elif x2.shape[0] <= cpu_kernels.BLOCKED_ROWS:
-            y = cpu_kernels.in_blocks(lambda r: cpu_kernels.q4_gemv(r, self.qweight, self.tscale, self.rscale,
-                                                                    self.offsets, self.oscale, self.group_size,
-                                                                    self.out_features), x2.float())
+        elif x2.shape[0] <= cpu_kernels.MAX_ROWS:
+            y = cpu_kernels.q4_gemv(x2.float(), self.qweight, self.tscale, self.rscale, self.offsets,
+                                    self.oscale, self.group_size, self.out_features)
         else:
             y = _dense_blocks(self, x2.float(), self._dense_rows)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)

@@ -35,20 +35,13 @@ from pathlib import Path
 
 import torch
 
-MAX_ROWS = 8  # the most activation rows one kernel call takes
-# Up to this many rows (a batched decode step: two CFG rows per request) the callers run the
-# kernels in blocks of MAX_ROWS rows rather than a dense BLAS product. The kernels compute each row
-# on its own, with the same instructions whatever rows sit beside it, so a request's numbers do not
-# depend on the batch it decodes in (a BLAS picks other kernels, and other rounding, by row count).
-# More rows (encoder, prefill) are compute-bound and go to the dense fallback.
-BLOCKED_ROWS = 64
-
-
-def in_blocks(kernel, x: torch.Tensor) -> torch.Tensor:
-    """`kernel` (rows -> rows) over `x (M, K)` in blocks of MAX_ROWS rows."""
-    if x.shape[0] <= MAX_ROWS:
-        return kernel(x)
-    return torch.cat([kernel(x[i: i + MAX_ROWS]) for i in range(0, x.shape[0], MAX_ROWS)])
+# The most activation rows one kernel call takes: a batched decode step (two CFG rows per request,
+# up to 32 requests). A call streams each weight once from DRAM for all its rows (csrc/wonly.c runs
+# its register kernel on blocks of 8 rows while a weight row pair sits in L1), and computes each row
+# with the same instructions whatever rows sit beside it, so a request's numbers do not depend on
+# the batch it decodes in (a BLAS picks other kernels, and other rounding, by row count). More rows
+# (encoder, prefill) are compute-bound and go to the dense fallback.
+MAX_ROWS = 64
 
 _SOURCE_DIR = Path(__file__).parent / "csrc"
 _SOURCES = ("wonly.c", "decode.c")  # weight-only GEMV kernels; fused decode-step glue (cpu_decode.py)

@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
 class GemvLinear(nn.Module):
     """`y = x @ W.T` (no bias) with fastdia's float GEMV kernel for decode-sized inputs.
 
-    Up to `cpu_kernels.BLOCKED_ROWS` rows (a decode step) go through fastdia.backends.cpu.kernels, which
+    Up to `cpu_kernels.MAX_ROWS` rows (a decode step, batched or not) go through fastdia.backends.cpu.kernels, which
     streams the plain `[out, in]` weight near memory bandwidth; more rows (encoder, prefill) are
     compute-bound and go to `F.linear`. The weight stays a plain parameter, so state_dict() is
     unchanged.
@@ -64,11 +64,11 @@ class GemvLinear(nn.Module):
         self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .kernels import BLOCKED_ROWS, float_gemv, in_blocks
+        from .kernels import MAX_ROWS, float_gemv
 
         x2 = x.reshape(-1, self.in_features)
-        if x2.shape[0] <= BLOCKED_ROWS:
-            y = in_blocks(lambda r: float_gemv(r, self.weight), x2)
+        if x2.shape[0] <= MAX_ROWS:
+            y = float_gemv(x2, self.weight)
         else:
             y = F.linear(x2.to(self.weight.dtype), self.weight)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
