@@ -109,7 +109,7 @@ def build_app(models: list[str], *, max_batch: int = 8, max_queue: int = 64, min
 
 
 def _backpressure_config():
-    """Ray's proxy answers 429 + Retry-After (OpenAI clients back off) instead of 503 where it can (Ray >= 2.5x)."""
+    """Ray's proxy answers 429 + Retry-After (OpenAI clients back off) instead of 503 where Ray has the option."""
     try:
         from ray.serve.config import BackpressureConfig
     except ImportError:
@@ -120,39 +120,42 @@ def _backpressure_config():
 class ReplicaApp:
     """`create_app(config)` as a replica runs it (ASGI).
 
-    Two differences from the plain server, both outside the app: lifespan startup completes only once
-    the models are loaded (a replica then joins Ray's routing ready to serve, and a model that fails
-    to load fails the replica, which Ray reports and retries); and every response names the replica
-    in `X-Fastdia-Replica`, so load spreading can be seen.
+    Two differences from the plain server, both outside the app. The models load in the constructor
+    (Ray's usual place for it), so a replica joins Ray's routing only once it can serve, and a model
+    that fails to load fails the replica with its reason in `serve.status()` (a failed ASGI lifespan
+    would only say "check the replica logs"). And every response names the replica in
+    `X-Fastdia-Replica`, so load spreading can be seen.
     """
 
     def __init__(self, config: ServerConfig) -> None:
+        from ..errors import FastDiaError
         from .app import create_app
 
         self.app = create_app(config)
         self.server = self.app.state.server
         self.replica = _replica_id().encode()
+        self.server.load_all()
+        if self.server.failures:
+            self.server.shutdown()
+            raise FastDiaError("; ".join(f"could not load model {m!r}: {e}" for m, e in self.server.failures.items()))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            return await self.app(scope, receive, self._after_load(send))
+            return await self._lifespan(receive, send)
         if scope["type"] == "http":
             return await self.app(scope, receive, self._tagged(send))
         await self.app(scope, receive, send)
 
-    def _after_load(self, send):
-        async def send_when_loaded(message) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                # load_all stops at the first failure, leaving later models "loading": wait for either.
-                while not self.server.failures and "loading" in self.server.states.values():
-                    await asyncio.sleep(0.05)
-                if self.server.failures:
-                    message = {"type": "lifespan.startup.failed",
-                               "message": "; ".join(f"could not load model {m!r}: {e}"
-                                                    for m, e in self.server.failures.items())}
-            await send(message)
-
-        return send_when_loaded
+    async def _lifespan(self, receive, send) -> None:
+        # The app's own lifespan would load the models again; its shutdown half (drain, stop) is this.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.server.shutdown)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _tagged(self, send):
         async def send_tagged(message) -> None:
@@ -187,14 +190,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve through a local Ray Serve cluster, one batching engine per replica "
                         '(needs pip install "fastdia[ray]")')
     g.add_argument("--replicas", type=int, default=None, metavar="N", help="a fixed number of replicas")
-    g.add_argument("--min-replicas", type=int, default=1, metavar="N", help="autoscaling minimum (default: %(default)s)")
-    g.add_argument("--max-replicas", type=int, default=2, metavar="N", help="autoscaling maximum (default: %(default)s)")
+    g.add_argument("--min-replicas", type=int, default=1, metavar="N",
+                   help="autoscaling minimum (default: %(default)s)")
+    g.add_argument("--max-replicas", type=int, default=2, metavar="N",
+                   help="autoscaling maximum (default: %(default)s)")
     g.add_argument("--target-ongoing", type=float, default=None, metavar="N",
                    help="in-flight requests per replica the autoscaler aims at (default: 0.75 x --max-batch)")
     g.add_argument("--max-queued", type=int, default=-1, metavar="N",
                    help="requests Ray's proxy may hold when every replica is full; past it Ray answers 429 "
                         "itself (default: no limit; the engines answer 429)")
-    g.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS", help="CPUs reserved per replica (default: %(default)s)")
+    g.add_argument("--replica-cpus", type=float, default=1.0, metavar="CPUS",
+                   help="CPUs reserved per replica (default: %(default)s)")
     g.add_argument("--replica-gpus", type=float, default=None, metavar="GPUS",
                    help="GPUs per replica (default: 1 when serving on CUDA, else 0)")
     g.add_argument("--ray-cpus", type=int, default=None, metavar="CPUS",
@@ -221,12 +227,12 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
                     device=args.device, dtype=args.dtype, timeout=args.timeout, voices_dir=args.voices_dir,
                     api_key=args.api_key or os.environ.get("FASTDIA_API_KEY") or None,
                     drain_timeout=args.drain_timeout)
-    # SIGTERM ends the program as Ctrl-C does, through the same shutdown.
     print(f"fastdia serve: starting Ray Serve ({low}-{high} replicas of {', '.join(args.model)})", file=sys.stderr,
           flush=True)
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=args.log_level == "debug",
              configure_logging=False)
-    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own handler
+    # SIGTERM ends the program as Ctrl-C does, through the same shutdown (set after ray.init, which sets its own).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="fastdia", route_prefix="/")  # returns once every replica has loaded its models
@@ -238,7 +244,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("fastdia serve: stopping (draining replicas)", file=sys.stderr, flush=True)
     except RuntimeError as exc:  # a replica that cannot start (a model that fails to load) fails the deploy
-        raise FastDiaError(f"Ray Serve could not start the app: {exc}") from None
+        raise FastDiaError(f"Ray Serve could not start the app: {_deploy_failure(serve) or exc}") from None
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
@@ -247,6 +253,18 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
             ray.shutdown()
     print("fastdia serve: stopped", file=sys.stderr)
     return 0
+
+
+def _deploy_failure(serve) -> str | None:
+    """Why the deployment failed, from Serve's status (its exception names only the deployment)."""
+    try:
+        app = serve.status().applications["fastdia"]
+        messages = [d.message for d in app.deployments.values() if d.message] or [app.message]
+    except Exception:
+        return None
+    text = "\n".join(m for m in messages if m)
+    # The message ends with the replica's traceback; its last line is the reason.
+    return text.strip().splitlines()[-1] if text.strip() else None
 
 
 def _interrupt(signum, frame) -> None:
