@@ -163,6 +163,15 @@ class Dia2Generator:
         self.max_delay = max(self.delay)
         self.flush_tail = self.max_delay + MAX_PADDING  # steps after end of speech (spec 5.4 step 11)
         self._delay = torch.tensor(self.delay, device=device)
+        # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
+        # else the model's own forward (same signatures), chosen once here.
+        from ..backends.cpu import dia2_fused
+
+        if dia2_fused.supported(model, device):
+            fused = dia2_fused.FusedDia2(model)
+            self.transformer, self.stage = fused.transformer, fused.stage
+        else:
+            self.transformer, self.stage = model.transformer, model.depformer.stage
 
     @torch.inference_mode()
     def generate(self, entries: list[ScriptEntry], gen: Dia2GenerationConfig,
@@ -286,7 +295,7 @@ class Dia2Generator:
 
     def _decode(self, run: "_Run", t: int):
         tokens, pos, slots = self.inputs(run, t)
-        return self.model.transformer(tokens, pos, run.cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
+        return self.transformer(tokens, pos, run.cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
 
     def inputs(self, run: "_Run", t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The decoder input of step t for the run's two rows: tokens `(2, 1, C + 2)`, positions
@@ -314,7 +323,7 @@ class Dia2Generator:
         out, token, text = self.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
         hidden = dec.hidden[:, 0]  # (2, D)
         for s in range(self.n_codebooks - 1):
-            logits = self.model.depformer.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
+            logits = self.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
             token = self.pick(run, t, s + 1, logits)
         return out
 

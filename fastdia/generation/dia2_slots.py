@@ -150,7 +150,7 @@ class Dia2SlotBatch:
             else:
                 # Sitting out: write only where its next real step writes anyway.
                 tokens[r], pos[r], slots[r] = m.run.tokens, max(m.t, 0), m.run.slot
-        dec = g.model.transformer(tokens, pos, _CacheView(self.cache, rows), slots=slots, kv_len=None)
+        dec = g.transformer(tokens, pos, _CacheView(self.cache, rows), slots=slots, kv_len=None)
 
         looping, stepped = [], []
         heads = {}
@@ -191,7 +191,7 @@ class Dia2SlotBatch:
                 text[0][r], text[1][r] = txt
         view = _CacheView(self.dep_cache, rows)
         for stage in range(g.n_codebooks - 1):
-            logits = dep.stage(stage, hidden, token, view, text if stage == 0 else None)
+            logits = g.stage(stage, hidden, token, view, text if stage == 0 else None)
             token = token.clone()
             for s, m in looping:
                 r = slice(2 * s, 2 * s + 2)

@@ -116,6 +116,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_self_attn.restype = None
     lib.fd_cross_attn.argtypes = [p, p, p, i, p, i, i, i, i, i, p, p, p, i]
     lib.fd_cross_attn.restype = None
+    lib.fd_qk_norm.argtypes = [p, p, p, ctypes.c_float, i, i, i, i]
+    lib.fd_qk_norm.restype = None
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
         lib.fd_bf16_gemv.restype = None

@@ -227,3 +227,27 @@ void fd_cross_attn(const float *q, const void *kc, const void *vc, int half, con
                    scratch + (int64_t)u * G * S, iscratch + (int64_t)u * S, out + (int64_t)b * Hq * D + (int64_t)h * G * D);
     }
 }
+
+/* Dia2's QK-norm: per-head RMSNorm over D of the Hq query and Hkv key heads of each row of qkv
+   (B, (Hq + 2 Hkv) D), in place, with the gains qw / kw (D) shared by the heads. fd_self_attn
+   then rotates them and attends. */
+void fd_qk_norm(float *qkv, const float *qw, const float *kw, float eps, int B, int Hq, int Hkv, int D) {
+    int W = (Hq + 2 * Hkv) * D;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq + Hkv; h++) {
+            float *x = qkv + (int64_t)b * W + (int64_t)h * D;
+            const float *w = h < Hq ? qw : kw;
+            __m512 ss = _mm512_setzero_ps();
+            for (int k = 0; k < D; k += 16) {
+                __mmask16 mk = tail_mask(D - k);
+                __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
+                ss = _mm512_fmadd_ps(v, v, ss);
+            }
+            __m512 rv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(ss) / (float)D + eps));
+            for (int k = 0; k < D; k += 16) {
+                __mmask16 mk = tail_mask(D - k);
+                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + k), rv);
+                _mm512_mask_storeu_ps(x + k, mk, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, w + k)));
+            }
+        }
+}

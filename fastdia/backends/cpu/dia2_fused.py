@@ -1,0 +1,133 @@
+"""Dia2's decoder step and depformer stage on fastdia's CPU kernels.
+
+Same math as `Dia2Decoder.forward` (one position per row) and `Dia2Depformer.stage`, with every
+norm, the QK-norm, RoPE, the cache write, attention and the gated activation done by one C call
+each (fastdia/backends/cpu/csrc/decode.c) instead of ~25 small torch ops per layer. A 2B step runs
+the decoder's 28 layers once and the depformer's 4 layers 31 times: ~3,500 torch ops in all,
+whose dispatch alone was a large share of a step. The matrix products are the model's own modules
+(whatever the module swap made them: fastdia's float GEMV, int8 or int4 kernels), so quantization
+stays outside. Anything this path does not cover (several positions per row, a non-float32 cache,
+activations other than SiLU x linear) goes to the model's own forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...models.dia2 import DecoderOutput, Dia2Model
+from . import kernels as cpu_kernels
+
+
+def supported(model: Dia2Model, device: torch.device) -> bool:
+    cfg = model.config
+    return (device.type == "cpu" and cpu_kernels.available()
+            and tuple(cfg.decoder.mlp_activations) == ("silu", "linear")
+            and tuple(cfg.depformer.mlp_activations) == ("silu", "linear")
+            and model.transformer.norm.weight.dtype == torch.float32)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class FusedDia2:
+    """`transformer(...)` and `stage(...)` with the signatures of the model's own."""
+
+    def __init__(self, model: Dia2Model) -> None:
+        self.model = model
+        self.lib = cpu_kernels._library()
+        dep = model.depformer
+        d = model.config.depformer
+        # RoPE of stage s is the same every frame: cos/sin (1, hd/2) per stage, computed once.
+        # Without RoPE, cos 1 and sin 0 make the rotation an exact identity.
+        stages = torch.arange(model.config.n_stages)[:, None]
+        if dep.apply_rope:
+            cos, sin = dep.rope.tables(stages)
+            self._stage_rope = [(c.reshape(1, -1).contiguous(), s_.reshape(1, -1).contiguous())
+                                for c, s_ in zip(cos, sin)]
+        else:
+            ones, zeros = torch.ones(1, d.head_dim // 2), torch.zeros(1, d.head_dim // 2)
+            self._stage_rope = [(ones, zeros)] * model.config.n_stages
+
+    # ------------------------------------------------------------------ decoder
+    def transformer(self, tokens: torch.Tensor, positions: torch.Tensor, cache, slots: torch.Tensor | None = None,
+                    kv_len: int | None = None) -> DecoderOutput:
+        dec = self.model.transformer
+        b, length, _ = tokens.shape
+        if length != 1 or cache.k[0].dtype != torch.float32:
+            return dec(tokens, positions, cache, slots=slots, kv_len=kv_len)
+        slots = positions if slots is None else slots
+        total = cache.k[0].shape[2]
+        slot = slots[:, 0].contiguous()
+        if int(slot.min()) < 0 or int(slot.max()) >= total:  # the C code writes the slot unchecked
+            raise ValueError(f"decoder cache slots must lie in 0..{total - 1}")
+        cos, sin = (t.reshape(b, -1).contiguous() for t in dec.rope.tables(positions))
+        x = dec.embed(tokens).reshape(b, -1).float().contiguous()
+        layer0 = dec.layers[0]
+        att = layer0.attn
+        d = att.q_norm.weight.shape[0]
+        hidden = self._run_layers(x, dec.layers, cos, sin, slot, cache, total, att.n_head, att.n_kv_head, d,
+                                  self._decoder_attention, dec.norm)
+        hidden = hidden.view(b, 1, -1)
+        return DecoderOutput(hidden, dec.action_head(hidden).float(), dec.cb0_head(hidden).float())
+
+    @staticmethod
+    def _decoder_attention(layer, h):
+        a = layer.attn
+        return torch.cat((a.q_proj(h), a.k_proj(h), a.v_proj(h)), dim=-1), a.o_proj, a.q_norm, a.k_norm
+
+    # ------------------------------------------------------------------ depformer
+    def stage(self, s: int, hidden: torch.Tensor, prev_token: torch.Tensor, cache,
+              text: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        dep = self.model.depformer
+        if cache.k[0].dtype != torch.float32:
+            return dep.stage(s, hidden, prev_token, cache, text)
+        group = dep.schedule[s]
+        x = dep.depformer_in[group](hidden) + dep.audio_embeds[s](prev_token)
+        if s == 0 and dep.text_embed is not None:
+            if text is None:
+                raise ValueError("this depformer has a text embedding: stage 0 needs text=(main, second)")
+            x = x + dep.text_embed(text[0][:, None], text[1][:, None])[:, 0]
+        b = x.shape[0]
+        x = x.float().contiguous()
+        c, s_ = self._stage_rope[s]
+        cos, sin = c.expand(b, -1).contiguous(), s_.expand(b, -1).contiguous()
+        slot = torch.full((b,), s, dtype=torch.long)
+        sa = dep.layers[0].self_attention
+
+        def attention(layer, h):
+            a = layer.self_attention
+            return a.in_proj[group](h), a.out_proj[group], a.q_norm, a.k_norm
+
+        h = self._run_layers(x, dep.layers, cos, sin, slot, cache, cache.k[0].shape[2], sa.n_head, sa.n_head,
+                             sa.head_dim, attention, dep.norm)
+        return dep.logits[s](h)[:, : dep.codebook_size].float()
+
+    # ------------------------------------------------------------------ shared
+    def _run_layers(self, x, layers, cos, sin, slot, cache, total, hq, hkv, d, attention, final_norm):
+        """Pre-norm residual layers over `x (B, E)` (updated in place); returns the final norm's output."""
+        lib, nthreads = self.lib, torch.get_num_threads()
+        b, width = x.shape
+        h = torch.empty_like(x)
+        out = torch.empty((b, hq * d))
+        scratch = torch.empty(b * hq * (total + d))
+        iscratch = torch.empty(b * hkv * total, dtype=torch.int32)
+        delta = None
+        for i, layer in enumerate(layers):
+            lib.fd_add_rmsnorm(_ptr(x), _ptr(delta), _ptr(layer.pre_norm.weight), float(layer.pre_norm.eps), b, width,
+                               _ptr(h))
+            qkv, o_proj, q_norm, k_norm = attention(layer, h)
+            qkv = qkv.float().contiguous()
+            lib.fd_qk_norm(_ptr(qkv), _ptr(q_norm.weight), _ptr(k_norm.weight), float(q_norm.eps), b, hq, hkv, d)
+            lib.fd_self_attn(_ptr(qkv), _ptr(cos), _ptr(sin), _ptr(cache.k[i]), _ptr(cache.v[i]), _ptr(slot), b, hq,
+                             hkv, d, total, _ptr(out), _ptr(scratch), _ptr(iscratch), nthreads)
+            delta = o_proj(out).float().contiguous()
+            lib.fd_add_rmsnorm(_ptr(x), _ptr(delta), _ptr(layer.post_norm.weight), float(layer.post_norm.eps), b,
+                               width, _ptr(h))
+            mlp = layer.mlp
+            gate_up = mlp.wi(h).float().contiguous()
+            act = torch.empty((b, mlp.hidden))
+            lib.fd_silu_mul(_ptr(gate_up), b, mlp.hidden, _ptr(act))
+            delta = mlp.wo(act).float().contiguous()
+        lib.fd_add_rmsnorm(_ptr(x), _ptr(delta), _ptr(final_norm.weight), float(final_norm.eps), b, width, _ptr(h))
+        return h

@@ -1,0 +1,67 @@
+"""Dia2's fused CPU step (fastdia/backends/cpu/dia2_fused.py) against the model's own forward."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import fastdia
+from fastdia.backends.cpu import dia2_fused
+from fastdia.generation.dia2 import Dia2Generator
+
+pytestmark = pytest.mark.skipif(not dia2_fused.supported(fastdia.load("dia2-tiny-random")._generator.model,
+                                                         torch.device("cpu")),
+                                reason="fastdia's CPU kernels are not built for this CPU")
+
+
+@pytest.fixture(scope="module")
+def tts():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fastdia.load("dia2-tiny-random")
+
+
+def _plain(tts) -> Dia2Generator:
+    g = Dia2Generator(tts._generator.model, tts._generator.device, tts._generator.ids)
+    g.transformer, g.stage = g.model.transformer, g.model.depformer.stage
+    return g
+
+
+@torch.inference_mode()
+def test_decoder_step_and_stages_match_the_model(tts):
+    model = tts._generator.model
+    fused = dia2_fused.FusedDia2(model)
+    cfg = model.config
+    torch.manual_seed(0)
+    b, steps = 4, 6
+    caches = [model.new_decoder_cache(b, 16), model.new_decoder_cache(b, 16)]
+    dep = [model.new_depformer_cache(b), model.new_depformer_cache(b)]
+    width = cfg.data.n_codebooks + 2
+    for t in range(steps):
+        tokens = torch.randint(0, 8, (b, 1, width))
+        pos = torch.full((b, 1), t)
+        slots = torch.tensor([[t], [t], [t + 1], [t + 2]])  # rows at other cache slots (after a prefix)
+        ref = model.transformer(tokens, pos, caches[0], slots=slots, kv_len=None)
+        got = fused.transformer(tokens, pos, caches[1], slots=slots)
+        torch.testing.assert_close(got.hidden, ref.hidden, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(got.cb0_logits, ref.cb0_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.action_logits, ref.action_logits, atol=1e-4, rtol=1e-4)
+        hidden = ref.hidden[:, 0]
+        for s in range(cfg.n_stages):
+            prev = torch.randint(0, cfg.data.codebook_size, (b,))
+            text = (torch.randint(0, 8, (b,)), torch.randint(0, 8, (b,)))
+            a = model.depformer.stage(s, hidden, prev, dep[0], text)
+            c = fused.stage(s, hidden, prev, dep[1], text)
+            torch.testing.assert_close(c, a, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_codes_identical(tts):
+    script = "[S1] Fused or not. [S2] The same codes. (laughs)"
+    options = tts.generation_config(temperature=0, text_temperature=0, max_steps=60)
+    entries = tts._entries(script)
+    fused = tts._generator.generate(entries, options)
+    plain = _plain(tts).generate(entries, options)
+    assert torch.equal(fused.codes, plain.codes)
+    assert fused.timestamps == plain.timestamps
