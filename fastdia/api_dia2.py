@@ -62,18 +62,33 @@ class Dia2:
                 (config.json + model.safetensors + tokenizer files), or a preset
                 ("dia2-tiny-random", "dia2-2b-random": random weights, offline).
             device: "auto" (CUDA when available), "cpu", "cuda", ...
-            dtype: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16".
-            quantize: not yet available for Dia2 (None).
+            dtype: "auto" (bfloat16 on CUDA; on CPU bfloat16 only for a model over 100 M
+                parameters, unquantized, on a CPU with native bfloat16; else float32),
+                "float32", "bfloat16".
+            quantize: None, "int8" or "int4" weight-only quantization on CPU (see
+                fastdia.quant.dia2); a folder written by `fastdia convert --quantize` is
+                quantized already.
             codec: the Mimi codec (hub id, directory, "mimi-tiny-random"); default: the
                 checkpoint's `assets.mimi`, else "kyutai/mimi"; presets use their own.
             voices_dir: the saved voices' folder for prefixes given by name (default:
                 $FASTDIA_VOICES_DIR, else the XDG data dir).
         """
-        if quantize is not None:
-            raise FastDiaError("quantize is not available for Dia2 yet; load it without quantize")
+        from .checkpoints.dia2_load import source_parameters, source_quantization
+        from .quant.modules import check_mode
+
         dev = resolve_device(device)
-        dt = resolve_dtype("float32" if dtype == "auto" and dev.type == "cpu" else dtype, dev)
-        loaded = load_dia2(model, dev, dt)
+        mode = check_mode(quantize)
+        if str(model) not in DIA2_PRESETS and not Path(model).expanduser().exists():
+            # A hub id: fetch it first, so dtype "auto" can see the model's size.
+            from .checkpoints.dia2_load import _choose_files
+            from .checkpoints.hub import resolve_dir
+
+            model = resolve_dir(model, _choose_files, what="Dia2 model")
+        # "auto" means what it means for Dia-1 (fastdia.backends.device.resolve_dtype): bfloat16
+        # on CUDA; on CPU bfloat16 only for a large unquantized model on a CPU with native
+        # bfloat16, else float32. A converted quantized folder counts as quantized.
+        dt = resolve_dtype(dtype, dev, source_parameters(model), mode or source_quantization(model))
+        loaded = load_dia2(model, dev, dt, quantize=mode)
         if loaded.directory is None:
             tokenizer = builtin_tokenizer()
             source = codec or _PRESET_CODECS.get(str(model), "mimi-tiny-random")
@@ -221,16 +236,22 @@ class Dia2:
                     return
                 yield _check_piece(piece)
 
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop has closed: nobody is listening any more
+                stop.set()
+
         def work():
             try:
                 for chunk in self._stream(gen, prefix, None, pieces(), frames):
                     if stop.is_set():
                         break
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                    put(chunk)
             except BaseException as exc:  # handed to the consumer, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                put(exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                put(done)
 
         worker = threading.Thread(target=work, name="fastdia-dia2-stream", daemon=True)
         worker.start()
