@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import GenerationError
 from .dia1_slots import ROW_GRANULE
 from .dia2 import Dia2Generator, Dia2GenerationConfig, Prefix, _Run
 
@@ -104,7 +105,9 @@ class Dia2SlotBatch:
         run = self.g.start(gen, prefix, entries=entries, text=iter(()) if live is not None else None,
                            tokenizer=tokenizer if live is not None else None, own_caches=False)
         if run.total + run.p0 > self.max_steps:
-            raise ValueError(f"this script needs {run.total + run.p0} cache slots; the batch has {self.max_steps}")
+            raise GenerationError(f"this request needs {run.total + run.p0} decoder steps (voice prefix and "
+                                  f"max_steps); the server makes room for {self.max_steps}: use a shorter voice "
+                                  "sample or a smaller max_steps")
         member = Dia2Member(run, live, t=0 if run.p0 else run.start, warming=run.p0 > 0)
         self.members[slot] = member
         self._check_done(member)

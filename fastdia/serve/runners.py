@@ -27,6 +27,7 @@ from ..generation.longform import script_calls
 from ..text import DEFAULT_CHUNK_TOKENS
 
 DIA2_FRAME_RATE = 12.5
+PREFIX_FRAMES = 375  # the longest voice prefix a Dia2 engine makes room for (30 s)
 
 
 @dataclass
@@ -122,8 +123,9 @@ class Dia2Runner:
         self.tts = tts
         g = tts._generator
         runtime = tts.config.runtime
-        # Room for a script at the model's full context plus a voice prefix of the same length.
-        self.batch = Dia2SlotBatch(g, slots, 2 * runtime.max_context_steps + 2 * g.max_delay + 2)
+        # Room for a script at the model's full context plus a voice prefix of up to 30 s (375
+        # frames); the cache is allocated once for every slot, so it is not sized for more.
+        self.batch = Dia2SlotBatch(g, slots, runtime.max_context_steps + PREFIX_FRAMES + 2 * g.max_delay + 2)
         self.jobs: dict[int, Job] = {}
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
