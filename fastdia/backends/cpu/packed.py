@@ -88,8 +88,11 @@ def fast_float_linear(weight: torch.Tensor) -> nn.Module:
     built for this CPU and dtype, else oneDNN's packed layout, else a plain Linear."""
     from . import kernels as cpu_kernels
 
-    if cpu_kernels.available() and (weight.dtype == torch.float32
-                                    or (weight.dtype == torch.bfloat16 and cpu_kernels.has_bf16())):
+    # The kernels read the input dimension in whole vectors (16 floats, 32 bfloat16s); a layer of
+    # another width (tiny test models have some) takes the dense path.
+    if cpu_kernels.available() and ((weight.dtype == torch.float32 and weight.shape[1] % 16 == 0)
+                                    or (weight.dtype == torch.bfloat16 and cpu_kernels.has_bf16()
+                                        and weight.shape[1] % 32 == 0)):
         return GemvLinear(weight)
     if onednn_available():
         return PackedLinear(weight)
