@@ -73,6 +73,7 @@ class Dia:
         quantize: str | None = None,
         codec: str | Path | None = None,
         voices_dir: str | os.PathLike | None = None,
+        backend: str = "auto",
     ) -> "Dia":
         """Load a Dia-1 model.
 
@@ -90,8 +91,24 @@ class Dia:
                 file, or "tiny-random" (the default for presets). Loaded on first use.
             voices_dir: the saved voices' folder for `voice="name"` (default: $FASTDIA_VOICES_DIR,
                 else $XDG_DATA_HOME/fastdia/voices).
+            backend: "auto" (onnxruntime for a `fastdia export onnx` folder, else PyTorch), "torch",
+                or "onnxruntime" (a model that is not an export is exported once into
+                ~/.cache/fastdia/onnx, float32 or `quantize`). onnxruntime runs on the CPU in float32.
         """
+        from .onnx.manifest import is_onnx_dir
         from .quant.modules import check_mode
+
+        if backend not in ("auto", "torch", "onnxruntime"):
+            raise GenerationError(f"backend must be auto, torch or onnxruntime, got {backend!r}")
+        if backend == "onnxruntime" or (backend == "auto" and is_onnx_dir(model)):
+            from .onnx.runtime import load_onnx
+
+            loaded, ort_codec, is_random = load_onnx(model, quantize=quantize)
+            tts = cls(loaded, torch.device("cpu"), torch.float32, codec=codec, voices_dir=voices_dir)
+            if codec is None and ort_codec is not None:
+                tts._codec, tts.codec_source = ort_codec, "onnx"
+            tts.is_random = is_random
+            return tts
 
         dev = resolve_device(device)
         mode = check_mode(quantize)

@@ -310,7 +310,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     summary = convert(args.model, args.out_dir, args.quantize, args.group_size, args.dtype)
     print(f"wrote {summary['out']} ({summary['quantize']}, {summary['bytes'] / 1e9:.2f} GB) "
-          f"in {summary['seconds']:.1f} s; load it with Dia.from_pretrained({summary['out']!r}) "
+          f"in {summary['seconds']:.1f} s; load it with fastdia.load({summary['out']!r}) "
           f"or --model {summary['out']}")
     return 0
 
@@ -489,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_say(sub)
     _add_bench(sub)
     _add_convert(sub)
+    from .onnx.cli_export import add_export
+
+    add_export(sub)
     _add_voice(sub)
     _add_serve(sub)
     return parser

@@ -125,7 +125,12 @@ class Dia1Generator:
         tokens = torch.full((b, max_tokens + 1, cfg.n_channels), UNKNOWN, dtype=torch.long, device=dev)
         rows = min(grid.shape[1], max_tokens + 1)
         tokens[:, :rows] = grid[:, :rows]
-        cache = KVCache(cfg, 2 * b, max_tokens if cache_len is None else max(1, cache_len), dev, self.dtype)
+        # A fixed-shape step (a static ONNX export) takes a cache of exactly its own length.
+        fixed = getattr(self.decode, "cache_len", None)
+        if fixed is not None and fixed < max_tokens:
+            raise GenerationError(f"max_tokens={max_tokens} exceeds this static export's cache of {fixed} slots")
+        cache_len = fixed or (max_tokens if cache_len is None else max(1, cache_len))
+        cache = KVCache(cfg, 2 * b, cache_len, dev, self.dtype)
 
         if gen.temperature == 0:
             rngs = None

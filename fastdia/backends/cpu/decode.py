@@ -110,4 +110,6 @@ def _p(t: torch.Tensor | None) -> int | None:
 
 def decode_step(decoder: Decoder, device: torch.device, dtype: torch.dtype):
     """The fastest available callable with `Decoder.forward`'s signature for this setup."""
+    if not isinstance(decoder, Decoder):  # a step of its own (fastdia.onnx.runtime): used as it is
+        return decoder
     return FusedDecodeStep(decoder) if supported(decoder, device, dtype) else decoder
