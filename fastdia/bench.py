@@ -14,6 +14,8 @@ preset).
 
 `--quality` teacher-forces quantized/bfloat16 variants over the tokens a float32 run picked and
 reports top-1 agreement of the CFG-guided logits with float32 and their relative error.
+
+Dia2 models (`--model dia2-2b-random`, a Dia2 folder) run the children of fastdia.bench_dia2.
 """
 
 from __future__ import annotations
@@ -337,10 +339,18 @@ _CHILDREN = {"bandwidth": _child_bandwidth, "fastdia": _child_fastdia, "transfor
              "quality": _child_quality}
 
 
+def _child(kind: str):
+    if kind.startswith("dia2"):  # Dia2 models: fastdia.bench_dia2
+        from .bench_dia2 import CHILDREN
+
+        return CHILDREN[kind]
+    return _CHILDREN[kind]
+
+
 def child_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     _setup_threads(spec["threads"])
-    result = _CHILDREN[spec["kind"]](spec)
+    result = _child(spec["kind"])(spec)
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 
@@ -402,6 +412,15 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
 
     variants = [(d, check_mode(q) if q != "none" else None)
                 for d in _split(args.dtype, "auto") for q in _split(args.quantize, "none")]
+    from .api_dia2 import is_dia2
+
+    if is_dia2(args.model):
+        from .bench_dia2 import run_bench_dia2
+
+        out["family"] = "dia2"
+        return run_bench_dia2(args, base, bw, out, variants, log)
+    if args.compare == "plain" or getattr(args, "profile", False):
+        raise RuntimeError("--compare plain and --profile are for Dia2 models")
     specs = []
     if args.compare == "transformers":
         specs.append(dict(base, kind="transformers"))
@@ -500,6 +519,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise FastDiaError(str(exc)) from None
     if args.json:
         print(json.dumps(out, indent=2))
+    elif out.get("family") == "dia2":
+        from .bench_dia2 import print_table_dia2
+
+        print()
+        print_table_dia2(out)
     else:
         print()
         print_table(out)
@@ -518,11 +542,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated weight quantizations to run: none, int8, int4 (default: none)")
     p.add_argument("--group-size", type=int, default=None, help="int4 group size (default: 32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--batch", type=int, default=1, help="utterances decoded together (default: 1)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="utterances decoded together (default: 1; Dia2: scripts in one Dia2SlotBatch)")
     p.add_argument("--steps", type=int, default=32, help="decode steps to time (default: %(default)s)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="script to encode (default: a 150-byte dialogue)")
-    p.add_argument("--compare", choices=["transformers"], default=None,
-                   help="also run transformers' DiaForConditionalGeneration (float32, same weights)")
+    p.add_argument("--compare", choices=["transformers", "plain"], default=None,
+                   help="also run transformers' DiaForConditionalGeneration (float32, same weights); for Dia2, "
+                        "'plain': fastdia's float32 model in plain torch, without the CPU fast path")
+    p.add_argument("--profile", action="store_true",
+                   help="Dia2: also time where a step goes (decoder, depformer, sampling, projections)")
     p.add_argument("--quality", action="store_true",
                    help="also measure guided-logit agreement of each variant with float32 (64 steps)")
     p.add_argument("--probe-mib", type=int, default=1024,

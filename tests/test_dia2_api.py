@@ -90,8 +90,8 @@ def test_errors(preset, tmp_path):
         preset.generate_codes("[S1] Hi [S3] there.")
     with pytest.raises(GenerationError, match="unknown generation option"):
         preset.generate_codes("[S1] Hi.", temprature=1)
-    with pytest.raises(FastDiaError, match="quantize"):
-        Dia2.from_pretrained("dia2-tiny-random", quantize="int8")
+    with pytest.raises(FastDiaError, match="quantization"):
+        Dia2.from_pretrained("dia2-tiny-random", quantize="int3")
     with pytest.warns(UserWarning, match="spread evenly"):
         preset.generate_codes("[S1] Hi.", seed=1, max_steps=40,
                               prefix_speaker_1=VoicePrompt(np.zeros(9600, np.float32), 24000, text="[S1] Hello you"))

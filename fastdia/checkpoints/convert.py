@@ -18,7 +18,7 @@ from ..errors import FastDiaError
 
 def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None,
             group_size: int | None = None, dtype: str | torch.dtype = "float32") -> dict:
-    """Convert `source` (preset, directory, hub id) into `out_dir`.
+    """Convert `source` (preset, directory, hub id; Dia2 models go to fastdia.quant.dia2.convert_dia2) into `out_dir`.
 
     Args:
         quantize: None (float, our fused layout), "int8" or "int4".
@@ -28,6 +28,7 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     Returns:
         A summary: output path, mode, bytes written, seconds.
     """
+    from ..api_dia2 import is_dia2
     from ..backends.device import resolve_dtype
     from ..config import PRESETS, load_config
     from ..quant import modules as quant
@@ -37,6 +38,11 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     from .hub import resolve_dir
 
     mode = quant.check_mode(quantize)
+    if is_dia2(source):
+        from ..quant.dia2 import convert_dia2
+
+        dt = resolve_dtype("float32" if dtype == "auto" else dtype, torch.device("cpu"))
+        return convert_dia2(source, out_dir, mode, group_size, dt)
     group = group_size or quant.DEFAULT_GROUP_SIZE
     if group not in quant.GROUP_SIZES:
         raise FastDiaError(f"int4 group size must be one of {quant.GROUP_SIZES}, got {group}")

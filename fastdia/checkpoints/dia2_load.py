@@ -174,17 +174,89 @@ def load_dia2(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = DIA2_PRESET_SEED,
+    quantize: str | None = None,
+    group_size: int | None = None,
+    optimize: bool = True,
 ) -> LoadedDia2:
     """Resolve `source` (a Dia2 preset name, a local directory, or a hub id such as
     `nari-labs/Dia2-2B`) and return the model on `device` with weights in `dtype`
-    (RMSNorm gains stay float32; logits are always float32)."""
+    (RMSNorm gains stay float32; logits are always float32).
+
+    Args:
+        quantize: None, "int8" or "int4": weight-only quantization (fastdia.quant.dia2), built
+            tensor by tensor (never a float copy of the whole model). A folder written by
+            `fastdia convert --quantize` loads quantized whatever this says.
+        group_size: int4 group size (default 32).
+        optimize: on CPU, swap the remaining float projections for fastdia's GEMV modules
+            (fastdia.backends.cpu.dia2); False keeps plain torch (the reference's arithmetic).
+    """
+    from ..quant import dia2 as quant_dia2
+    from ..quant.modules import DEFAULT_GROUP_SIZE, check_mode
+
+    device = torch.device(device)
+    quantize = check_mode(quantize)
+    group = group_size or DEFAULT_GROUP_SIZE
+    if quantize is not None and device.type != "cpu":
+        from ..errors import FastDiaError
+
+        raise FastDiaError("Dia2 weight quantization runs on CPU only; use dtype='bfloat16' on CUDA")
+    if device.type == "cpu":
+        from ..backends.cpu.memory import limit_heap_fragmentation
+
+        limit_heap_fragmentation()
     name = str(source)
+    directory = None
     if name in DIA2_PRESETS:
         cfg = DIA2_PRESETS[name]
-        return LoadedDia2(build_model(cfg, random_state(cfg, seed, dtype), device), cfg, name, None)
-    directory = resolve_dir(source, _choose_files, what="Dia2 model")
-    cfg = load_dia2_config(directory / "config.json")
-    state = load_dir_state(directory, cfg, dtype)
-    model = build_model(cfg, state, device)
-    del state
+        if quantize is not None:
+            model = quant_dia2.build_quantized_dia2(cfg, iter_random_state(cfg, seed, dtype), quantize, group, dtype)
+        else:
+            model = build_model(cfg, random_state(cfg, seed, dtype), device)
+    else:
+        directory = resolve_dir(source, _choose_files, what="Dia2 model")
+        cfg = load_dia2_config(directory / "config.json")
+        stored = quant_dia2.stored_dia2_quantization(directory / "config.json")
+        if stored is not None and stored["mode"] != "float":
+            model = quant_dia2.load_quantized_dia2_dir(directory, cfg, stored, dtype)
+        else:
+            state = load_dir_state(directory, cfg, dtype)
+            if quantize is not None:
+                model = quant_dia2.build_quantized_dia2(cfg, ((k, state.pop(k)) for k in sorted(state)), quantize,
+                                                        group, dtype)
+            else:
+                model = build_model(cfg, state, device)
+            del state
+    if device.type == "cpu":
+        from ..backends.cpu.memory import release_free_heap
+
+        if optimize:
+            from ..backends.cpu.dia2 import accelerate_dia2
+
+            accelerate_dia2(model)
+        release_free_heap()
     return LoadedDia2(model, cfg, name, directory)
+
+
+def source_quantization(source: str | Path) -> str | None:
+    """"int8"/"int4" for a local folder written by `fastdia convert --quantize`, else None."""
+    from ..quant.dia2 import stored_dia2_quantization
+
+    config = Path(str(source)) / "config.json"
+    if str(source) in DIA2_PRESETS or not config.is_file():
+        return None
+    marker = stored_dia2_quantization(config)
+    return marker["mode"] if marker and marker["mode"] != "float" else None
+
+
+def source_parameters(source: str | Path) -> int | None:
+    """Parameter count of a preset or a local Dia2 folder (from its config alone), else None."""
+    name = str(source)
+    if name in DIA2_PRESETS:
+        return parameter_count(DIA2_PRESETS[name])
+    config = Path(name) / "config.json"
+    if config.is_file():
+        try:
+            return parameter_count(load_dia2_config(config))
+        except CheckpointError:
+            return None
+    return None

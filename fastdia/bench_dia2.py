@@ -1,0 +1,509 @@
+"""`fastdia bench` for Dia2 models: decode speed, memory, time to first audio, quality, where a step goes.
+
+fastdia.bench runs the variants (one fresh process each, so peak RSS is the variant's own) and
+prints the report; this module holds the Dia2 children it starts. A Dia2 step is one decoder pass
+and 31 depformer stages (spec 8), each stage re-reading its `depformer_in`, attention projections,
+the shared MLPs and its head: the bandwidth ceiling is given both for every weight read from
+DRAM ("all from DRAM": decoder + the sum over stages) and for each distinct weight read once
+("unique": what a cache that held the depformer's working set between stages would leave).
+
+Decoding drives `Dia2Generator.start()` / `.steps()` (a one-shot generation, CFG on, default
+sampling) for a fixed number of steps; `--batch N` drives a `Dia2SlotBatch` with N copies of the
+script, seeds 0..N-1 (aggregate steps/s). Then, in the same process, time to first audio of the
+streaming path: `Dia2.stream(text)` to its first chunk through Mimi (the released architecture
+with random weights for the 2B preset), the codec loaded and warmed first.
+
+`--quality` teacher-forces each variant over the inputs a greedy float32 run produced
+(`teacher_forced_dia2`) and reports the top-1 agreement of the CFG-guided logits with float32
+for the action, codebook 0 and every depformer stage (codebook s + 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+FRAME_RATE = 12.5  # Dia2 steps per second of audio (80 ms frames): real time
+DEFAULT_TEXT_DIA2 = (
+    "[S1] Dia2 is a streaming dialogue model. [S2] It speaks as soon as the first words arrive. "
+    "[S1] Wow. Amazing. (laughs) [S2] Try it now on GitHub, and tell us what you think of it."
+)
+_BENCH_CODECS = {"dia2-tiny-random": "mimi-tiny-random", "dia2-2b-random": "mimi-random"}
+
+
+# ============================================================================================
+# Bytes a step reads
+
+
+def _bytes(module) -> int:
+    from torch import nn
+
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return module.weight.numel() * module.weight.element_size()
+    return module.nbytes()
+
+
+def step_weight_bytes_dia2(model) -> dict:
+    """Weight bytes of one Dia2 step (any batch: the weights are read once per pass).
+
+    Returns {"decoder", "depformer_dram", "depformer_unique", "dram", "unique", "per_stage"}:
+    the decoder's projections, norms and heads (embedding rows are negligible); the depformer as
+    the sum over its stages of what each touches (`depformer_in[g]`, its layers' `in_proj[g]`,
+    `out_proj[g]`, the shared MLPs and norms, `logits[s]`) and as the distinct weights among them.
+    """
+    dec, dep = model.transformer, model.depformer
+    decoder = _bytes(dec.text_embed.main_proj) + _bytes(dec.text_embed.second_proj) + _bytes(dec.action_head) \
+        + _bytes(dec.cb0_head) + dec.norm.weight.numel() * 4
+    for layer in dec.layers:
+        a = layer.attn
+        decoder += sum(_bytes(m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, layer.mlp.wi, layer.mlp.wo))
+        decoder += sum(n.weight.numel() * 4 for n in (layer.pre_norm, layer.post_norm))
+    seen: dict[int, int] = {}
+    dram = 0
+    per_stage = []
+    for s, g in enumerate(dep.schedule):
+        mods = [dep.depformer_in[g], dep.logits[s]]
+        for layer in dep.layers:
+            sa = layer.self_attention
+            mods += [sa.in_proj[g], sa.out_proj[g], layer.mlp.wi, layer.mlp.wo]
+        stage = sum(_bytes(m) for m in mods) + dep.norm.weight.numel() * 4
+        per_stage.append(stage)
+        dram += stage
+        for m in mods:
+            seen[id(m)] = _bytes(m)
+    unique = sum(seen.values()) + dep.norm.weight.numel() * 4
+    return {"decoder": decoder, "depformer_dram": dram, "depformer_unique": unique, "dram": decoder + dram,
+            "unique": decoder + unique, "per_stage_max": max(per_stage)}
+
+
+# ============================================================================================
+# Loading a variant
+
+
+def load_tts(spec: dict):
+    """The Dia2 facade for `spec` (model, device, dtype, quantize, group_size, plain)."""
+    from .api_dia2 import Dia2, _asset, _directory_tokenizer, builtin_tokenizer
+    from .backends.device import resolve_device, resolve_dtype
+    from .checkpoints.dia2_load import load_dia2, source_parameters, source_quantization
+
+    dev = resolve_device(spec["device"])
+    quantize = spec.get("quantize") or source_quantization(spec["model"])
+    dt = resolve_dtype(spec["dtype"], dev, source_parameters(spec["model"]), quantize)
+    loaded = load_dia2(spec["model"], dev, dt, quantize=spec.get("quantize"), group_size=spec.get("group_size"),
+                       optimize=not spec.get("plain"))
+    if loaded.directory is None:
+        tokenizer = builtin_tokenizer()
+        codec = spec.get("codec") or _BENCH_CODECS.get(str(spec["model"]), "mimi-tiny-random")
+    else:
+        tokenizer = _directory_tokenizer(loaded)
+        codec = spec.get("codec") or _asset(loaded, loaded.config.assets.mimi) or "kyutai/mimi"
+    tts = Dia2(loaded, dev, dt, tokenizer, codec)
+    if spec.get("plain"):  # plain torch throughout: the model's own forward, not the fused CPU step
+        g = tts._generator
+        g.transformer, g.stage = tts.model.transformer, tts.model.depformer.stage
+    return tts, quantize
+
+
+def _fused(tts) -> bool:
+    return tts._generator.stage is not tts.model.depformer.stage
+
+
+# ============================================================================================
+# Children
+
+
+def child_speed(spec: dict) -> dict:
+    import torch
+
+    from .bench import _peak_rss_bytes
+    from .generation.dia2 import Dia2GenerationConfig
+    from .generation.dia2_slots import Dia2SlotBatch
+
+    t0 = time.perf_counter()
+    tts, quantize = load_tts(spec)
+    load_s = time.perf_counter() - t0
+    steps, batch = spec["steps"], spec["batch"]
+    g = tts._generator
+    entries = tts._entries(spec["text"])
+    stamps = []
+    with torch.inference_mode():
+        t1 = time.perf_counter()
+        if batch == 1:
+            run = g.start(Dia2GenerationConfig(seed=0, max_steps=steps + 1), None, entries=entries)
+            for _ in g.steps(run):
+                stamps.append((time.perf_counter(), 1))
+                if len(stamps) >= steps:
+                    break
+        else:
+            slots = Dia2SlotBatch(g, batch, 2 * (steps + 2) + 2 * g.max_delay + 4)
+            for i in range(batch):
+                slots.join(Dia2GenerationConfig(seed=i, max_steps=steps + 1), None, entries=entries)
+            while len(stamps) < steps and slots.active:
+                moved = slots.step()
+                stamps.append((time.perf_counter(), len(moved)))
+                for s, m in enumerate(slots.members):
+                    if m is not None and m.finished:
+                        slots.leave(s)
+    times = [t1] + [s for s, _ in stamps]
+    per_step = [b - a for a, b in zip(times[:-1], times[1:])]
+    steady = per_step[1:] or per_step
+    rows = [n for _, n in stamps][1:] or [n for _, n in stamps]
+    peak_rss = _peak_rss_bytes()  # before the codec exists
+    wb = step_weight_bytes_dia2(tts.model)
+    ttfa = time_to_first_audio(tts, spec)
+    return {
+        "impl": "fastdia-plain" if spec.get("plain") else "fastdia",
+        "family": "dia2",
+        "dtype": str(tts.dtype).removeprefix("torch."),
+        "quantize": quantize or "none",
+        "batch": batch,
+        "fused_step": _fused(tts),
+        "load_s": load_s,
+        "steps_timed": len(stamps),
+        "ttfs_ms": per_step[0] * 1e3 if per_step else None,
+        "steps_per_s": len(steady) / sum(steady) if steady else None,  # batch passes per second
+        "aggregate_steps_per_s": sum(rows) / sum(steady) if steady else None,  # script-steps per second
+        "median_step_ms": sorted(steady)[len(steady) // 2] * 1e3 if steady else None,
+        "weight_bytes_per_step": wb["dram"],
+        "weight_bytes_unique": wb["unique"],
+        "weight_bytes": wb,
+        "parameters_bytes": sum(t.numel() * t.element_size() for t in tts.model.state_dict().values()),
+        "peak_rss_bytes": peak_rss,
+        **ttfa,
+    }
+
+
+def time_to_first_audio(tts, spec: dict) -> dict:
+    """Seconds from `Dia2.stream(text)` to its first chunk (Dia2's default 0.24 s chunks unless
+    `chunk_seconds`), the codec loaded and warmed on one frame first (once per process)."""
+    import warnings
+
+    import numpy as np
+
+    tts.decode(np.zeros((1, tts.config.data.n_codebooks), np.int64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        chunks = tts.stream(spec["text"], seed=0, chunk_seconds=spec.get("chunk_seconds") or 0.24)
+        first = next(chunks)
+        ttfa = time.perf_counter() - t0
+        chunks.close()
+    return {"ttfa_s": ttfa, "ttfa_chunk_s": len(first.audio) / tts.sample_rate, "codec": str(tts.codec_source)}
+
+
+def record_greedy(tts, text: str, steps: int):
+    """A greedy (temperature 0) run's decoder inputs per step and its delayed codes.
+
+    Returns (inputs: list of (tokens (2, 1, C+2), positions, slots)), buffer (C, total))."""
+    import torch
+
+    from .generation.dia2 import Dia2GenerationConfig
+
+    g = tts._generator
+    inputs = []
+    real = g.inputs
+
+    def spy(run, t):
+        out = real(run, t)
+        inputs.append(tuple(x.clone() for x in out))
+        return out
+
+    run = g.start(Dia2GenerationConfig(temperature=0, text_temperature=0, max_steps=steps + 2),
+                  None, entries=tts._entries(text))
+    g.inputs = spy  # this instance only: the generator's own loop, recorded
+    try:
+        with torch.inference_mode():
+            for _ in g.steps(run):
+                if len(inputs) > steps:
+                    break
+    finally:
+        del g.inputs
+    return inputs, run.buffer.clone()
+
+
+def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float = 2.0) -> dict:
+    """CFG-guided logits of `steps` teacher-forced steps: the decoder fed the recorded `inputs`,
+    the depformer fed the recorded codes of each frame (stage s reads codebook s of column t+1).
+
+    Returns {"action": (T, 2), "cb0": (T, 2048), "stages": (T, S, 2048)} float32 CPU tensors,
+    guided = uncond + cfg_scale * (cond - uncond).
+    """
+    import torch
+
+    cfg = model.config
+    size = cfg.data.codebook_size
+    steps = min(steps, len(inputs) - 1)
+    total = int(inputs[steps][2].max()) + 2
+    cache = model.new_decoder_cache(2, total)
+    dep_cache = model.new_depformer_cache(2)
+    dep = model.depformer
+
+    def guided(x):
+        return torch.lerp(x[1].float(), x[0].float(), cfg_scale)
+
+    action, cb0, stages = [], [], []
+    with torch.inference_mode():
+        for i in range(steps):
+            tokens, pos, slots = inputs[i]
+            t = int(pos[0, 0])
+            dec = model.transformer(tokens, pos, cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
+            action.append(guided(dec.action_logits[:, 0]).cpu())
+            cb0.append(guided(dec.cb0_logits[:, 0])[:size].cpu())
+            hidden = dec.hidden[:, 0]
+            text = None
+            if dep.text_embed is not None:  # the text the state machine chose at step t (next input)
+                nxt = inputs[i + 1][0]
+                text = (nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2))
+            row = []
+            for s in range(cfg.n_stages):
+                prev = buffer[s, t + 1].expand(2)
+                row.append(guided(dep.stage(s, hidden, prev, dep_cache, text if s == 0 else None)).cpu())
+            stages.append(torch.stack(row))
+    return {"action": torch.stack(action), "cb0": torch.stack(cb0), "stages": torch.stack(stages)}
+
+
+def compare_dia2(test: dict, ref: dict) -> dict:
+    """Top-1 agreement of guided logits with the reference: action, codebook 0, each stage
+    (codebook s + 1), the mean over all codebooks, and the relative logit error of each part."""
+    def agree(a, b):
+        return (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    per_stage = [agree(test["stages"][:, s], ref["stages"][:, s]) for s in range(ref["stages"].shape[1])]
+    codebooks = [agree(test["cb0"], ref["cb0"])] + per_stage
+    return {"action_top1": agree(test["action"], ref["action"]), "cb0_top1": codebooks[0],
+            "codebook_top1": codebooks, "mean_codebook_top1": sum(codebooks) / len(codebooks),
+            "min_codebook_top1": min(codebooks), "rel_error_cb0": rel(test["cb0"], ref["cb0"]),
+            "rel_error_stages": rel(test["stages"], ref["stages"]), "rel_error_action": rel(test["action"], ref["action"])}
+
+
+def child_quality(spec: dict) -> dict:
+    """Teacher-forced guided logits of one variant, saved to `spec["out"]`; the reference run
+    (no `ref`) also records the greedy float32 inputs to `spec["out"]`."""
+    import torch
+
+    tts, quantize = load_tts(spec)
+    if spec.get("ref"):
+        rec = torch.load(spec["ref"])
+        inputs, buffer = rec["inputs"], rec["buffer"]
+    else:
+        inputs, buffer = record_greedy(tts, spec["text"], spec["steps"])
+    logits = teacher_forced_dia2(tts.model, inputs, buffer, spec["steps"])
+    torch.save({"logits": logits, "inputs": inputs, "buffer": buffer}, spec["out"])
+    return {"out": spec["out"], "dtype": str(tts.dtype).removeprefix("torch."), "quantize": quantize or "none",
+            "steps": int(logits["cb0"].shape[0])}
+
+
+def child_profile(spec: dict) -> dict:
+    """Where a step's time goes: decoder, action + codebook-0 sampling, depformer stages, their
+    sampling, with the projections' (matmul) share of each model part timed by module hooks.
+
+    Two passes over the same number of steps: one with plain timers around the loop's phases
+    (the hooks off), one with forward hooks accumulating the time inside every projection.
+    """
+    import torch
+
+    from .generation.dia2 import Dia2GenerationConfig
+
+    tts, quantize = load_tts(spec)
+    g, model = tts._generator, tts.model
+    entries = tts._entries(spec["text"])
+    steps = spec["steps"]
+
+    def run_steps(timers):
+        run = g.start(Dia2GenerationConfig(seed=0, max_steps=steps + 4), None, entries=entries)
+        n = 0
+        with torch.inference_mode():
+            for t in range(run.start, run.start + steps + 1):
+                if g.done(run, t):
+                    break
+                run.last = t
+                c0 = time.perf_counter()
+                dec = g._decode(run, t)
+                c1 = time.perf_counter()
+                _, token, text = g.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
+                c2 = time.perf_counter()
+                hidden = dec.hidden[:, 0]
+                dep_s = pick_s = 0.0
+                for s in range(g.n_codebooks - 1):
+                    d0 = time.perf_counter()
+                    logits = g.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
+                    d1 = time.perf_counter()
+                    token = g.pick(run, t, s + 1, logits)
+                    dep_s += d1 - d0
+                    pick_s += time.perf_counter() - d1
+                if n > 0 and timers is not None:  # the first step warms caches and allocators
+                    timers["decoder"] += c1 - c0
+                    timers["head_sampling"] += c2 - c1
+                    timers["depformer"] += dep_s
+                    timers["depformer_sampling"] += pick_s
+                    timers["step"] += time.perf_counter() - c0
+                n += 1
+        return max(n - 1, 1)
+
+    phases: dict[str, float] = defaultdict(float)
+    n = run_steps(phases)
+    matmul: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    hooks = []
+    start: dict[int, float] = {}
+    hooked_names: list[str] = []
+    for name, m in model.named_modules():
+        # every projection once: a RowSplitLinear is timed whole, not its two row blocks
+        if hasattr(m, "out_features") and not any(name.startswith(h + ".") for h in hooked_names):
+            hooked_names.append(name)
+            part = name.split(".")[0]
+
+            def pre(mod, args):
+                start[id(mod)] = time.perf_counter()
+
+            def post(mod, args, out, _part=part):
+                matmul[_part] += time.perf_counter() - start[id(mod)]
+                calls[_part] += 1
+
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    hooked: dict[str, float] = defaultdict(float)
+    n2 = run_steps(hooked)
+    for h in hooks:
+        h.remove()
+    wb = step_weight_bytes_dia2(model)
+    per = {k: v / n * 1e3 for k, v in phases.items()}
+    scale = n2  # hook timers ran over the first step too: normalise per step of that pass
+    return {
+        "dtype": str(tts.dtype).removeprefix("torch."), "quantize": quantize or "none",
+        "plain": bool(spec.get("plain")), "fused_step": _fused(tts), "steps": n,
+        "ms_per_step": per,
+        "matmul_ms_per_step": {"decoder": matmul["transformer"] / (scale + 1) * 1e3,
+                               "depformer": matmul["depformer"] / (scale + 1) * 1e3},
+        "hooked_step_ms": hooked["step"] / n2 * 1e3,
+        "linear_calls_per_step": {k: v / (scale + 1) for k, v in calls.items()},
+        "weight_bytes": wb,
+    }
+
+
+CHILDREN = {"dia2": child_speed, "dia2_quality": child_quality, "dia2_profile": child_profile}
+
+
+# ============================================================================================
+# Parent side (called by fastdia.bench.run_bench for a Dia2 model)
+
+
+def _label(r: dict) -> str:
+    q = r["quantize"]
+    plain = " plain" if r.get("impl") == "fastdia-plain" else ""
+    return f"fastdia {r['dtype']}{plain}" + ("" if q == "none" else f" {q}")
+
+
+def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
+    """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
+    from .bench import run_child
+
+    text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
+    base = dict(base, text=text)
+    specs = []
+    if args.compare == "plain":
+        specs.append(dict(base, kind="dia2", dtype="float32", quantize=None, plain=True))
+    specs += [dict(base, kind="dia2", dtype=d, quantize=q) for d, q in variants]
+    for spec in specs:
+        what = f"fastdia {spec['dtype']}{' plain' if spec.get('plain') else ''}" \
+            f"{'' if spec.get('quantize') is None else ' ' + spec['quantize']}"
+        log(f"bench: running {what} (Dia2, batch {spec['batch']}) ...")
+        r = run_child(spec)
+        r["ceiling_steps_per_s"] = bw["read_GBps"] * 1e9 / r["weight_bytes_per_step"]
+        r["ceiling_unique_steps_per_s"] = bw["read_GBps"] * 1e9 / r["weight_bytes_unique"]
+        r["fraction_of_ceiling"] = r["steps_per_s"] / r["ceiling_steps_per_s"] if r["steps_per_s"] else None
+        r["realtime_factor"] = r["aggregate_steps_per_s"] / FRAME_RATE if r["aggregate_steps_per_s"] else None
+        out["results"].append(r)
+        log(f"bench: {_label(r):30s} {r['steps_per_s']:7.2f} steps/s"
+            + (f" ({r['aggregate_steps_per_s']:.2f} script-steps/s)" if r["batch"] > 1 else "")
+            + f" (x{r['realtime_factor']:.3f} realtime; {100 * r['fraction_of_ceiling']:.0f}% of the "
+            f"{r['ceiling_steps_per_s']:.2f} steps/s bandwidth ceiling if every weight comes from DRAM, "
+            f"{r['ceiling_unique_steps_per_s']:.2f} if each is read once), first step {r['ttfs_ms']:.0f} ms, "
+            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB")
+    ref = next((r for r in out["results"] if r.get("impl") == "fastdia-plain"), None)
+    if ref and ref["steps_per_s"]:
+        for r in out["results"]:
+            r["vs_plain"] = r["steps_per_s"] / ref["steps_per_s"]
+    if args.quality:
+        out["quality"] = run_quality_dia2(base, [(d, q) for d, q in variants if not _is_reference(base, d, q)], log)
+    if getattr(args, "profile", False):
+        out["profile"] = []
+        for spec in specs:
+            p = run_child(dict(spec, kind="dia2_profile", steps=min(spec["steps"], 8)))
+            out["profile"].append(p)
+            log(f"bench: profile {_label({**p, 'impl': 'fastdia-plain' if p['plain'] else 'fastdia'})}: "
+                + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_per_step"].items())
+                + f"; inside projections: decoder {p['matmul_ms_per_step']['decoder']:.1f} ms, "
+                f"depformer {p['matmul_ms_per_step']['depformer']:.1f} ms")
+    return out
+
+
+def _is_reference(base: dict, dtype: str, quantize: str | None) -> bool:
+    """Whether a variant is the float32 quality reference itself (dtype "auto" resolved)."""
+    import torch
+
+    from .backends.device import resolve_device, resolve_dtype
+    from .checkpoints.dia2_load import source_parameters, source_quantization
+
+    if quantize is not None or source_quantization(base["model"]):
+        return False
+    dev = resolve_device(base["device"])
+    return resolve_dtype(dtype, dev, source_parameters(base["model"])) == torch.float32
+
+
+def _bench_default_text() -> str:
+    from .bench import DEFAULT_TEXT
+
+    return DEFAULT_TEXT
+
+
+def run_quality_dia2(base: dict, variants, log=print) -> list[dict]:
+    import tempfile
+
+    import torch
+
+    from .bench import run_child
+
+    steps = base.get("quality_steps") or 64
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = dict(base, kind="dia2_quality", steps=steps, dtype="float32", quantize=None, out=f"{tmp}/ref.pt")
+        log(f"bench: quality reference (Dia2 float32, {steps} teacher-forced steps) ...")
+        run_child(spec)
+        ref = torch.load(f"{tmp}/ref.pt")
+        for i, (d, q) in enumerate(variants):
+            out = f"{tmp}/v{i}.pt"
+            info = run_child(dict(spec, dtype=d, quantize=q, out=out, ref=f"{tmp}/ref.pt"))
+            got = torch.load(out)
+            r = {"dtype": info["dtype"], "quantize": info["quantize"], "steps": int(ref["logits"]["cb0"].shape[0])} \
+                | compare_dia2(got["logits"], ref["logits"])
+            results.append(r)
+            log(f"bench: quality {r['dtype']} {q or ''}: top-1 agreement action {100 * r['action_top1']:.1f}%, "
+                f"codebook 0 {100 * r['cb0_top1']:.1f}%, codebooks mean {100 * r['mean_codebook_top1']:.1f}% "
+                f"(min {100 * r['min_codebook_top1']:.1f}%), relative logit error cb0 {r['rel_error_cb0']:.4f}, "
+                f"stages {r['rel_error_stages']:.4f}")
+    return results
+
+
+def print_table_dia2(out: dict) -> None:
+    print(f"{'variant':32s} {'batch':>5s} {'steps/s':>8s} {'x realtime':>10s} {'vs plain':>8s} {'ceil DRAM':>9s} "
+          f"{'ceil uniq':>9s} {'% ceil':>6s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'uniq GB':>7s} "
+          f"{'peak RSS GB':>11s}")
+    for r in out["results"]:
+        vs = r.get("vs_plain")
+        print(f"{_label(r):32s} {r['batch']:5d} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
+              f"{'-' if vs is None else f'{vs:.2f}x':>8s} {r['ceiling_steps_per_s']:9.2f} "
+              f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% {r['ttfs_ms']:11.0f} "
+              f"{r['ttfa_s']:6.2f} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
+              f"{r['peak_rss_bytes'] / 1e9:11.2f}")
+    for q in out.get("quality", []):
+        print(f"quality {q['dtype']} {q['quantize']}: top-1 agreement over {q['steps']} teacher-forced steps: action "
+              f"{100 * q['action_top1']:.1f}%, codebook 0 {100 * q['cb0_top1']:.1f}%, all codebooks mean "
+              f"{100 * q['mean_codebook_top1']:.1f}% (min {100 * q['min_codebook_top1']:.1f}%)")
+    for p in out.get("profile", []):
+        print(f"profile {p['dtype']}{' plain' if p['plain'] else ''} {p['quantize']}: "
+              + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_per_step"].items())
+              + f"; in projections: decoder {p['matmul_ms_per_step']['decoder']:.1f} ms, depformer "
+              f"{p['matmul_ms_per_step']['depformer']:.1f} ms")
