@@ -6,7 +6,6 @@ Run: python benchmarks/onnx_export_full.py OUT_ROOT   (needs ~20 GB free RAM and
 
 import json
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path

@@ -14,11 +14,11 @@ import torch
 
 from .backends.device import resolve_device, resolve_dtype
 from .checkpoints.dia2_load import LoadedDia2, load_dia2
-from .config_dia2 import DIA2_PRESETS
+from .config_dia2 import DIA2_PRESETS, is_dia2  # noqa: F401  (is_dia2: part of this module's API)
 from .errors import AudioError, FastDiaError, GenerationError, ScriptError
 from .generation.dia2 import Dia2GenerationConfig, Dia2Generator, Prefix
 from .speech import Speech, SpeechChunk, VoicePrompt
-from .text_dia2 import Dia2Tokenizer, build_prefix_plan, parse_script
+from .text_dia2 import Dia2Tokenizer, build_prefix_plan, builtin_tokenizer, parse_script
 
 DEFAULT_MODEL = "nari-labs/Dia2-2B"
 DEFAULT_CODEC = "kyutai/mimi"
@@ -389,23 +389,6 @@ def _check_piece(piece) -> str:
     return piece
 
 
-def builtin_tokenizer() -> Dia2Tokenizer:
-    """A byte-level tokenizer for the random presets (no merges: every byte is a token), with the
-    speaker and non-verbal tags as added tokens, so presets run with no files at all."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    specials = ["<|endoftext|>", "<|bos|>", "<|new_word|>", "<|pad|>", "<|s4|>", "<|s5|>", "<|s6|>", "<|zero|>"]
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for ch in sorted(alphabet):
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_tokens([AddedToken(t, normalized=False) for t in ("[S1]", "[S2]", "(laughs)", "(coughs)", "(sighs)")])
-    return Dia2Tokenizer(tok)
-
-
 def _asset(loaded: LoadedDia2, rel: str | None) -> str | None:
     if not rel:
         return None
@@ -419,21 +402,3 @@ def _directory_tokenizer(loaded: LoadedDia2) -> Dia2Tokenizer:
     if not path.exists():
         raise FastDiaError(f"no tokenizer.json in {folder}; a Dia2 checkpoint folder needs its tokenizer files")
     return Dia2Tokenizer.from_file(path)
-
-
-def is_dia2(model: str | Path) -> bool:
-    """Whether `model` (preset, directory or hub id) is a Dia2 checkpoint: presets by name,
-    directories by their config.json layout (Dia2's has `data` and `runtime` blocks), hub ids by name."""
-    import json
-
-    name = str(model)
-    if name in DIA2_PRESETS:
-        return True
-    path = Path(name).expanduser()
-    if path.is_dir() and (path / "config.json").exists():
-        try:
-            cfg = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(cfg, dict) and "data" in cfg and "runtime" in cfg
-    return not path.exists() and "dia2" in name.lower()

@@ -412,7 +412,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
 
     variants = [(d, check_mode(q) if q != "none" else None)
                 for d in _split(args.dtype, "auto") for q in _split(args.quantize, "none")]
-    from .api_dia2 import is_dia2
+    from .config_dia2 import is_dia2
 
     if is_dia2(args.model):
         from .bench_dia2 import run_bench_dia2

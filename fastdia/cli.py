@@ -58,7 +58,7 @@ def _info_dia2(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import Dia
-    from .api_dia2 import is_dia2
+    from .config_dia2 import is_dia2
 
     if is_dia2(args.model):
         return _info_dia2(args)
@@ -149,7 +149,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     from .errors import GenerationError
     from .text import MAX_SCRIPT_BYTES, split_script, validate_script
 
-    from .api_dia2 import is_dia2
+    from .config_dia2 import is_dia2
 
     if is_dia2(args.model):
         from .cli_dia2 import say_dia2

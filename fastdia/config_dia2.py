@@ -407,3 +407,21 @@ def dia2_preset(name: str) -> Dia2Config:
         return DIA2_PRESETS[name]
     except KeyError:
         raise CheckpointError(f"unknown Dia2 preset {name!r}; presets are {', '.join(DIA2_PRESETS)}") from None
+
+
+def is_dia2(model: str | Path) -> bool:
+    """Whether `model` (preset, directory or hub id) is a Dia2 checkpoint: presets by name,
+    directories by their config.json layout (Dia2's has `data` and `runtime` blocks), hub ids by name."""
+    import json
+
+    name = str(model)
+    if name in DIA2_PRESETS:
+        return True
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(cfg, dict) and "data" in cfg and "runtime" in cfg
+    return not path.exists() and "dia2" in name.lower()

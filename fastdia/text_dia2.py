@@ -439,3 +439,20 @@ def word_timestamps(
             continue
         out.append((word, (step - crop) / frame_rate))
     return out
+
+
+def builtin_tokenizer() -> Dia2Tokenizer:
+    """A byte-level tokenizer for the random presets (no merges: every byte is a token), with the
+    speaker and non-verbal tags as added tokens, so presets run with no files at all."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<|endoftext|>", "<|bos|>", "<|new_word|>", "<|pad|>", "<|s4|>", "<|s5|>", "<|s6|>", "<|zero|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(t, normalized=False) for t in ("[S1]", "[S2]", "(laughs)", "(coughs)", "(sighs)")])
+    return Dia2Tokenizer(tok)

@@ -28,7 +28,7 @@ def convert(source: str | Path, out_dir: str | Path, quantize: str | None = None
     Returns:
         A summary: output path, mode, bytes written, seconds.
     """
-    from ..api_dia2 import is_dia2
+    from ..config_dia2 import is_dia2
     from ..backends.device import resolve_dtype
     from ..config import PRESETS, load_config
     from ..quant import modules as quant

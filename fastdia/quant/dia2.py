@@ -292,7 +292,7 @@ def convert_dia2(source: str | Path, out_dir: str | Path, quantize: str | None =
               metadata={"format": "pt", "fastdia": json.dumps(marker)})
     del stored
     if directory is None:
-        from ..api_dia2 import builtin_tokenizer
+        from ..text_dia2 import builtin_tokenizer
 
         builtin_tokenizer()._tok.save(str(out / "tokenizer.json"))
     else:
