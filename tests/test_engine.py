@@ -99,3 +99,22 @@ def _wait_idle(engine, limit: float = 10.0) -> None:
     while (engine.stats()["active"] or engine.stats()["queued"]) and time.monotonic() < end:
         time.sleep(0.02)
     assert engine.stats()["active"] == 0
+
+
+def test_codec_batches_do_not_change_a_requests_audio():
+    # The DAC decodes every request's ready windows together, 4 at a time (fixed-size batches).
+    e = Engine.load("tiny-random", max_batch=4, max_queue=0, codec_batch=4)
+    e.start()
+    try:
+        def request(i):
+            return SpeechRequest(f"[S1] Codec batch {i}.", options={"seed": i, "max_tokens": 90}, chunk_seconds=0.1)
+
+        solo = _audio(e.submit(request(2)))
+        tickets = [e.submit(request(i)) for i in range(4)]
+        together = [_audio(t) for t in tickets]
+        assert np.array_equal(together[2], solo)
+        one_by_one = np.concatenate(list(e.tts.stream("[S1] Codec batch 2.", seed=2, max_tokens=90,
+                                                      chunk_seconds=0.1)))
+        np.testing.assert_allclose(solo, one_by_one, atol=1e-4)
+    finally:
+        e.close()

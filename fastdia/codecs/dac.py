@@ -4,6 +4,7 @@ streaming decoder (`DACStream`); the math is in `dac_model.py`, checkpoint layou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -321,34 +322,73 @@ class DACStream:
 
     def push(self, codes: Any) -> list[np.ndarray]:
         """Add frames `[n, n_codebooks]`; returns the audio pieces (np.float32) now final, maybe none."""
+        return decode_windows(self.codec, self.plan_push(codes))
+
+    def finish(self) -> list[np.ndarray]:
+        """The rest of the audio (the last window decoded up to the true end)."""
+        return decode_windows(self.codec, self.plan_finish())
+
+    def plan_push(self, codes: Any) -> list["Window"]:
+        """`push` without the decoding: the windows to decode (`decode_windows`), in order. A
+        scheduler gathers the windows of many streams and decodes them together."""
         arr = self.codec._check_codes(codes, "codes")
         if arr.shape[0]:
             self._codes = np.concatenate([self._codes, arr])
             self.frames += arr.shape[0]
         out = []
         while self.frames - self.context >= self._done + self.chunk:
-            out.append(self._decode(self._done + self.chunk, final=False))
+            out.append(self._window(self._done + self.chunk, final=False))
         return out
 
-    def finish(self) -> list[np.ndarray]:
-        """The rest of the audio (the last window decoded up to the true end)."""
+    def plan_finish(self) -> list["Window"]:
+        """`finish` without the decoding."""
         out = []
         while self._done < self.frames:
-            out.append(self._decode(min(self._done + self.chunk, self.frames), final=True))
+            out.append(self._window(min(self._done + self.chunk, self.frames), final=True))
         return out
 
-    def _decode(self, end: int, final: bool) -> np.ndarray:
+    def _window(self, end: int, final: bool) -> "Window":
         a, ctx, hop = self._done, self.context, self.codec.hop_length
         lo = max(0, a - ctx)
         hi = self.frames if final else min(self.frames, end + ctx)
-        window = self._codes[lo - self._offset: hi - self._offset]
-        wave = self.codec.decode_tensor(torch.from_numpy(window).T[None])[0, 0].float().cpu().numpy()
-        piece = np.ascontiguousarray(wave[(a - lo) * hop: (end - lo) * hop])
+        window = self._codes[lo - self._offset: hi - self._offset].copy()
         self._done = end
         keep = max(0, end - ctx) - self._offset  # what later windows still need as left context
         if keep > 0:
             self._codes, self._offset = self._codes[keep:], self._offset + keep
-        return piece
+        return Window(window, (a - lo) * hop, (end - lo) * hop)
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """Codes `(n, n_codebooks)` to decode, and the samples of the result that are final."""
+
+    codes: np.ndarray
+    start: int
+    stop: int
+
+
+def decode_windows(codec: DAC, windows: list[Window], batch: int = 1) -> list[np.ndarray]:
+    """Decode stream windows (of one stream or many), `batch` at a time; audio pieces in order.
+
+    Windows of equal length decode together in batches of exactly `batch` (the last one filled up
+    with copies), so a window's audio never depends on which others shared its batch: a batch's
+    shape decides the convolution kernels, and so the rounding. With batch 1 each window decodes
+    alone. On CPU that is also the fastest (measured on a 2-core EPYC with the full-size DAC: 0.93 s
+    for one 0.5 s window alone, 1.21 s each in twos, 1.58 s each in fours); on a GPU batches win.
+    """
+    out: list[np.ndarray | None] = [None] * len(windows)
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_length.setdefault(w.codes.shape[0], []).append(i)
+    for idx in by_length.values():
+        for k in range(0, len(idx), batch):
+            part = idx[k: k + batch]
+            codes = np.stack([windows[i].codes for i in part] + [windows[part[0]].codes] * (batch - len(part)))
+            wave = codec.decode_tensor(torch.from_numpy(codes).transpose(1, 2))[:, 0].float().cpu().numpy()
+            for j, i in enumerate(part):
+                out[i] = np.ascontiguousarray(wave[j, windows[i].start: windows[i].stop])
+    return out
 
 
 def _as_numpy_int(codes: Any, name: str) -> np.ndarray:
@@ -389,4 +429,4 @@ def _as_numpy_float(wave: Any, name: str) -> np.ndarray:
     return arr
 
 
-__all__ = ["DAC", "DACStream", "receptive_frames", "DACConfig", "DACModel", "PRESETS", "preset"]
+__all__ = ["DAC", "DACStream", "Window", "decode_windows", "receptive_frames", "DACConfig", "DACModel", "PRESETS", "preset"]

@@ -9,11 +9,13 @@ generator (`Dia1Generator.advance`, the same code a one-shot generation runs) an
 moment it is done, freeing its slot for the next request.
 
 Results do not depend on the company a request keeps. Sampling and attention are per row. The
-matrix products are the one place where other rows could matter: a BLAS picks its kernel (and so
-its rounding) from the number of rows, and on x86 fp32 products of 1-7 and of 9-11 rows round
-differently from those of 8, 12, 16, ... rows. So a step always covers a multiple of
-`ROW_GRANULE` rows (free slots fill the rest with harmless dummy rows), and a request's audio is
-identical alone or with 15 others (tests/test_server_batching.py checks this end to end).
+matrix products are the one place where other rows could matter. fastdia's CPU kernels compute
+each row on its own, so with them a step covers exactly the occupied slots. A BLAS (the dense
+fallbacks) picks its kernel, and so its rounding, from the number of rows: on x86 fp32 products
+of 1-7 and of 9-11 rows round differently from those of 8, 12, 16, ... rows; then a step covers a
+multiple of `ROW_GRANULE` rows (free slots fill the rest with harmless dummy rows). Either way a
+request's audio is identical alone or with 15 others (tests/test_server_batching.py checks this
+end to end).
 """
 
 from __future__ import annotations
@@ -22,12 +24,23 @@ from dataclasses import dataclass
 
 import torch
 
+from ..backends.cpu.packed import rows_independent
 from ..models.dia1 import CrossState
 from .cache import KVCache
 from .dia1 import DecodeState, Dia1Generator
 from .options import GenerationConfig
 
 ROW_GRANULE = 8
+
+
+def round_rows(needed: int, capacity: int, granule: int) -> int:
+    """Rows a step computes: `needed` rounded up to the granule; a store of at most one granule
+    always computes all of its rows (one fixed count)."""
+    if granule <= 2:
+        return needed
+    if capacity <= granule:
+        return capacity
+    return -(-needed // granule) * granule
 
 
 @dataclass
@@ -65,9 +78,10 @@ class SlotBatch:
         cfg = generator.cfg
         self.g = generator
         self.slots, self.max_len = slots, min(max_len, cfg.decoder.max_positions)
-        # Rows in the stores: every step's row count is one fixed number (up to 8 rows) or a
-        # multiple of ROW_GRANULE, never a count whose products round differently.
-        self.rows = 2 * slots if 2 * slots <= ROW_GRANULE else -(-2 * slots // ROW_GRANULE) * ROW_GRANULE
+        # Rows in the stores: with a BLAS, every step's row count is one fixed number (up to 8
+        # rows) or a multiple of ROW_GRANULE, never a count whose products round differently.
+        self.granule = 2 if rows_independent(generator.model.decoder) else ROW_GRANULE
+        self.rows = round_rows(2 * slots, 2 * slots, self.granule)
         self.cache = KVCache(cfg, self.rows, self.max_len, generator.device, generator.dtype)
         self.cross: CrossState | None = None  # allocated at the first join, widened for longer texts
         self.members: list[SlotMember | None] = [None] * slots
@@ -137,8 +151,7 @@ class SlotBatch:
         if not occupied:
             return
         g, cfg = self.g, self.g.cfg
-        rows = 2 * (occupied[-1] + 1)
-        rows = min(-(-rows // ROW_GRANULE) * ROW_GRANULE, self.rows)
+        rows = round_rows(2 * (occupied[-1] + 1), self.rows, self.granule)
         current = torch.zeros((rows, 1, cfg.n_channels), dtype=torch.long, device=g.device)
         positions = torch.zeros((rows, 1), dtype=torch.long, device=g.device)
         for s in occupied:

@@ -14,8 +14,9 @@ could need a word it has not received, it sits the step out (its rows are comput
 it is written where it would be read) and resumes as soon as text or the end of input arrives.
 
 Results do not depend on the company: sampling is per member, attention is per row and over its
-own cache slots, and every pass covers a multiple of ROW_GRANULE rows, the row counts whose matrix
-products round alike (see fastdia.generation.dia1_slots).
+own cache slots, and the matrix products either run on fastdia's row-independent CPU kernels or
+cover a multiple of ROW_GRANULE rows, the row counts whose BLAS products round alike (see
+fastdia.generation.dia1_slots).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import GenerationError
-from .dia1_slots import ROW_GRANULE
+from ..backends.cpu.packed import rows_independent
+from .dia1_slots import ROW_GRANULE, round_rows
 from .dia2 import Dia2Generator, Dia2GenerationConfig, Prefix, _Run
 
 
@@ -86,7 +88,8 @@ class Dia2SlotBatch:
         self.g = generator
         model, dev = generator.model, generator.device
         self.slots, self.max_steps = slots, max_steps
-        self.rows = 2 * slots if 2 * slots <= ROW_GRANULE else -(-2 * slots // ROW_GRANULE) * ROW_GRANULE
+        self.granule = 2 if rows_independent(model) else ROW_GRANULE
+        self.rows = round_rows(2 * slots, 2 * slots, self.granule)
         self.cache = model.new_decoder_cache(self.rows, max_steps, dev)
         self.dep_cache = model.new_depformer_cache(self.rows, dev)
         self.members: list[Dia2Member | None] = [None] * slots
@@ -141,7 +144,7 @@ class Dia2SlotBatch:
         if not going:
             return []
         last = max(s for s, _ in members)
-        rows = min(-(-2 * (last + 1) // ROW_GRANULE) * ROW_GRANULE, self.rows)
+        rows = round_rows(2 * (last + 1), self.rows, self.granule)
         width = g.n_codebooks + 2
         tokens = torch.zeros((rows, 1, width), dtype=torch.long, device=g.device)
         pos = torch.zeros((rows, 1), dtype=torch.long, device=g.device)

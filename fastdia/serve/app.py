@@ -57,6 +57,7 @@ class ServerConfig:
     dtype: str | None = None
     max_batch: int = 8
     max_queue: int = 64
+    codec_batch: int | None = None
     timeout: float | None = None
     voices_dir: str | None = None
     api_key: str | None = None
@@ -118,6 +119,7 @@ class Server:
                 c = self.config
                 engine = Engine.load(model, device=c.device, dtype=c.dtype, max_batch=c.max_batch,
                                      max_queue=c.max_queue, timeout=c.timeout, voices_dir=c.voices_dir,
+                                     codec_batch=c.codec_batch,
                                      metrics=self.metrics)
                 engine.start()
             except BaseException as exc:  # reported on /health and by the CLI, never lost in a thread

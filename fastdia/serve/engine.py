@@ -198,8 +198,12 @@ class Engine:
     @classmethod
     def load(cls, model: str, *, device: str | None = None, dtype: str | None = None, max_batch: int = 8,
              max_queue: int = 64, timeout: float | None = None, voices_dir: str | None = None,
-             metrics=None) -> "Engine":
-        """Load `model` (preset, directory or hub id; either family) for serving."""
+             metrics=None, codec_batch: int | None = None) -> "Engine":
+        """Load `model` (preset, directory or hub id; either family) for serving.
+
+        `codec_batch`: Dia-1 audio windows decoded at once across requests (default 1 on CPU,
+        8 on CUDA; see fastdia.codecs.dac.decode_windows). Mimi streams (Dia2) keep per-stream
+        state and decode one by one."""
         from ..loader import load
 
         if not isinstance(max_batch, int) or max_batch < 1:
@@ -216,7 +220,12 @@ class Engine:
             tts = load(model, **options)
         if getattr(tts, "is_random", False) or "random" in str(model):
             log.warning("%s has random weights: its audio is noise, useful only for trials", model)
-        runner = (Dia2Runner if type(tts).__name__ == "Dia2" else Dia1Runner)(tts, max_batch)
+        if type(tts).__name__ == "Dia2":
+            runner = Dia2Runner(tts, max_batch)
+        else:
+            if codec_batch is None:
+                codec_batch = 8 if tts.device.type == "cuda" else 1
+            runner = Dia1Runner(tts, max_batch, codec_batch)
         return cls(str(model), tts, runner, max_batch=max_batch, max_queue=max_queue, timeout=timeout,
                    metrics=metrics)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..codecs.dac import decode_windows
 from ..errors import GenerationError
 from ..generation.dia1 import FRAME_RATE as DIA1_FRAME_RATE
 from ..generation.dia1_slots import SlotBatch
@@ -52,9 +53,10 @@ class Dia1Runner:
 
     family = "dia1"
 
-    def __init__(self, tts, slots: int) -> None:
+    def __init__(self, tts, slots: int, codec_batch: int = 1) -> None:
         self.tts = tts
         self.batch = SlotBatch(tts._generator, slots, tts.config.decoder.max_positions)
+        self.codec_batch = codec_batch
         self.jobs: dict[int, Job] = {}
 
     def plan(self, text: str, voice: str | None, seed_default: int | None, options: dict, chunk_seconds: float,
@@ -91,15 +93,15 @@ class Dia1Runner:
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
         """One batched step; returns (job, new (audio, words) pieces, finished) for every job."""
         self.batch.step()
-        out = []
+        planned = []  # (job, its stream windows, finished): decoded together below
         for slot, job in list(self.jobs.items()):
             member = self.batch.members[slot]
             frames = self.batch.new_frames(slot)
-            audio = []
+            windows = []
             if frames.shape[0]:
                 job.state["pieces"].append(frames)
                 job.frames += frames.shape[0]
-                audio += job.state["stream"].push(frames.cpu().numpy())
+                windows += job.state["stream"].plan_push(frames.cpu().numpy())
             finished = False
             if member.finished:
                 self.drop(job)
@@ -108,10 +110,13 @@ class Dia1Runner:
                     job.state["call"] = job.state["calls"].send(torch.cat(pieces) if pieces else None)
                     self.join(job)  # the next chunk takes the slot just freed
                 except StopIteration:
-                    audio += job.state["stream"].finish()
+                    windows += job.state["stream"].plan_finish()
                     finished = True
-            out.append((job, [(a, ()) for a in audio], finished))
-        return out
+            planned.append((job, windows, finished))
+        # Every request's ready windows in one call: batched `codec_batch` at a time (fixed-size
+        # batches, so a request's audio does not depend on the others; see decode_windows).
+        audio = iter(decode_windows(self.tts.codec, [w for _, ws, _ in planned for w in ws], self.codec_batch))
+        return [(job, [(next(audio), ()) for _ in ws], finished) for job, ws, finished in planned]
 
 
 class Dia2Runner:

@@ -114,3 +114,18 @@ def pack_linears(model: nn.Module) -> nn.Module:
         setattr(owner, attr, fast_float_linear(linear.weight))
         del linear
     return model
+
+
+def rows_independent(model: nn.Module) -> bool:
+    """Whether every matrix product in `model` runs on fastdia's kernels, which compute each
+    activation row on its own: then a row's numbers do not depend on the rows beside it, and a
+    batch scheduler may run any number of rows (a BLAS picks its kernel, and its rounding, by the
+    row count)."""
+    from ...quant.modules import Int4Linear, Int8Linear
+
+    for m in model.modules():
+        if type(m) is nn.Linear or isinstance(m, PackedLinear):
+            return False
+        if isinstance(m, (Int8Linear, Int4Linear)) and not m.use_kernel:
+            return False
+    return True
