@@ -37,6 +37,7 @@ class Job:
 
     ticket: Any
     frames: int = 0  # codec frames generated so far (the usage's output tokens)
+    steps: int = 0  # decoder steps taken (a load benchmark's throughput unit)
     slot: int | None = None
     state: dict = field(default_factory=dict)  # the family's own fields
 
@@ -93,6 +94,8 @@ class Dia1Runner:
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
         """One batched step; returns (job, new (audio, words) pieces, finished) for every job."""
         self.batch.step()
+        for job in self.jobs.values():
+            job.steps += 1
         planned = []  # (job, its stream windows, finished): decoded together below
         for slot, job in list(self.jobs.items()):
             member = self.batch.members[slot]
@@ -175,6 +178,8 @@ class Dia2Runner:
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
         g = self.tts._generator
         stepped = dict(self.batch.step())
+        for slot in stepped:
+            self.jobs[slot].steps += 1
         out = []
         for slot, job in list(self.jobs.items()):
             member = self.batch.members[slot]
