@@ -160,7 +160,7 @@ class Ticket:
             self._ended = True
             self.engine._release()
 
-    def _finish(self, frames: int, frame_rate: float) -> None:
+    def _finish(self, frames: int) -> None:
         text_tokens = len(self.request.text.encode("utf-8"))
         # OpenAI's usage shape: the script's tokens (UTF-8 bytes, as Dia reads them) and the
         # codec frames generated.
@@ -183,7 +183,6 @@ class Engine:
         self.model_id, self.tts, self.runner = model_id, tts, runner
         self.family = runner.family
         self.sample_rate = tts.sample_rate
-        self.frame_rate = tts.sample_rate / tts.codec.hop_length
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
         self.metrics = metrics
         self.state = "ready"
@@ -382,7 +381,7 @@ class Engine:
                 ticket._put(Piece(audio, tuple(words)))
             if finished:
                 self._durations.append(time.monotonic() - ticket.submitted)
-                ticket._finish(job.frames, self.frame_rate)
+                ticket._finish(job.frames)
 
     def _sweep_queue(self) -> None:
         """Queued requests that were cancelled or timed out leave the queue (and free its places).
