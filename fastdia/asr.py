@@ -17,6 +17,7 @@ also kept (a few, by audio content), because the same voice prompt is usually re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -72,13 +73,28 @@ def load_model(model: str | None = None):
     return found
 
 
+@contextlib.contextmanager
+def _keep_threads():
+    """CTranslate2 sets the process's OpenMP thread count, which the BLAS then follows; put
+    torch's back afterwards, so speech generation keeps its threads (and its exact numbers:
+    a BLAS's rounding can depend on its thread count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _load(name: str):
     try:
         from faster_whisper import WhisperModel
     except ImportError:
         raise ModelNotFoundError('speech recognition needs faster-whisper: pip install "fastdia[asr]"') from None
     try:
-        return WhisperModel(os.path.expanduser(name), device=_DEVICE, compute_type=_COMPUTE_TYPE)
+        with _keep_threads():
+            return WhisperModel(os.path.expanduser(name), device=_DEVICE, compute_type=_COMPUTE_TYPE)
     except Exception as exc:  # hub, network and CTranslate2 errors share no base class
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise ModelNotFoundError(
@@ -110,20 +126,21 @@ def transcribe_words(wave: np.ndarray, sample_rate: int, model: str | None = Non
         if key in _transcripts:
             _transcripts.move_to_end(key)
             return list(_transcripts[key])
-    whisper = load_model(name)
     duration = audio.shape[0] / _RATE
-    # Dia2 speaks English, so a prefix is English: naming the language skips detection, which
-    # misfires on short clips. No VAD: the clip is the prefix as given, silences included.
-    segments, _ = whisper.transcribe(audio, language="en", word_timestamps=True,
-                                     condition_on_previous_text=False)
-    words = []
-    for segment in segments:
-        for w in segment.words or ():
-            text = w.word.strip()
-            if not text:
-                continue
-            start = min(max(float(w.start), 0.0), duration)
-            words.append((text, start, min(max(float(w.end), start), duration)))
+    with _keep_threads():
+        whisper = load_model(name)
+        # Dia2 speaks English, so a prefix is English: naming the language skips detection, which
+        # misfires on short clips. No VAD: the clip is the prefix as given, silences included.
+        segments, _ = whisper.transcribe(audio, language="en", word_timestamps=True,
+                                         condition_on_previous_text=False)
+        words = []
+        for segment in segments:  # a generator: the recognition runs here
+            for w in segment.words or ():
+                text = w.word.strip()
+                if not text:
+                    continue
+                start = min(max(float(w.start), 0.0), duration)
+                words.append((text, start, min(max(float(w.end), start), duration)))
     with _transcripts_lock:
         _transcripts[key] = words
         while len(_transcripts) > _TRANSCRIPTS_KEPT:

@@ -232,7 +232,10 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=args.log_level == "debug",
              configure_logging=False)
     # SIGTERM ends the program as Ctrl-C does, through the same shutdown (set after ray.init, which sets its own).
+    # SIGINT explicitly too: a process started in the background of a script inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt for it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="fastdia", route_prefix="/")  # returns once every replica has loaded its models
@@ -247,6 +250,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
         raise FastDiaError(f"Ray Serve could not start the app: {_deploy_failure(serve) or exc}") from None
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             serve.shutdown()
         finally:
