@@ -49,7 +49,30 @@ def _quiet(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-class Dia1Runner:
+class _SlotRunner:
+    """What both families' runners share: the jobs by slot, and leaving the batch."""
+
+    batch = None  # the family's slot batch (SlotBatch or Dia2SlotBatch)
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, Job] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self.jobs)
+
+    def free(self) -> int:
+        return self.batch.free()
+
+    def drop(self, job: Job) -> None:
+        """Take a job out of the batch (finished, cancelled or timed out); its slot is free at once."""
+        if job.slot is not None and self.jobs.get(job.slot) is job:
+            self.batch.leave(job.slot)
+            del self.jobs[job.slot]
+        job.slot = None
+
+
+class Dia1Runner(_SlotRunner):
     """Dia-1 requests in a `SlotBatch`, their audio through one `DACStream` each."""
 
     family = "dia1"
@@ -58,7 +81,7 @@ class Dia1Runner:
         self.tts = tts
         self.batch = SlotBatch(tts._generator, slots, tts.config.decoder.max_positions)
         self.codec_batch = codec_batch
-        self.jobs: dict[int, Job] = {}
+        super().__init__()
 
     def plan(self, text: str, voice: str | None, seed_default: int | None, options: dict, chunk_seconds: float,
              ticket) -> Job:
@@ -72,24 +95,11 @@ class Dia1Runner:
         return Job(ticket, state={"calls": calls, "call": next(calls), "pieces": [],
                                   "stream": self.tts.codec.stream(frames)})
 
-    @property
-    def active(self) -> int:
-        return len(self.jobs)
-
-    def free(self) -> int:
-        return self.batch.free()
-
     def join(self, job: Job) -> None:
         tokens, prompt, options = job.state["call"]
         job.slot = self.batch.join(tokens, prompt, options)
         job.state["pieces"] = []
         self.jobs[job.slot] = job
-
-    def drop(self, job: Job) -> None:
-        if job.slot is not None and self.jobs.get(job.slot) is job:
-            self.batch.leave(job.slot)
-            del self.jobs[job.slot]
-        job.slot = None
 
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
         """One batched step; returns (job, new (audio, words) pieces, finished) for every job."""
@@ -122,7 +132,7 @@ class Dia1Runner:
         return [(job, [(next(audio), ()) for _ in ws], finished) for job, ws, finished in planned]
 
 
-class Dia2Runner:
+class Dia2Runner(_SlotRunner):
     """Dia2 requests in a `Dia2SlotBatch`, their audio through one `MimiStream` each."""
 
     family = "dia2"
@@ -134,7 +144,7 @@ class Dia2Runner:
         # Room for a script at the model's full context plus a voice prefix of up to 30 s (375
         # frames); the cache is allocated once for every slot, so it is not sized for more.
         self.batch = Dia2SlotBatch(g, slots, runtime.max_context_steps + PREFIX_FRAMES + 2 * g.max_delay + 2)
-        self.jobs: dict[int, Job] = {}
+        super().__init__()
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
              chunk_seconds: float, ticket, live: LiveText | None = None) -> Job:
@@ -151,24 +161,11 @@ class Dia2Runner:
         return Job(ticket, state={"gen": gen, "entries": entries, "prefix": prefix, "live": live,
                                   "stream": self.tts.codec.stream(), "every": frames, "held": [], "words": []})
 
-    @property
-    def active(self) -> int:
-        return len(self.jobs)
-
-    def free(self) -> int:
-        return self.batch.free()
-
     def join(self, job: Job) -> None:
         st = job.state
         job.slot = self.batch.join(st["gen"], st["prefix"], entries=st["entries"], live=st["live"],
                                    tokenizer=self.tts.tokenizer)
         self.jobs[job.slot] = job
-
-    def drop(self, job: Job) -> None:
-        if job.slot is not None and self.jobs.get(job.slot) is job:
-            self.batch.leave(job.slot)
-            del self.jobs[job.slot]
-        job.slot = None
 
     def waiting(self) -> bool:
         """Every member is waiting for live text (the loop may sleep until some arrives)."""
