@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server_openai import DIA1, DIA2, ServerProcess
+from tests.test_server_openai import DIA1, DIA2, served
 
 SLOTS = 16
 TEXTS = [f"[S1] Request {i} says hi. [S2] Hello {i}!" for i in range(SLOTS)]
@@ -27,14 +27,8 @@ SHORT = {DIA1: {"max_tokens": 120}, DIA2: {"max_steps": 40}}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("batching")
-    srv = ServerProcess("--model", DIA1, "--model", DIA2, "--max-batch", str(SLOTS), "--max-queue", "64",
-                        "--voices-dir", str(tmp / "voices"), tmp=tmp)
-    try:
-        srv.wait_ready()
+    with served(tmp_path_factory.mktemp("batching"), "--max-batch", str(SLOTS), "--max-queue", "64") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ streaming, errors in OpenAI's shape and status), not the sound.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -94,15 +95,22 @@ class ServerProcess:
         return self.stderr_path.read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve")
-    srv = ServerProcess("--model", DIA1, "--model", DIA2, "--voices-dir", str(tmp / "voices"), tmp=tmp)
+@contextlib.contextmanager
+def served(tmp: Path, *args: str, env: dict | None = None):
+    """A ready server with both tiny models (and `args`), stopped by its PID on the way out."""
+    srv = ServerProcess("--model", DIA1, "--model", DIA2, "--voices-dir", str(tmp / "voices"), *args,
+                        env=env, tmp=tmp)
     try:
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with served(tmp_path_factory.mktemp("serve")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

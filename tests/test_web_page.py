@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from playwright.sync_api import expect, sync_playwright
 
-from tests.test_server_openai import DIA1, DIA2, ServerProcess
+from tests.test_server_openai import DIA1, DIA2, ServerProcess, served
 
 SCRIPT = "[S1] Hi. [S2] Hello."
 WAIT_MS = 90_000  # generous: CI machines are small and other tests may run alongside
@@ -26,13 +26,8 @@ WAIT_MS = 90_000  # generous: CI machines are small and other tests may run alon
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("web")
-    srv = ServerProcess("--model", DIA1, "--model", DIA2, "--voices-dir", str(tmp / "voices"), tmp=tmp)
-    try:
-        srv.wait_ready()
+    with served(tmp_path_factory.mktemp("web")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
