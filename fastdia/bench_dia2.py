@@ -62,7 +62,8 @@ def step_weight_bytes_dia2(model) -> dict:
     dram = 0
     per_stage = []
     for s, g in enumerate(dep.schedule):
-        mods = [dep.depformer_in[g], dep.logits[s]]
+        # the fused step computes depformer_in[g] once per step and group (FusedDia2._depformer_in)
+        mods = ([] if id(dep.depformer_in[g]) in seen else [dep.depformer_in[g]]) + [dep.logits[s]]
         for layer in dep.layers:
             sa = layer.self_attention
             mods += [sa.in_proj[g], sa.out_proj[g], layer.mlp.wi, layer.mlp.wo]
@@ -73,7 +74,47 @@ def step_weight_bytes_dia2(model) -> dict:
             seen[id(m)] = _bytes(m)
     unique = sum(seen.values()) + dep.norm.weight.numel() * 4
     return {"decoder": decoder, "depformer_dram": dram, "depformer_unique": unique, "dram": decoder + dram,
-            "unique": decoder + unique, "per_stage_max": max(per_stage)}
+            "unique": decoder + unique, "per_stage_max": max(per_stage), "per_stage_last": per_stage[-1]}
+
+
+def stage_cache_timing(g, model, loop_stage_ms: float, repeats: int = 12) -> dict:
+    """Where the depformer's bytes come from: one stage (the last; the 2B schedule's shared group)
+    timed with a cold cache (a 256 MB buffer streamed through before each call) and warm (called
+    back to back), set against its time inside the real loop (`loop_stage_ms`, the depformer's
+    time per stage). Linear between the two ends, the loop's stage is served from cache for the
+    fraction `(cold - loop) / (cold - warm)` of its bytes. A warm stage is itself only partly
+    cached when its weights exceed the last-level cache, so this is a lower bound of what a cache
+    could hold, and an estimate, not a counter reading."""
+    import torch
+
+    dep = model.depformer
+    s = len(dep.schedule) - 1
+    cfg = model.config
+    hidden = torch.randn(2, cfg.decoder.d_model, generator=torch.Generator().manual_seed(0))
+    prev = torch.zeros(2, dtype=torch.long)
+    cache = model.new_depformer_cache(2)
+    flush = torch.ones(64 << 20)  # 256 MB: several times any last-level cache
+
+    def once():
+        t0 = time.perf_counter()
+        g.stage(s, hidden.clone(), prev, cache)  # a fresh hidden: no memo of depformer_in across calls
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        for _ in range(3):
+            once()
+        warm = sorted(once() for _ in range(repeats))[repeats // 2]
+        cold = []
+        for _ in range(repeats):
+            flush.add_(1.0)
+            cold.append(once())
+        cold = sorted(cold)[repeats // 2]
+    nbytes = step_weight_bytes_dia2(model)["per_stage_last"]
+    nbytes += _bytes(dep.depformer_in[dep.schedule[s]])  # the timed calls recompute it each time
+    frac = (cold - loop_stage_ms / 1e3) / (cold - warm) if cold > warm else 0.0
+    return {"stage": s, "stage_bytes": nbytes, "cold_ms": cold * 1e3, "warm_ms": warm * 1e3,
+            "loop_ms": loop_stage_ms, "cold_GBps": nbytes / cold / 1e9, "warm_GBps": nbytes / warm / 1e9,
+            "loop_cache_fraction": min(max(frac, 0.0), 1.0)}
 
 
 # ============================================================================================
@@ -370,6 +411,10 @@ def child_profile(spec: dict) -> dict:
         h.remove()
     wb = step_weight_bytes_dia2(model)
     per = {k: v / n * 1e3 for k, v in phases.items()}
+    cache = stage_cache_timing(g, model, per["depformer"] / (g.n_codebooks - 1))
+    dep_dram = wb["depformer_dram"] * (1 - cache["loop_cache_fraction"])
+    cache["step_bytes_from_dram"] = wb["decoder"] + dep_dram
+    cache["step_bytes_from_cache"] = wb["depformer_dram"] - dep_dram
     scale = n2  # hook timers ran over the first step too: normalise per step of that pass
     return {
         "dtype": str(tts.dtype).removeprefix("torch."), "quantize": quantize or "none",
@@ -380,6 +425,7 @@ def child_profile(spec: dict) -> dict:
         "hooked_step_ms": hooked["step"] / n2 * 1e3,
         "linear_calls_per_step": {k: v / (scale + 1) for k, v in calls.items()},
         "weight_bytes": wb,
+        "cache": cache,
     }
 
 
@@ -437,6 +483,12 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
                 + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_per_step"].items())
                 + f"; inside projections: decoder {p['matmul_ms_per_step']['decoder']:.1f} ms, "
                 f"depformer {p['matmul_ms_per_step']['depformer']:.1f} ms")
+            c = p["cache"]
+            log(f"bench: depformer stage {c['stage']} ({c['stage_bytes'] / 1e6:.1f} MB of weights): cold cache "
+                f"{c['cold_ms']:.2f} ms ({c['cold_GBps']:.1f} GB/s), warm {c['warm_ms']:.2f} ms "
+                f"({c['warm_GBps']:.1f} GB/s), in the loop {c['loop_ms']:.2f} ms: ~{100 * c['loop_cache_fraction']:.0f}% "
+                f"of the depformer's bytes from cache; per step ~{c['step_bytes_from_dram'] / 1e9:.2f} GB from DRAM, "
+                f"~{c['step_bytes_from_cache'] / 1e9:.2f} GB from cache")
     return out
 
 

@@ -36,6 +36,7 @@ class FusedDia2:
     def __init__(self, model: Dia2Model) -> None:
         self.model = model
         self.lib = cpu_kernels._library()
+        self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
         dep = model.depformer
         d = model.config.depformer
         # RoPE of stage s is the same every frame: cos/sin (1, hd/2) per stage, computed once.
@@ -83,7 +84,7 @@ class FusedDia2:
         if cache.k[0].dtype != torch.float32:
             return dep.stage(s, hidden, prev_token, cache, text)
         group = dep.schedule[s]
-        x = dep.depformer_in[group](hidden) + dep.audio_embeds[s](prev_token)
+        x = self._depformer_in(s, group, hidden) + dep.audio_embeds[s](prev_token)
         if s == 0 and dep.text_embed is not None:
             if text is None:
                 raise ValueError("this depformer has a text embedding: stage 0 needs text=(main, second)")
@@ -102,6 +103,19 @@ class FusedDia2:
         h = self._run_layers(x, dep.layers, cos, sin, slot, cache, cache.k[0].shape[2], sa.n_head, sa.n_head,
                              sa.head_dim, attention, dep.norm)
         return dep.logits[s](h)[:, : dep.codebook_size].float()
+
+    def _depformer_in(self, s: int, group: int, hidden: torch.Tensor) -> torch.Tensor:
+        """`depformer_in[group](hidden)`, computed once per frame and group: the 2B schedule gives
+        stages 4..30 one group, so 26 of a step's 31 projections (2 M weights each) would repeat
+        the same product. A frame always starts at stage 0, which clears the memo; the memo also
+        holds `hidden` itself and is used only for that very tensor (its identity cannot pass to
+        another tensor while the memo keeps it alive)."""
+        if s == 0 or self._in_memo is None or self._in_memo[0] is not hidden:
+            self._in_memo = (hidden, {})
+        done = self._in_memo[1]
+        if group not in done:
+            done[group] = self.model.depformer.depformer_in[group](hidden)
+        return done[group]
 
     # ------------------------------------------------------------------ shared
     def _run_layers(self, x, layers, cos, sin, slot, cache, total, hq, hkv, d, attention, final_norm):
