@@ -340,6 +340,10 @@ _CHILDREN = {"bandwidth": _child_bandwidth, "fastdia": _child_fastdia, "transfor
 
 
 def _child(kind: str):
+    if kind == "onnx":  # the onnxruntime backend: fastdia.bench_onnx
+        from .bench_onnx import child_onnx
+
+        return child_onnx
     if kind.startswith("dia2"):  # Dia2 models: fastdia.bench_dia2
         from .bench_dia2 import CHILDREN
 
@@ -382,7 +386,8 @@ def _label(r: dict) -> str:
     if r["impl"] == "transformers":
         return "transformers float32"
     q = r["quantize"]
-    return f"fastdia {r['dtype']}" + ("" if q == "none" else f" {q}")
+    ort = " onnxruntime" if r["impl"] == "onnxruntime" else ""
+    return f"fastdia{ort} {r['dtype']}" + ("" if q == "none" else f" {q}")
 
 
 def _ttfa(r: dict) -> str:
@@ -412,22 +417,37 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
 
     variants = [(d, check_mode(q) if q != "none" else None)
                 for d in _split(args.dtype, "auto") for q in _split(args.quantize, "none")]
+    backends = _split(getattr(args, "backend", None), "torch")
+    bad = [b for b in backends if b not in ("torch", "onnxruntime")]
+    if bad:
+        raise RuntimeError(f"--backend takes torch and/or onnxruntime, got {', '.join(bad)}")
     from .config_dia2 import is_dia2
 
     if is_dia2(args.model):
         from .bench_dia2 import run_bench_dia2
 
+        if backends != ["torch"]:
+            raise RuntimeError("--backend onnxruntime benchmarks Dia-1 models; Dia2 runs on torch")
+
         out["family"] = "dia2"
         return run_bench_dia2(args, base, bw, out, variants, log)
     if args.compare == "plain" or getattr(args, "profile", False):
         raise RuntimeError("--compare plain and --profile are for Dia2 models")
+    if args.quality and "onnxruntime" in backends:
+        raise RuntimeError("--quality measures the PyTorch variants; the ONNX exports' agreement is "
+                           "`fastdia export onnx --quantize ...`'s report")
     specs = []
     if args.compare == "transformers":
         specs.append(dict(base, kind="transformers"))
-    specs += [dict(base, kind="fastdia", dtype=d, quantize=q) for d, q in variants]
+    for backend in backends:
+        if backend == "torch":
+            specs += [dict(base, kind="fastdia", dtype=d, quantize=q) for d, q in variants]
+        else:  # onnxruntime computes in float32 whatever --dtype says; one row per quantization
+            specs += [dict(base, kind="onnx", dtype="float32", quantize=q) for q in dict.fromkeys(q for _, q in variants)]
     for spec in specs:
         what = "transformers float32" if spec["kind"] == "transformers" else \
-            f"fastdia {spec['dtype']}{'' if spec.get('quantize') is None else ' ' + spec['quantize']}"
+            f"fastdia{' onnxruntime' if spec['kind'] == 'onnx' else ''} {spec['dtype']}" \
+            f"{'' if spec.get('quantize') is None else ' ' + spec['quantize']}"
         log(f"bench: running {what} ...")
         r = run_child(spec)
         ceiling = bw["read_GBps"] * 1e9 / r["weight_bytes_per_step"]
@@ -495,12 +515,12 @@ def _machine() -> dict:
 
 
 def print_table(out: dict) -> None:
-    print(f"{'variant':30s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
+    print(f"{'variant':34s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
           f"{'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_transformers")
         pre = r.get("prefill_ms")
-        print(f"{_label(r):30s} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
+        print(f"{_label(r):34s} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
               f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
               f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
               f"{r['ttfs_ms']:11.0f} {_ttfa(r):>6s} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
@@ -549,6 +569,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", choices=["transformers", "plain"], default=None,
                    help="also run transformers' DiaForConditionalGeneration (float32, same weights); for Dia2, "
                         "'plain': fastdia's float32 model in plain torch, without the CPU fast path")
+    p.add_argument("--backend", default="torch",
+                   help="comma-separated backends to run each variant on: torch, onnxruntime (Dia-1; a model that "
+                        "is not an ONNX export is exported once into the export cache; default: torch)")
     p.add_argument("--profile", action="store_true",
                    help="Dia2: also time where a step goes (decoder, depformer, sampling, projections)")
     p.add_argument("--quality", action="store_true",

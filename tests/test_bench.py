@@ -52,3 +52,24 @@ def test_bench_json_variants_transformers_and_quality():
 def test_bench_bad_flag_is_a_usage_error():
     r = bench("--quantize", "int3")
     assert r.returncode == 2 and "unknown quantization" in r.stderr
+
+
+def test_bench_runs_the_onnxruntime_backend_beside_torch(tmp_path, monkeypatch):
+    """`--backend torch,onnxruntime`: each quantization on both backends, onnxruntime's export made
+    once into the export cache (float32 and int4 here), with the same report fields."""
+    monkeypatch.setenv("FASTDIA_ONNX_CACHE", str(tmp_path))
+    r = bench("--steps", "4", "--threads", "1", "--dtype", "float32", "--quantize", "none,int4",
+              "--backend", "torch,onnxruntime", "--json", timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    rows = [(x["impl"], x["quantize"]) for x in data["results"]]
+    assert rows == [("fastdia", "none"), ("fastdia", "int4"), ("onnxruntime", "none"), ("onnxruntime", "int4")]
+    for x in data["results"]:
+        for key in ("steps_per_s", "peak_rss_bytes", "weight_bytes_per_step", "ceiling_steps_per_s",
+                    "fraction_of_ceiling"):
+            assert x[key] is not None and x[key] > 0, (key, x)
+    ort = data["results"][2:]
+    assert ort[1]["weight_bytes_per_step"] < ort[0]["weight_bytes_per_step"]  # int4 graph is smaller
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-random", "tiny-random-int4"]
+    bad = bench("--backend", "tensorrt")
+    assert bad.returncode == 2 and "fastdia: error:" in bad.stderr and "--backend" in bad.stderr
