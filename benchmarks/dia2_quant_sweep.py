@@ -15,6 +15,7 @@ import argparse
 import json
 import re
 import time
+from pathlib import Path
 
 import torch
 
@@ -56,14 +57,20 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=32)
     ap.add_argument("--variants", default="", help="comma list of group:fmt (default: every group int8 and int4)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--reference", default=None, help="a file to keep the reference run in (reused when present)")
     args = ap.parse_args()
 
     tts, _ = load_tts({"model": args.model, "device": "cpu", "dtype": "float32", "plain": True})
     model = tts.model
     text = "[S1] Hello there, how are you doing today? [S2] I am fine, thank you very much."
     t0 = time.perf_counter()
-    inputs, buffer = record_greedy(tts, text, args.steps)
-    ref = teacher_forced_dia2(model, inputs, buffer, args.steps)
+    if args.reference and Path(args.reference).exists():
+        inputs, buffer, ref = torch.load(args.reference)
+    else:
+        inputs, buffer = record_greedy(tts, text, args.steps)
+        ref = teacher_forced_dia2(model, inputs, buffer, args.steps)
+        if args.reference:
+            torch.save((inputs, buffer, ref), args.reference)
     print(f"reference: {time.perf_counter() - t0:.0f} s", flush=True)
     names = linear_names(model)
     if args.variants:
@@ -94,6 +101,8 @@ def main() -> None:
               f"mean {r['mean_codebook_top1']:.3f} min {r['min_codebook_top1']:.3f} "
               f"rel cb0 {r['rel_error_cb0']:.4f} stages {r['rel_error_stages']:.4f} ({time.perf_counter() - t1:.0f} s)",
               flush=True)
+        old = json.loads(Path(args.out).read_text())["results"] if Path(args.out).exists() and not results[:-1] else []
+        results[:0] = [o for o in old if (o["group"], o["fmt"]) != (group, fmt)]
         with open(args.out, "w") as f:
             json.dump({"model": args.model, "steps": args.steps, "int4_group": args.group, "results": results}, f, indent=1)
 

@@ -65,6 +65,7 @@ class Dia2:
             dtype: "auto" (bfloat16 on CUDA; on CPU bfloat16 only for a model over 100 M
                 parameters, unquantized, on a CPU with native bfloat16; else float32),
                 "float32", "bfloat16".
+                A `fastdia export onnx` folder runs on onnxruntime (CPU).
             quantize: None, "int8" or "int4" weight-only quantization on CPU (see
                 fastdia.quant.dia2); a folder written by `fastdia convert --quantize` is
                 quantized already.
@@ -74,8 +75,23 @@ class Dia2:
                 $FASTDIA_VOICES_DIR, else the XDG data dir).
         """
         from .checkpoints.dia2_load import source_parameters, source_quantization
+        from .onnx.manifest import is_onnx_dir
         from .quant.modules import check_mode
 
+        if is_onnx_dir(model):  # a `fastdia export onnx` folder: onnxruntime, CPU, float32 inputs
+            from .onnx.dia2_runtime import load_dia2_onnx
+
+            if quantize is not None:
+                raise GenerationError(f"{model} is an ONNX export; quantize it with `fastdia export onnx "
+                                      f"--quantize {quantize}` instead")
+            loaded, tokenizer, ort_codec, is_random = load_dia2_onnx(model)
+            tts = cls(loaded, torch.device("cpu"), torch.float32, tokenizer, codec or "onnx", voices_dir)
+            if codec is None:
+                tts._codec = ort_codec
+                if ort_codec is None:  # exported with --codec none: the torch Mimi
+                    tts.codec_source = DEFAULT_CODEC
+            tts.is_random = is_random
+            return tts
         dev = resolve_device(device)
         mode = check_mode(quantize)
         if str(model) not in DIA2_PRESETS and not Path(model).expanduser().exists():

@@ -215,8 +215,9 @@ def child_speed(spec: dict) -> dict:
 
 
 def time_to_first_audio(tts, spec: dict) -> dict:
-    """Seconds from `Dia2.stream(text)` to its first chunk (Dia2's default 0.24 s chunks unless
-    `chunk_seconds`), the codec loaded and warmed on one frame first (once per process)."""
+    """Seconds from `Dia2.stream(text)` to its first chunk, the codec loaded and warmed on one frame
+    first (once per process). Chunks of one 80 ms frame unless `chunk_seconds`: the first audio a
+    streaming caller can play (Dia2's default 0.24 s chunks wait for two more steps)."""
     import warnings
 
     import numpy as np
@@ -225,7 +226,7 @@ def time_to_first_audio(tts, spec: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
-        chunks = tts.stream(spec["text"], seed=0, chunk_seconds=spec.get("chunk_seconds") or 0.24)
+        chunks = tts.stream(spec["text"], seed=0, chunk_seconds=spec.get("chunk_seconds") or 0.08)
         first = next(chunks)
         ttfa = time.perf_counter() - t0
         chunks.close()

@@ -167,7 +167,9 @@ class Dia2Generator:
         # else the model's own forward (same signatures), chosen once here.
         from ..backends.cpu import dia2_fused
 
-        if dia2_fused.supported(model, device):
+        if hasattr(model, "step_functions"):  # an exported model (fastdia.onnx) brings its own
+            self.transformer, self.stage = model.step_functions()
+        elif dia2_fused.supported(model, device):
             fused = dia2_fused.FusedDia2(model)
             self.transformer, self.stage = fused.transformer, fused.stage
         else:

@@ -50,6 +50,9 @@ class ExportOptions:
         cache_len: static self-attention cache length (default: the model's max positions).
         codec_frames: static codec window in frames.
         block_size: int4 block size.
+        accuracy_level: int4 MatMulNBits compute: 4 (default) quantizes each activation row to int8
+            and multiplies in integers, onnxruntime's fast CPU path; 0 dequantizes the weights to
+            float32 first (the reference arithmetic; slower on CPU, see benchmarks/README.md).
         codec: DAC source for the codec graph (default: the model's: tiny-random for presets,
             else descript/dac_44khz); "none" skips the codec graph.
         calibration_scripts: scripts generated (greedy) to record QDQ calibration activations.
@@ -62,6 +65,7 @@ class ExportOptions:
     cache_len: int | None = None
     codec_frames: int = 256
     block_size: int = 32
+    accuracy_level: int = 4
     codec: str | None = None
     calibration_scripts: tuple[str, ...] = (
         "[S1] Hello there, how are you today? [S2] Fine, thanks (laughs).",
@@ -76,6 +80,8 @@ class ExportOptions:
         for name in ("rows", "text_len", "codec_frames", "block_size"):
             if getattr(self, name) < 1:
                 raise GenerationError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise GenerationError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
         if self.rows % 2:
             raise GenerationError(f"rows counts CFG rows (2 per utterance) and must be even, got {self.rows}")
 

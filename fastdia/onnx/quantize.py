@@ -27,14 +27,17 @@ QUANTIZED_GRAPHS = ("encoder", "decoder")
 
 
 def quantize_graphs(src: Path, dst: Path, graphs: dict, cfg: DiaConfig, options: ExportOptions,
-                    static: dict | None, log=print) -> dict:
-    """Quantize `src`'s encoder and decoder into `dst` (the codec is copied); returns the graph records."""
+                    static: dict | None, log=print, quantized: tuple[str, ...] = QUANTIZED_GRAPHS,
+                    record=None) -> dict:
+    """Quantize `src`'s `quantized` graphs (Dia-1: encoder and decoder) into `dst` (the others, the
+    codec, are copied); returns the graph records. `record(src, options)` gives the qdq calibration
+    feeds per graph (default: Dia-1's)."""
     mode = options.quantize
-    calibration = _record_calibration(src, options) if mode == "qdq" else None
+    calibration = (record or _record_calibration)(src, options) if mode == "qdq" else None
     out = {}
     for name, graph in graphs.items():
         path = src / graph["file"]
-        if name not in QUANTIZED_GRAPHS:
+        if name not in quantized:
             _copy_graph(src, dst, graph)
             out[name] = graph
             continue
@@ -47,7 +50,7 @@ def quantize_graphs(src: Path, dst: Path, graphs: dict, cfg: DiaConfig, options:
         if mode == "int8":
             _int8(path, target, external)
         elif mode == "int4":
-            _int4(path, target, external, options.block_size)
+            _int4(path, target, external, options.block_size, options.accuracy_level)
         else:
             _qdq(path, target, external, calibration[name])
         out[name] = {"file": target.name, "external_data": target.name + ".data" if external else None}
@@ -70,13 +73,15 @@ def _int8(path: Path, target: Path, external: bool) -> None:
     _rename_data(target, external)
 
 
-def _int4(path: Path, target: Path, external: bool, block_size: int) -> None:
+def _int4(path: Path, target: Path, external: bool, block_size: int, accuracy_level: int = 4) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(path))
+    # accuracy level 4: activations int8 per block inside MatMulNBits (the integer kernels); at the
+    # default 0, onnxruntime dequantizes to float32 and the int4 export ran slower than int8.
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                     op_types_to_quantize=("MatMul",))
+                                     accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=external)
     _rename_data(target, external)
@@ -170,9 +175,17 @@ def quantize_export(src: str | Path, dst: str | Path, mode: str, block_size: int
     graphs = {k: {"file": v["file"], "external_data": v["external_data"]} for k, v in info["graphs"].items()}
     static = info.get("static_shapes") if info.get("static") else None
     options = ExportOptions(quantize=mode, block_size=block_size, static=bool(static))
-    done = quantize_graphs(src, dst, graphs, config_from_json(info["model_config"]), options, static, log=log)
+    if info.get("family") == "dia2":
+        from .dia2_export import quantized_graphs, record_calibration
+
+        done = quantize_graphs(src, dst, graphs, None, options, static, log=log, quantized=quantized_graphs(graphs),
+                               record=record_calibration)
+        for name in info.get("tokenizer_files", ()):
+            shutil.copyfile(src / name, dst / name)
+    else:
+        done = quantize_graphs(src, dst, graphs, config_from_json(info["model_config"]), options, static, log=log)
     raw = json.loads((src / "config.json").read_text())
-    raw["fastdia_onnx"].update(quantize=mode, graphs={k: describe_graph(dst, g) for k, g in done.items()},
-                               quantize_seconds=round(time.perf_counter() - started, 1))
+    described = {k: {**describe_graph(dst, g), "purpose": info["graphs"][k]["purpose"]} for k, g in done.items()}
+    raw["fastdia_onnx"].update(quantize=mode, graphs=described, quantize_seconds=round(time.perf_counter() - started, 1))
     (dst / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     return raw["fastdia_onnx"]

@@ -144,6 +144,8 @@ class OrtDiaModel:
         info = read_manifest(folder)
         if info is None:
             raise CheckpointError(f"{folder} is not a fastdia ONNX export (no fastdia_onnx block in config.json)")
+        if info.get("family") == "dia2":
+            raise CheckpointError(f"{folder} is a Dia2 ONNX export; load it with Dia2.from_pretrained or fastdia.load")
         self.folder, self.info = folder, info
         self.config = config_from_json(info["model_config"])
         static = info.get("static_shapes") if info.get("static") else None
