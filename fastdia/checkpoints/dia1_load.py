@@ -194,9 +194,11 @@ def load_model(
         loaded = LoadedModel(model, cfg, layout, name, directory)
     model = loaded.model.to(device).eval().requires_grad_(False)
     if optimize and device.type == "cpu":
-        from ..backends.cpu.packed import pack_linears
+        from ..backends.cpu.packed import pack_linears, weights_only_bf16
 
         pack_linears(model)
+        if dtype == torch.bfloat16 and quantize is None:
+            weights_only_bf16(model)
     if device.type == "cpu":
         release_free_heap()
     return loaded

@@ -56,6 +56,10 @@ class Dia1Generator:
     def __init__(self, model: DiaModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
         self.cfg: DiaConfig = model.config
+        # A CPU model with bfloat16 projection kernels around float32 norms and embeddings
+        # (fastdia.backends.cpu.packed.weights_only_bf16) computes in float32, so the fused step
+        # serves it; it says so itself.
+        dtype = getattr(model, "compute_dtype", None) or dtype
         self.device, self.dtype = device, dtype
         self.delay = torch.tensor(self.cfg.delay_pattern, dtype=torch.long, device=device)
         # Single-position decoder calls go through the fastest step for this setup (a fused CPU

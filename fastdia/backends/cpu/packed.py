@@ -116,6 +116,38 @@ def pack_linears(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def weights_only_bf16(model: nn.Module) -> nn.Module:
+    """A bfloat16 CPU model -> bfloat16 projections (fastdia's GEMV kernel) around float32
+    everything else (norms, embeddings, the rare layer the kernel cannot take), in place, when the
+    kernels run bfloat16 here; else unchanged.
+
+    The projections are nearly all the bytes a step reads, so this reads what bfloat16 reads, but
+    activations, norms and the KV cache stay float32 (the kernel rounds each activation row to
+    bfloat16 and accumulates in float32), and the fused float32 decode step serves the model
+    instead of ~2,000 small bfloat16 torch ops per step (2-core EPYC: 29% of the bandwidth
+    ceiling before; benchmarks/README.md). The model's `compute_dtype` tells generators so.
+    """
+    from . import kernels as cpu_kernels
+
+    if not (cpu_kernels.available() and cpu_kernels.has_bf16()):
+        return model
+    for name, m in list(model.named_modules()):
+        if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16:  # a width the kernel cannot take
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, fast_float_linear(m.dense_weight().float()))
+    keep = {id(p) for m in model.modules() if isinstance(m, GemvLinear) for p in m.parameters()}
+    for m in model.modules():
+        for name, p in list(m.named_parameters(recurse=False)):
+            if id(p) not in keep and p.dtype == torch.bfloat16:
+                setattr(m, name, nn.Parameter(p.float(), requires_grad=False))
+        for name, b in list(m.named_buffers(recurse=False)):
+            if b.dtype == torch.bfloat16:
+                m.register_buffer(name, b.float(), persistent=name not in m._non_persistent_buffers_set)
+    model.compute_dtype = torch.float32  # read by the generators: activations and cache
+    return model
+
+
 def rows_independent(model: nn.Module) -> bool:
     """Whether every matrix product in `model` runs on fastdia's kernels, which compute each
     activation row on its own: then a row's numbers do not depend on the rows beside it, and a
