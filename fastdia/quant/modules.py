@@ -85,6 +85,20 @@ def _dense_blocks(module: nn.Module, x: torch.Tensor, dense_rows) -> torch.Tenso
     return y
 
 
+_KERNELS = None
+
+
+def _cpu_kernels():
+    """fastdia.backends.cpu.kernels, imported once: a decode step calls these modules ~700 times
+    (Dia2 2B), and each microsecond of Python per call is most of a millisecond per step."""
+    global _KERNELS
+    if _KERNELS is None:
+        from ..backends.cpu import kernels
+
+        _KERNELS = kernels
+    return _KERNELS
+
+
 class Int8Linear(nn.Module):
     """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
 
@@ -121,8 +135,9 @@ class Int8Linear(nn.Module):
         return dequantize_int8(tile, self.scales[r0:r1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..backends.cpu import kernels as cpu_kernels
-
+        cpu_kernels = _cpu_kernels()
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32 and x.shape[0] <= cpu_kernels.MAX_ROWS:
+            return cpu_kernels.q8_gemv(x, self.qweight, self.scales, self.out_features)  # a decode step: no reshapes
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:
@@ -185,8 +200,10 @@ class Int4Linear(nn.Module):
         return cls(packed, tscale, rscale, offsets, oscale, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from ..backends.cpu import kernels as cpu_kernels
-
+        cpu_kernels = _cpu_kernels()
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32 and x.shape[0] <= cpu_kernels.MAX_ROWS:
+            return cpu_kernels.q4_gemv(x, self.qweight, self.tscale, self.rscale, self.offsets, self.oscale,
+                                       self.group_size, self.out_features)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:

@@ -165,7 +165,8 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> to
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
-    _library().fd_q8_gemv(_ptr(x), m, k, _ptr(w), _ptr(scale), n, _ptr(y), _ptr(xq), torch.get_num_threads())
+    (_lib or _library()).fd_q8_gemv(x.data_ptr(), m, k, w.data_ptr(), scale.data_ptr(), n, y.data_ptr(),
+                                    xq.data_ptr(), torch.get_num_threads())
     return y
 
 
@@ -179,8 +180,9 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torc
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
     xsum = torch.empty((m, k // group), dtype=torch.float32)
-    _library().fd_q4_gemv(_ptr(x), m, k, _ptr(w), _ptr(tscale), _ptr(rscale), _ptr(offset), _ptr(oscale), group, n, _ptr(y),
-                          _ptr(xq), _ptr(xsum), torch.get_num_threads())
+    (_lib or _library()).fd_q4_gemv(x.data_ptr(), m, k, w.data_ptr(), tscale.data_ptr(), rscale.data_ptr(),
+                                    offset.data_ptr(), oscale.data_ptr(), group, n, y.data_ptr(), xq.data_ptr(),
+                                    xsum.data_ptr(), torch.get_num_threads())
     return y
 
 
