@@ -246,6 +246,9 @@ def test_quantized_exports_run_and_agree(gqa, mode, tmp_path):
     domains = _domains(paths["decoder"]) | _domains(paths["encoder"])
     if mode == "int4":
         assert "com.microsoft.MatMulNBits" in dec_ops and domains == {"ai.onnx", "com.microsoft"}
+        levels = {a.i for n in onnx.load(str(paths["decoder"]), load_external_data=False).graph.node
+                  if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+        assert levels == {4}  # int8 activations: onnxruntime's integer kernels
         assert all(op.startswith("com.microsoft.") is False or op == "com.microsoft.MatMulNBits" for op in dec_ops)
     else:
         assert domains == {"ai.onnx"}  # int8 and QDQ: standard ops only
@@ -262,6 +265,19 @@ def test_quantized_exports_run_and_agree(gqa, mode, tmp_path):
     float_size = sum(g["bytes"] for g in read_manifest(folder)["graphs"].values())
     print(f"{mode}: {size / 1e6:.2f} MB (float32 {float_size / 1e6:.2f} MB), top-1 agreement {result['top1']:.4f}")
     assert result["top1"] > 0.6
+
+
+def test_direct_qdq_export_calibrates_on_its_own_float_graphs(tmp_path):
+    """`export_onnx(..., quantize="qdq")` in one go (what `fastdia export onnx --quantize qdq`
+    runs): the float graphs it calibrates on are a complete export first."""
+    from fastdia.onnx.export import ExportOptions, export_onnx
+
+    options = ExportOptions(quantize="qdq", codec="none", calibration_scripts=(TEXTS[0],), calibration_max_tokens=24)
+    info = export_onnx("tiny-random", tmp_path / "qdq", options, log=lambda line: None)
+    assert info["quantize"] == "qdq" and not (tmp_path / "qdq" / ".float").exists()
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(info["graphs"]["decoder"]["op_types"])
+    codes = _quiet_load(tmp_path / "qdq").generate_codes(TEXTS[0], seed=1, max_tokens=40)
+    assert codes.shape[1] == 9 and len(codes) > 0
 
 
 # ------------------------------------------------------------------------------ errors

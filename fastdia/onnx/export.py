@@ -127,30 +127,34 @@ def export_onnx(model: str | os.PathLike, out_dir: str | os.PathLike, options: E
             log(f"codec: {time.perf_counter() - t:.1f} s")
     del m, loaded
 
+    def manifest(folder: Path, graphs: dict, quantize: str | None) -> dict:
+        info = {
+            "format_version": mf.FORMAT_VERSION,
+            "source": str(model),
+            "static": static is not None,
+            "static_shapes": static,
+            "quantize": quantize,
+            "model_config": mf.config_to_json(cfg),
+            "codec": codec_info,
+            "graphs": {name: mf.describe_graph(folder, g) for name, g in graphs.items()},
+            "export_seconds": round(time.perf_counter() - started, 1),
+        }
+        info["driving"] = mf.DRIVING
+        config = cfg.to_transformers_dict()
+        config["fastdia_onnx"] = info
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        return info
+
     if quantize:
         from . import quantize as q
 
+        # the float folder is a complete export first: QDQ calibration generates with it
+        manifest(float_dir, graphs, None)
         t = time.perf_counter()
         graphs = q.quantize_graphs(float_dir, out, graphs, cfg, options, static, log=log)
         log(f"quantize {quantize}: {time.perf_counter() - t:.1f} s")
         shutil.rmtree(float_dir, ignore_errors=True)
-
-    info = {
-        "format_version": mf.FORMAT_VERSION,
-        "source": str(model),
-        "static": static is not None,
-        "static_shapes": static,
-        "quantize": quantize,
-        "model_config": mf.config_to_json(cfg),
-        "codec": codec_info,
-        "graphs": {name: mf.describe_graph(out, g) for name, g in graphs.items()},
-        "export_seconds": round(time.perf_counter() - started, 1),
-    }
-    info["driving"] = mf.DRIVING
-    config = cfg.to_transformers_dict()
-    config["fastdia_onnx"] = info
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return info
+    return manifest(out, graphs, quantize)
 
 
 def _static_shapes(cfg: DiaConfig, options: ExportOptions) -> dict:
