@@ -163,6 +163,12 @@ class Dia2Generator:
         self.max_delay = max(self.delay)
         self.flush_tail = self.max_delay + MAX_PADDING  # steps after end of speech (spec 5.4 step 11)
         self._delay = torch.tensor(self.delay, device=device)
+        # Delayed column t + 1 of codebook c >= 1 is read (as decoder input or as audio) only from
+        # column delay[c] on: before that the decoder is fed audio BOS and the undelay skips it.
+        # A step whose column lies before every depformer codebook's delay (the first 17 steps
+        # with the 2B delays 16, 18, ..., 18) needs no depformer stage: skipping them changes no
+        # audio, word or step, and takes most of the time to first audio off.
+        self.dep_from = min(self.delay[1:], default=0) - 1  # first loop step whose stages are used
         # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
         # else the model's own forward (same signatures), chosen once here.
         from ..backends.cpu import dia2_fused
@@ -323,6 +329,9 @@ class Dia2Generator:
         """One loop step (spec 5.4): decoder, action -> text state, codebook 0, depformer stages."""
         dec = self._decode(run, t)
         out, token, text = self.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
+        if t < self.dep_from:
+            self.skip_stages(run, t)
+            return out
         hidden = dec.hidden[:, 0]  # (2, D)
         for s in range(self.n_codebooks - 1):
             logits = self.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
@@ -357,6 +366,12 @@ class Dia2Generator:
         if out.end_of_speech:
             run.cutoff = t + self.flush_tail
         return out, token, text
+
+    def skip_stages(self, run: "_Run", t: int) -> None:
+        """Step t < `dep_from`: codebooks 1.. of column t + 1 are never read; they hold audio BOS,
+        what the decoder sees there. (The reference samples them anyway, so its delayed buffer
+        differs in these columns only; its audio codes do not.)"""
+        run.buffer[1:, t + 1] = self.cfg.data.audio_bos_token_id
 
     def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""

@@ -167,6 +167,9 @@ class Dia2SlotBatch:
                 continue
             m.run.last = m.t
             heads[s] = g.head(m.run, m.t, dec.action_logits[r, 0], dec.cb0_logits[r, 0])
+            if m.t < g.dep_from:  # its stages would be discarded (Dia2Generator.dep_from)
+                g.skip_stages(m.run, m.t)
+                continue
             looping.append((s, m))
         if looping:
             self._depformer(looping, heads, dec.hidden[:, 0], rows)
