@@ -65,3 +65,29 @@ def test_greedy_codes_identical(tts):
     plain = _plain(tts).generate(entries, options)
     assert torch.equal(fused.codes, plain.codes)
     assert fused.timestamps == plain.timestamps
+
+
+@torch.inference_mode()
+def test_bfloat16_weights_take_the_fused_float32_step(tts):
+    """dtype="bfloat16" on a CPU with the kernels: bfloat16 projections (the GEMV kernel) around
+    float32 norms, embeddings, cache and codebook-0 head, so the fused step serves it; its logits
+    stay within bfloat16 rounding of float32."""
+    from fastdia.backends.cpu.packed import GemvLinear
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bf = fastdia.load("dia2-tiny-random", dtype="bfloat16")
+    g, model = bf._generator, bf._generator.model
+    assert isinstance(g.stage.__self__, dia2_fused.FusedDia2)
+    gemv = [m for m in model.modules() if isinstance(m, GemvLinear)]
+    assert any(m.weight.dtype == torch.bfloat16 for m in gemv)
+    assert model.transformer.cb0_head.weight.dtype == torch.float32
+    assert model.transformer.norm.weight.dtype == torch.float32
+    ref_model = tts._generator.model
+    b = 2
+    tokens = torch.randint(0, 8, (b, 1, model.config.data.n_codebooks + 2), generator=torch.Generator().manual_seed(3))
+    pos = torch.zeros((b, 1), dtype=torch.long)
+    got = g.transformer(tokens, pos, model.new_decoder_cache(b, 4), slots=pos, kv_len=1)
+    ref = ref_model.transformer(tokens, pos, ref_model.new_decoder_cache(b, 4), slots=pos, kv_len=1)
+    rel = (got.cb0_logits - ref.cb0_logits).norm() / ref.cb0_logits.norm()
+    assert 0 < rel < 0.03, rel

@@ -230,9 +230,15 @@ def load_dia2(
         from ..backends.cpu.memory import release_free_heap
 
         if optimize:
-            from ..backends.cpu.dia2 import accelerate_dia2
+            from ..backends.cpu.dia2 import accelerate_dia2, dtype_sources
+            from ..backends.cpu.packed import weights_only_bf16
 
             accelerate_dia2(model)
+            from ..quant.modules import Int4Linear, Int8Linear
+
+            quantized = any(isinstance(m, (Int8Linear, Int4Linear)) for m in model.modules())
+            if dtype == torch.bfloat16 and not quantized:  # bfloat16 weights, the fused float32 step
+                weights_only_bf16(model, float32_modules=dtype_sources())
         release_free_heap()
     return LoadedDia2(model, cfg, name, directory)
 

@@ -21,6 +21,11 @@ _K_MULTIPLE = 32
 _DTYPE_SOURCES = ("transformer.cb0_head",)
 
 
+def dtype_sources() -> tuple[str, ...]:
+    """The modules Dia2Model reads its activation and cache dtype from."""
+    return _DTYPE_SOURCES
+
+
 @torch.no_grad()
 def accelerate_dia2(model: nn.Module) -> nn.Module:
     """Swap the model's bias-free float32/bfloat16 `nn.Linear`s on CPU for fast modules, in place."""

@@ -117,7 +117,7 @@ def pack_linears(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def weights_only_bf16(model: nn.Module) -> nn.Module:
+def weights_only_bf16(model: nn.Module, float32_modules: tuple[str, ...] = ()) -> nn.Module:
     """A bfloat16 CPU model -> bfloat16 projections (fastdia's GEMV kernel) around float32
     everything else (norms, embeddings, the rare layer the kernel cannot take), in place, when the
     kernels run bfloat16 here; else unchanged.
@@ -127,15 +127,20 @@ def weights_only_bf16(model: nn.Module) -> nn.Module:
     bfloat16 and accumulates in float32), and the fused float32 decode step serves the model
     instead of ~2,000 small bfloat16 torch ops per step (2-core EPYC: 29% of the bandwidth
     ceiling before; benchmarks/README.md). The model's `compute_dtype` tells generators so.
+    `float32_modules` become float32 projections (a model that reads its activation dtype from
+    one, as Dia2Model does from its codebook-0 head).
     """
     from . import kernels as cpu_kernels
 
     if not (cpu_kernels.available() and cpu_kernels.has_bf16()):
         return model
     for name, m in list(model.named_modules()):
-        if isinstance(m, PackedLinear) and m.dtype == torch.bfloat16:  # a width the kernel cannot take
+        bf16 = (isinstance(m, PackedLinear) and m.dtype == torch.bfloat16) or \
+            (name in float32_modules and getattr(m, "weight", None) is not None and m.weight.dtype == torch.bfloat16)
+        if bf16 and (isinstance(m, PackedLinear) or name in float32_modules):  # widths the kernel cannot take
+            weight = m.dense_weight() if hasattr(m, "dense_weight") else m.weight
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, fast_float_linear(m.dense_weight().float()))
+            setattr(model.get_submodule(parent) if parent else model, attr, fast_float_linear(weight.float()))
     keep = {id(p) for m in model.modules() if isinstance(m, GemvLinear) for p in m.parameters()}
     for m in model.modules():
         for name, p in list(m.named_parameters(recurse=False)):
