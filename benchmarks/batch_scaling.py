@@ -1,0 +1,107 @@
+"""Aggregate decode throughput against batch size, both families, in one process.
+
+`fastdia bench --batch N` runs each batch size in its own process, minutes apart; on a shared
+machine the memory bandwidth drifts between them (this VM: 21-50 GB/s within an hour), which
+swamps the ratio this measures. Here one loaded model runs batch 1, 2, 4, 8 in turn, `--rounds`
+times, and the ratio to batch 1 is taken per round, then the median over rounds.
+
+    python benchmarks/batch_scaling.py --family dia2 --model /path/to/dia2-int8 --out benchmarks/results/batch-dia2.json
+    python benchmarks/batch_scaling.py --family dia1 --model dia-1.6b-random --quantize int8 --out ...
+
+Dia2 counts full steps only (after the decoder-only first steps); a batch step decodes every
+script once (2 CFG rows each) and the aggregate is script-steps per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from fastdia.bench import _machine
+
+
+def dia2_runner(model: str, quantize: str | None):
+    from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
+    from fastdia.generation.dia2 import Dia2GenerationConfig
+    from fastdia.generation.dia2_slots import Dia2SlotBatch
+
+    tts, _ = load_tts({"model": model, "device": "cpu", "dtype": "auto", "quantize": quantize})
+    g = tts._generator
+    entries = tts._entries(DEFAULT_TEXT_DIA2)
+    skip = max(g.dep_from, 0)
+
+    def run(batch: int, steps: int) -> float:
+        total = skip + steps + 2
+        slots = Dia2SlotBatch(g, batch, 2 * (total + 1) + 2 * g.max_delay + 4)
+        for i in range(batch):
+            slots.join(Dia2GenerationConfig(seed=i, max_steps=total), None, entries=entries)
+        for _ in range(skip + 1):
+            slots.step()
+        t0 = time.perf_counter()
+        done = 0
+        for _ in range(steps):
+            done += len(slots.step())
+        return done / (time.perf_counter() - t0)
+
+    return run
+
+
+def dia1_runner(model: str, quantize: str | None):
+    from fastdia.checkpoints.dia1_load import load_model
+    from fastdia.generation.dia1 import Dia1Generator
+    from fastdia.generation.options import GenerationConfig
+    from fastdia.text import tokenize
+
+    dev = torch.device("cpu")
+    loaded = load_model(model, dev, torch.float32, quantize=quantize)
+    gen = Dia1Generator(loaded.model, dev, torch.float32)
+    text = tokenize("[S1] Hello there, how are you today? [S2] I am fine, thank you. (laughs)")
+
+    def run(batch: int, steps: int) -> float:
+        cfg = GenerationConfig(max_tokens=steps + 40, seed=0)
+        state = gen.prepare([text] * batch, [None] * batch, cfg)
+        gen.step(state, cfg)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            gen.step(state, cfg)
+        return batch * steps / (time.perf_counter() - t0)
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=["dia1", "dia2"], required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--quantize", default=None)
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    run = (dia2_runner if args.family == "dia2" else dia1_runner)(args.model, args.quantize)
+    rates: dict[int, list[float]] = {b: [] for b in batches}
+    with torch.inference_mode():
+        run(batches[0], 2)  # warm-up
+        for r in range(args.rounds):
+            for b in batches:
+                rates[b].append(run(b, args.steps))
+            print(f"round {r}: " + ", ".join(f"batch {b}: {rates[b][-1]:.2f}" for b in batches), flush=True)
+    base = batches[0]
+    summary = {b: {"aggregate_steps_per_s": statistics.median(rates[b]),
+                   "vs_batch_1": statistics.median(x / y for x, y in zip(rates[b], rates[base])),
+                   "rounds": rates[b]} for b in batches}
+    for b, s in summary.items():
+        print(f"batch {b}: {s['aggregate_steps_per_s']:.2f} script-steps/s, {s['vs_batch_1']:.2f}x batch {base}")
+    with open(args.out, "w") as f:
+        json.dump({"family": args.family, "model": args.model, "quantize": args.quantize, "threads": torch.get_num_threads(),
+                   "machine": _machine(), "steps": args.steps, "batches": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
