@@ -25,7 +25,7 @@ from .dia2_graphs import (
     group_stages,
     has_text_input,
 )
-from .export import ExportOptions, _export, _names, _quiet
+from .export import ExportOptions, _export, _names, _quiet, export_dirs
 
 FAMILY = "dia2"
 CALIBRATION_EVERY = 3  # qdq calibration keeps one call in this many per graph
@@ -77,17 +77,12 @@ def export_dia2_onnx(model, out_dir, options: ExportOptions = ExportOptions(), l
     """
     from ..checkpoints.dia2_load import load_dia2
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     loaded = load_dia2(model, torch.device("cpu"), torch.float32, optimize=False)
     m, cfg = loaded.model, loaded.config
-    if any(not isinstance(p, torch.nn.Parameter) or p.dtype != torch.float32 for p in m.parameters()):
-        raise GenerationError("export onnx needs a float checkpoint; export the float model with --quantize instead")
     static = _static_shapes(cfg, options) if options.static else None
     quantize = options.quantize
-    float_dir = out / ".float" if quantize else out
-    float_dir.mkdir(parents=True, exist_ok=True)
+    out, float_dir = export_dirs(m, out_dir, quantize)
 
     graphs = {}
     groups = {str(g): group_stages(m, g) for g in cfg.runtime.weight_groups}

@@ -98,18 +98,12 @@ def export_onnx(model: str | os.PathLike, out_dir: str | os.PathLike, options: E
     """
     from ..checkpoints.dia1_load import load_model
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     loaded = load_model(model, torch.device("cpu"), torch.float32, optimize=False)
     m, cfg = loaded.model, loaded.config
-    if any(not isinstance(p, torch.nn.Parameter) or p.dtype != torch.float32 for p in m.parameters()):
-        raise GenerationError("export onnx needs a float checkpoint; export the float model with --quantize instead")
     static = _static_shapes(cfg, options) if options.static else None
     quantize = options.quantize
-    # Float graphs go to a scratch folder first when they are only the input of a quantizer.
-    float_dir = out / ".float" if quantize else out
-    float_dir.mkdir(parents=True, exist_ok=True)
+    out, float_dir = export_dirs(m, out_dir, quantize)
 
     graphs = {}
     with torch.no_grad(), _quiet():
@@ -155,6 +149,18 @@ def export_onnx(model: str | os.PathLike, out_dir: str | os.PathLike, options: E
         log(f"quantize {quantize}: {time.perf_counter() - t:.1f} s")
         shutil.rmtree(float_dir, ignore_errors=True)
     return manifest(out, graphs, quantize)
+
+
+def export_dirs(model: torch.nn.Module, out_dir: str | os.PathLike, quantize: str | None) -> tuple[Path, Path]:
+    """(OUT_DIR, the folder the float graphs go to), both created, for a float `model`. Float
+    graphs go to a scratch folder `.float` first when they are only the input of a quantizer."""
+    if any(not isinstance(p, torch.nn.Parameter) or p.dtype != torch.float32 for p in model.parameters()):
+        raise GenerationError("export onnx needs a float checkpoint; export the float model with --quantize instead")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    float_dir = out / ".float" if quantize else out
+    float_dir.mkdir(parents=True, exist_ok=True)
+    return out, float_dir
 
 
 def _static_shapes(cfg: DiaConfig, options: ExportOptions) -> dict:
