@@ -77,7 +77,9 @@ def main() -> None:
         variants = [tuple(v.split(":")) for v in args.variants.split(",")]
     else:
         variants = [(g, f) for f in ("int8", "int4") for g in GROUPS] + [("all", "int8"), ("all", "bf16")]
-    results = []
+    # earlier runs' rows stay in --out; a variant run again replaces its row
+    out = Path(args.out)
+    results = {(r["group"], r["fmt"]): r for r in json.loads(out.read_text())["results"]} if out.exists() else {}
     for group, fmt in variants:
         pattern = ALL if group == "all" else GROUPS[group]
         chosen = [n for n in names if re.search(pattern, n)]
@@ -96,15 +98,13 @@ def main() -> None:
                 model.get_submodule(n).weight.data.copy_(w)
         r.update(group=group, fmt=fmt, modules=len(saved))
         r.pop("codebook_top1")
-        results.append(r)
+        results[(group, fmt)] = r
         print(f"{group:14s} {fmt:5s} n={len(saved):3d} action {r['action_top1']:.3f} cb0 {r['cb0_top1']:.3f} "
               f"mean {r['mean_codebook_top1']:.3f} min {r['min_codebook_top1']:.3f} "
               f"rel cb0 {r['rel_error_cb0']:.4f} stages {r['rel_error_stages']:.4f} ({time.perf_counter() - t1:.0f} s)",
               flush=True)
-        old = json.loads(Path(args.out).read_text())["results"] if Path(args.out).exists() and not results[:-1] else []
-        results[:0] = [o for o in old if (o["group"], o["fmt"]) != (group, fmt)]
-        with open(args.out, "w") as f:
-            json.dump({"model": args.model, "steps": args.steps, "int4_group": args.group, "results": results}, f, indent=1)
+        out.write_text(json.dumps({"model": args.model, "steps": args.steps, "int4_group": args.group,
+                                   "results": list(results.values())}, indent=1))
 
 
 if __name__ == "__main__":

@@ -135,10 +135,16 @@ def weights_only_bf16(model: nn.Module, float32_modules: tuple[str, ...] = ()) -
     if not (cpu_kernels.available() and cpu_kernels.has_bf16()):
         return model
     for name, m in list(model.named_modules()):
-        bf16 = (isinstance(m, PackedLinear) and m.dtype == torch.bfloat16) or \
-            (name in float32_modules and getattr(m, "weight", None) is not None and m.weight.dtype == torch.bfloat16)
-        if bf16 and (isinstance(m, PackedLinear) or name in float32_modules):  # widths the kernel cannot take
-            weight = m.dense_weight() if hasattr(m, "dense_weight") else m.weight
+        # a width the kernel cannot take (oneDNN-packed), or a projection that must stay float32
+        if isinstance(m, PackedLinear):
+            if m.dtype != torch.bfloat16:
+                continue
+            weight = m.dense_weight()
+        elif name in float32_modules and getattr(m, "weight", None) is not None:
+            weight = m.weight
+        else:
+            continue
+        if weight.dtype == torch.bfloat16:
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, fast_float_linear(weight.float()))
     keep = {id(p) for m in model.modules() if isinstance(m, GemvLinear) for p in m.parameters()}
