@@ -62,18 +62,35 @@ def _linear_bytes(module) -> int:
     return module.nbytes()
 
 
+def _step_projections(model) -> list:
+    """The projections one decode step runs (spec 7.2): each layer's, but not the cross-attention
+    K/V (computed once per utterance), and the head."""
+    dec = model.decoder
+    mods = [dec.head]
+    for layer in dec.layers:
+        mods += [layer.self_attn.qkv, layer.self_attn.o, layer.cross_attn.q, layer.cross_attn.o,
+                 layer.mlp.gate_up, layer.mlp.down]
+    return mods
+
+
 def step_weight_bytes(model) -> int:
-    """Bytes of weights one decode step reads (spec 7.2): per-layer projections except the
-    cross-attention K/V (computed once per utterance), norms, the head; embeddings rows are
+    """Bytes of weights one decode step reads: its projections, the norms; embedding rows are
     negligible."""
     dec = model.decoder
-    total = _linear_bytes(dec.head) + dec.norm.weight.numel() * 4
+    total = sum(_linear_bytes(m) for m in _step_projections(model)) + dec.norm.weight.numel() * 4
     for layer in dec.layers:
-        for m in (layer.self_attn.qkv, layer.self_attn.o, layer.cross_attn.q, layer.cross_attn.o,
-                  layer.mlp.gate_up, layer.mlp.down):
-            total += _linear_bytes(m)
         total += sum(n.weight.numel() * 4 for n in (layer.pre_sa_norm, layer.pre_ca_norm, layer.pre_mlp_norm))
     return total
+
+
+def roofline_inputs(model, rows: int) -> dict:
+    """MACs of one step per weight format, and each format's kernel rate in cache, measured on the
+    first decoder layer's projections (fastdia.roofline)."""
+    from . import roofline
+
+    macs = roofline.macs_by_format(_step_projections(model), rows)
+    rates = roofline.kernel_rates(_step_projections(model)[1:7], rows, step_modules=_step_projections(model))
+    return {"macs_per_step": macs, "kernel_rates": rates, "roofline_rows": rows}
 
 
 def measure_bandwidth(mib: int = 1024, reps: int = 7) -> dict:
@@ -137,6 +154,7 @@ def _child_fastdia(spec: dict) -> dict:
     steady = per_step[1:] or per_step
     peak_rss = _peak_rss_bytes()  # before the codec exists: the decoder's own memory
     del state
+    roof = roofline_inputs(model, 2 * batch)
     ttfa = time_to_first_audio(loaded, dev, dt, spec)
     return {
         "impl": "fastdia",
@@ -152,6 +170,7 @@ def _child_fastdia(spec: dict) -> dict:
         + sum(m.nbytes() for m in model.modules() if hasattr(m, "packed")),
         "peak_rss_bytes": peak_rss,
         **ttfa,
+        **roof,
     }
 
 
@@ -458,6 +477,12 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         log(f"bench: {_label(r):28s} {r['steps_per_s']:7.2f} steps/s  (x{r['realtime_factor']:.3f} realtime, "
             f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
             f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB")
+        if "macs_per_step" in r:
+            from . import roofline
+
+            r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
+                                           r["kernel_rates"])
+            log(f"bench: {'':28s} {roofline.describe(r, bw['read_GBps'])}")
     ref = next((r for r in out["results"] if r["impl"] == "transformers"), None)
     if ref and ref["steps_per_s"]:
         for r in out["results"]:
@@ -524,6 +549,12 @@ def print_table(out: dict) -> None:
               f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
               f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
               f"{r['ttfs_ms']:11.0f} {_ttfa(r):>6s} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
+    from . import roofline
+
+    for r in out["results"]:
+        line = roofline.summary(_label(r), r)
+        if line:
+            print(line)
     for q in out.get("quality", []):
         print(f"quality {q['dtype']} {q['quantize']}: top-1 agreement {100 * q['top1_agreement']:.1f}% of "
               f"{q['steps']} teacher-forced steps x channels, relative logit error {q['rel_logit_error']:.4f}")

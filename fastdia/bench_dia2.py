@@ -43,6 +43,27 @@ def _bytes(module) -> int:
     return module.nbytes()
 
 
+def _step_modules_dia2(model) -> tuple[list, list[list]]:
+    """The projections one Dia2 step runs: the decoder's (embedding projections, layers, heads)
+    and, per depformer stage, what that stage touches (`depformer_in[g]` only in the first stage
+    of its group: the fused step computes it once per step and group, FusedDia2._depformer_in)."""
+    dec, dep = model.transformer, model.depformer
+    decoder = [dec.text_embed.main_proj, dec.text_embed.second_proj, dec.action_head, dec.cb0_head]
+    for layer in dec.layers:
+        a = layer.attn
+        decoder += [a.q_proj, a.k_proj, a.v_proj, a.o_proj, layer.mlp.wi, layer.mlp.wo]
+    seen: set[int] = set()
+    stages = []
+    for s, g in enumerate(dep.schedule):
+        mods = ([] if id(dep.depformer_in[g]) in seen else [dep.depformer_in[g]]) + [dep.logits[s]]
+        seen.add(id(dep.depformer_in[g]))
+        for layer in dep.layers:
+            sa = layer.self_attention
+            mods += [sa.in_proj[g], sa.out_proj[g], layer.mlp.wi, layer.mlp.wo]
+        stages.append(mods)
+    return decoder, stages
+
+
 def step_weight_bytes_dia2(model) -> dict:
     """Weight bytes of one Dia2 step (any batch: the weights are read once per pass).
 
@@ -52,29 +73,32 @@ def step_weight_bytes_dia2(model) -> dict:
     `out_proj[g]`, the shared MLPs and norms, `logits[s]`) and as the distinct weights among them.
     """
     dec, dep = model.transformer, model.depformer
-    decoder = _bytes(dec.text_embed.main_proj) + _bytes(dec.text_embed.second_proj) + _bytes(dec.action_head) \
-        + _bytes(dec.cb0_head) + dec.norm.weight.numel() * 4
-    for layer in dec.layers:
-        a = layer.attn
-        decoder += sum(_bytes(m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj, layer.mlp.wi, layer.mlp.wo))
-        decoder += sum(n.weight.numel() * 4 for n in (layer.pre_norm, layer.post_norm))
+    dec_mods, stages = _step_modules_dia2(model)
+    decoder = sum(_bytes(m) for m in dec_mods) + dec.norm.weight.numel() * 4
+    decoder += sum(n.weight.numel() * 4 for layer in dec.layers for n in (layer.pre_norm, layer.post_norm))
     seen: dict[int, int] = {}
-    dram = 0
     per_stage = []
-    for s, g in enumerate(dep.schedule):
-        # the fused step computes depformer_in[g] once per step and group (FusedDia2._depformer_in)
-        mods = ([] if id(dep.depformer_in[g]) in seen else [dep.depformer_in[g]]) + [dep.logits[s]]
-        for layer in dep.layers:
-            sa = layer.self_attention
-            mods += [sa.in_proj[g], sa.out_proj[g], layer.mlp.wi, layer.mlp.wo]
-        stage = sum(_bytes(m) for m in mods) + dep.norm.weight.numel() * 4
-        per_stage.append(stage)
-        dram += stage
-        for m in mods:
-            seen[id(m)] = _bytes(m)
+    for mods in stages:
+        per_stage.append(sum(_bytes(m) for m in mods) + dep.norm.weight.numel() * 4)
+        seen.update((id(m), _bytes(m)) for m in mods)
+    dram = sum(per_stage)
     unique = sum(seen.values()) + dep.norm.weight.numel() * 4
     return {"decoder": decoder, "depformer_dram": dram, "depformer_unique": unique, "dram": decoder + dram,
             "unique": decoder + unique, "per_stage_max": max(per_stage), "per_stage_last": per_stage[-1]}
+
+
+def roofline_inputs_dia2(model, rows: int) -> dict:
+    """MACs of one step per weight format and the in-cache rate of each format's kernel, measured
+    on the decoder's first layer and the depformer's last stage (fastdia.roofline)."""
+    from . import roofline
+
+    dec_mods, stages = _step_modules_dia2(model)
+    everything = dec_mods + [m for st in stages for m in st]
+    macs = roofline.macs_by_format(everything, rows)
+    dec = model.transformer.layers[0]
+    candidates = [dec.attn.q_proj, dec.attn.k_proj, dec.attn.v_proj, dec.attn.o_proj, *stages[-1]]
+    rates = roofline.kernel_rates(candidates, rows, step_modules=everything)
+    return {"macs_per_step": macs, "kernel_rates": rates, "roofline_rows": rows}
 
 
 def stage_cache_timing(g, model, repeats: int = 15) -> dict:
@@ -212,6 +236,7 @@ def child_speed(spec: dict) -> dict:
     peak_rss = _peak_rss_bytes()  # before the codec exists
     wb = step_weight_bytes_dia2(tts.model)
     ttfa = time_to_first_audio(tts, spec)
+    roof = roofline_inputs_dia2(tts.model, 2 * batch)
     return {
         "impl": "fastdia-plain" if spec.get("plain") else "fastdia",
         "family": "dia2",
@@ -232,6 +257,7 @@ def child_speed(spec: dict) -> dict:
         "parameters_bytes": sum(t.numel() * t.element_size() for t in tts.model.state_dict().values()),
         "peak_rss_bytes": peak_rss,
         **ttfa,
+        **roof,
     }
 
 
@@ -466,6 +492,7 @@ def _label(r: dict) -> str:
 
 def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
     """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
+    from . import roofline
     from .bench import run_child
 
     text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
@@ -490,6 +517,9 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
             f"{r['ceiling_steps_per_s']:.2f} steps/s bandwidth ceiling if every weight comes from DRAM, "
             f"{r['ceiling_unique_steps_per_s']:.2f} if each is read once), first step {r['ttfs_ms']:.0f} ms, "
             f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB")
+        r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
+                                       r["kernel_rates"])
+        log(f"bench: {'':30s} {roofline.describe(r, bw['read_GBps'])}")
     ref = next((r for r in out["results"] if r.get("impl") == "fastdia-plain"), None)
     if ref and ref["steps_per_s"]:
         for r in out["results"]:
@@ -572,6 +602,12 @@ def print_table_dia2(out: dict) -> None:
               f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% {r['ttfs_ms']:11.0f} "
               f"{r['ttfa_s']:6.2f} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
               f"{r['peak_rss_bytes'] / 1e9:11.2f}")
+    from . import roofline
+
+    for r in out["results"]:
+        line = roofline.summary(_label(r), r)
+        if line:
+            print(line)
     for q in out.get("quality", []):
         print(f"quality {q['dtype']} {q['quantize']}: top-1 agreement over {q['steps']} teacher-forced steps: action "
               f"{100 * q['action_top1']:.1f}%, codebook 0 {100 * q['cb0_top1']:.1f}%, all codebooks mean "

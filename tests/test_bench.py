@@ -9,8 +9,8 @@ import sys
 import pytest
 
 
-def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--model", "tiny-random",
+def bench(*args: str, timeout: float = 300, model: str = "tiny-random") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--model", model,
                            "--probe-mib", "128", *args],
                           capture_output=True, text=True, timeout=timeout)
 
@@ -20,7 +20,7 @@ def test_bench_prints_the_fields():
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for field in ("memory read bandwidth", "steps/s", "realtime", "bandwidth ceiling", "first step",
-                  "peak RSS", "prefill ms", "GB/step"):
+                  "peak RSS", "prefill ms", "GB/step", "roofline:", "GMAC/step"):
         assert field in out, (field, out)
     assert "fastdia float32" in out  # auto is float32 for a tiny model
 
@@ -41,12 +41,40 @@ def test_bench_json_variants_transformers_and_quality():
     assert data["results"][0]["vs_transformers"] == pytest.approx(1.0)
     for x in data["results"][1:]:  # the streaming path's time to first audio, fastdia variants
         assert x["ttfa_s"] > 0 and x["ttfa_chunk_s"] > 0 and x["codec"] == "tiny-random", x
+        _check_roofline(x)
     int8 = data["results"][2]
     assert int8["weight_bytes_per_step"] < data["results"][1]["weight_bytes_per_step"] / 2
     assert "running fastdia float32 int8" in r.stderr
     (q,) = data["quality"]  # float32 itself is the reference, not a variant
     assert q["quantize"] == "int8" and q["steps"] == 64
     assert 0.9 <= q["top1_agreement"] <= 1 and 0 < q["rel_logit_error"] < 0.05
+
+
+def _check_roofline(x: dict) -> None:
+    roof = x["roofline"]
+    assert set(x["kernel_rates"]) == set(x["macs_per_step"]), x
+    assert roof["bound_steps_per_s"] == pytest.approx(1e3 / max(roof["memory_ms"], roof["compute_ms"]))
+    assert roof["limit"] in ("memory", "compute")
+
+
+def test_bench_dia2_report_with_roofline_profile_and_quality():
+    r = bench("--steps", "3", "--threads", "1", "--dtype", "float32", "--quantize", "none,int8", "--compare", "plain",
+              "--profile", "--quality", "--json", model="dia2-tiny-random", timeout=600)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["family"] == "dia2"
+    impls = [(x["impl"], x["quantize"]) for x in data["results"]]
+    assert impls == [("fastdia-plain", "none"), ("fastdia", "none"), ("fastdia", "int8")]
+    for x in data["results"]:
+        for key in ("steps_per_s", "realtime_factor", "fraction_of_ceiling", "ttfa_s", "peak_rss_bytes", "vs_plain"):
+            assert x[key] is not None and x[key] > 0, (key, x)
+        _check_roofline(x)
+    assert "int8" in data["results"][2]["macs_per_step"]
+    assert "roofline:" in r.stderr and "from DRAM" in r.stderr
+    for p in data["profile"]:  # where a step goes, and the depformer's cache estimate
+        assert p["ms_per_step"]["step"] > 0 and 0 <= p["cache"]["cache_fraction"] <= 1
+    (q,) = data["quality"]
+    assert q["quantize"] == "int8" and 0 < q["mean_codebook_top1"] <= 1 and 0 < q["action_top1"] <= 1
 
 
 def test_bench_bad_flag_is_a_usage_error():

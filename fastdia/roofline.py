@@ -1,0 +1,144 @@
+"""Roofline of a decode step: what bounds steps/s on this CPU, measured in the run that reports it.
+
+A decode step multiplies a few activation rows (2 per script: CFG) by every weight it touches.
+Two things bound how fast that can go:
+
+* **memory**: the weight bytes the step reads from DRAM, at the read bandwidth the bench probed;
+* **compute**: per weight format, the step's multiply-accumulates (MACs) at the rate fastdia's
+  kernel for that format reaches with its weights in cache. That rate is measured here, on the
+  model's own projections of at most `CACHE_BYTES`, called back to back with the step's row
+  count, so it includes what a call really costs (quantizing the activations, unpacking the
+  weights, the per-call overhead).
+
+No step can be faster than either bound, and only a kernel that overlaps the two perfectly
+reaches the larger one. So `bound_steps_per_s` = 1 / max(memory, compute) is an upper bound for
+the step's projections alone; sampling and the float32 glue (norms, attention) come on top.
+A target above it is beyond this machine for these kernels; one below it but not reached is
+fastdia's to close.
+"""
+
+from __future__ import annotations
+
+import time
+
+CACHE_BYTES = 16 << 20  # candidates for the in-cache rate: at most half a 32 MB L3
+
+
+def projections(module) -> list:
+    """The modules that multiply (anything with `out_features`), a row-split projection as its
+    two blocks, since they may use different formats."""
+    parts = [getattr(module, "first", None), getattr(module, "rest", None)]
+    if all(p is not None and hasattr(p, "out_features") for p in parts):
+        return [q for p in parts for q in projections(p)]
+    return [module]
+
+
+def weight_format(module) -> str:
+    """"int8", "int4", "float32", "bfloat16", ... for a projection."""
+    name = type(module).__name__
+    if name.startswith("Int8"):
+        return "int8"
+    if name.startswith("Int4"):
+        return "int4"
+    dtype = getattr(module, "dtype", None)
+    if dtype is None:
+        weight = getattr(module, "weight", None)
+        dtype = weight.dtype if weight is not None else None
+    return str(dtype).removeprefix("torch.") if dtype is not None else name
+
+
+def nbytes(module) -> int:
+    if hasattr(module, "nbytes") and callable(module.nbytes):
+        return module.nbytes()
+    return module.weight.numel() * module.weight.element_size()
+
+
+def macs_by_format(modules, rows: int) -> dict[str, float]:
+    """MACs of one step per weight format: `modules` lists each projection once per time the step
+    runs it."""
+    out: dict[str, float] = {}
+    for m in modules:
+        for p in projections(m):
+            f = weight_format(p)
+            out[f] = out.get(f, 0.0) + rows * p.in_features * p.out_features
+    return out
+
+
+def kernel_rates(candidates, rows: int, step_modules=(), repeats: int = 25) -> dict[str, dict]:
+    """Per format, the best MAC rate over `candidates` (projections of the model), each called
+    back to back on `rows` random rows so its weights stay in cache. Candidates over
+    `CACHE_BYTES` are skipped unless a format has no other; a format of `step_modules` that no
+    candidate has is measured on its smallest projection there."""
+    import torch
+
+    by_format: dict[str, list] = {}
+    extra: set[str] = set()
+    for m in candidates:
+        for p in projections(m):
+            by_format.setdefault(weight_format(p), []).append(p)
+    for m in step_modules:
+        for p in projections(m):
+            f = weight_format(p)
+            if f not in by_format or (f in extra and nbytes(p) < nbytes(by_format[f][0])):
+                extra.add(f)
+                by_format[f] = [p]
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for f, mods in by_format.items():
+            small = [m for m in mods if nbytes(m) <= CACHE_BYTES] or [min(mods, key=nbytes)]
+            best = None
+            for m in {id(m): m for m in small}.values():
+                x = torch.randn(rows, m.in_features, generator=gen)
+                for _ in range(3):
+                    m(x)
+                ts = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    m(x)
+                    ts.append(time.perf_counter() - t0)
+                t = sorted(ts)[len(ts) // 2]
+                rate = rows * m.in_features * m.out_features / t
+                if best is None or rate > best["macs_per_s"]:
+                    best = {"macs_per_s": rate, "bytes_per_s": nbytes(m) / t, "shape": [m.out_features, m.in_features],
+                            "weight_bytes": nbytes(m), "call_us": t * 1e6}
+            out[f] = best
+    return out
+
+
+def bound(dram_bytes: float, read_bytes_per_s: float, macs: dict[str, float], rates: dict[str, dict]) -> dict:
+    """The step's two bounds (ms) and the steps/s neither lets it pass."""
+    memory = dram_bytes / read_bytes_per_s
+    compute = {f: n / rates[f]["macs_per_s"] for f, n in macs.items() if f in rates}
+    compute_s = sum(compute.values())
+    limit = max(memory, compute_s)
+    return {
+        "memory_ms": memory * 1e3,
+        "compute_ms": compute_s * 1e3,
+        "compute_ms_by_format": {f: t * 1e3 for f, t in compute.items()},
+        "bound_steps_per_s": 1.0 / limit if limit > 0 else None,
+        "bound_no_overlap_steps_per_s": 1.0 / (memory + compute_s) if memory + compute_s > 0 else None,
+        "limit": "memory" if memory >= compute_s else "compute",
+    }
+
+
+def describe(r: dict, read_GBps: float) -> str:
+    """One line for the bench log."""
+    rf = r["roofline"]
+    rates = ", ".join(f"{f} {v['macs_per_s'] / 1e9:.3g}" for f, v in r["kernel_rates"].items())
+    macs = sum(r["macs_per_step"].values())
+    return (f"roofline: {r['weight_bytes_per_step'] / 1e9:.2f} GB/step from DRAM at {read_GBps:.1f} GB/s = "
+            f"{rf['memory_ms']:.3g} ms; {macs / 1e9:.2f} GMAC/step at the kernels' in-cache rates ({rates} GMAC/s "
+            f"at {r['roofline_rows']} rows) = {rf['compute_ms']:.3g} ms; bound {rf['bound_steps_per_s']:.2f} steps/s "
+            f"({rf['limit']}-bound; {rf['bound_no_overlap_steps_per_s']:.2f} without overlap), measured "
+            f"{100 * r['steps_per_s'] / rf['bound_steps_per_s']:.0f}% of it")
+
+
+def summary(label: str, r: dict) -> str | None:
+    """One line under the bench table, or None for a row without a roofline."""
+    rf = r.get("roofline")
+    if rf is None:
+        return None
+    return (f"roofline {label}: bound {rf['bound_steps_per_s']:.2f} steps/s ({rf['limit']}-bound: memory "
+            f"{rf['memory_ms']:.3g} ms, compute {rf['compute_ms']:.3g} ms per step), measured "
+            f"{100 * r['steps_per_s'] / rf['bound_steps_per_s']:.0f}% of it")
