@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 
-CACHE_BYTES = 16 << 20  # candidates for the in-cache rate: at most half a 32 MB L3
+CACHE_BYTES = 24 << 20  # candidates for the in-cache rate: at most three quarters of a 32 MB L3
+MAX_FALLBACK = 4
 
 
 def projections(module) -> list:
@@ -68,7 +69,7 @@ def kernel_rates(candidates, rows: int, step_modules=(), repeats: int = 25) -> d
     """Per format, the best MAC rate over `candidates` (projections of the model), each called
     back to back on `rows` random rows so its weights stay in cache. Candidates over
     `CACHE_BYTES` are skipped unless a format has no other; a format of `step_modules` that no
-    candidate has is measured on its smallest projection there."""
+    candidate has is measured on its largest projections there that fit in cache."""
     import torch
 
     by_format: dict[str, list] = {}
@@ -76,12 +77,15 @@ def kernel_rates(candidates, rows: int, step_modules=(), repeats: int = 25) -> d
     for m in candidates:
         for p in projections(m):
             by_format.setdefault(weight_format(p), []).append(p)
-    for m in step_modules:
+    for m in step_modules:  # formats no candidate has: the step's own projections of that format
         for p in projections(m):
             f = weight_format(p)
-            if f not in by_format or (f in extra and nbytes(p) < nbytes(by_format[f][0])):
+            if f not in by_format or f in extra:
                 extra.add(f)
-                by_format[f] = [p]
+                by_format.setdefault(f, []).append(p)
+    for f in extra:  # the largest that fit in cache: a tiny one would measure only the call overhead
+        fits = sorted({id(p): p for p in by_format[f] if nbytes(p) <= CACHE_BYTES}.values(), key=nbytes)
+        by_format[f] = fits[-MAX_FALLBACK:] or [min(by_format[f], key=nbytes)]
     out = {}
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
