@@ -88,8 +88,9 @@ def roofline_inputs(model, rows: int) -> dict:
     first decoder layer's projections (fastdia.roofline)."""
     from . import roofline
 
-    macs = roofline.macs_by_format(_step_projections(model), rows)
-    rates = roofline.kernel_rates(_step_projections(model)[1:7], rows, step_modules=_step_projections(model))
+    step = _step_projections(model)
+    macs = roofline.macs_by_format(step, rows)
+    rates = roofline.kernel_rates(step[1:7], rows, step_modules=step)
     return {"macs_per_step": macs, "kernel_rates": rates, "roofline_rows": rows}
 
 
