@@ -91,3 +91,41 @@ def test_bfloat16_weights_take_the_fused_float32_step(tts):
     ref = ref_model.transformer(tokens, pos, ref_model.new_decoder_cache(b, 4), slots=pos, kv_len=1)
     rel = (got.cb0_logits - ref.cb0_logits).norm() / ref.cb0_logits.norm()
     assert 0 < rel < 0.03, rel
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@torch.inference_mode()
+def test_prepared_layer_plans_are_bitwise_the_unprepared_path(quantize):
+    """layer_plan binds the same kernel calls once: decoder steps and stages equal bit for bit,
+    with plans built (int4 decoder MLPs, int8 elsewhere on the tiny model) and rebuilt for a new
+    cache."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fastdia.load("dia2-tiny-random", quantize=quantize)._generator.model
+    cfg = model.config
+    prepared, unprepared = dia2_fused.FusedDia2(model), dia2_fused.FusedDia2(model, plans=False)
+    torch.manual_seed(1)
+    b = 2
+    width = cfg.data.n_codebooks + 2
+    for run in range(2):  # a second run on new caches: the plans must follow the cache
+        caches = [model.new_decoder_cache(b, 16), model.new_decoder_cache(b, 16)]
+        dep = [model.new_depformer_cache(b), model.new_depformer_cache(b)]
+        for t in range(4):
+            tokens = torch.randint(0, 8, (b, 1, width))
+            pos = torch.full((b, 1), t)
+            got = prepared.transformer(tokens, pos, caches[0])
+            ref = unprepared.transformer(tokens, pos, caches[1])
+            for name in ("hidden", "action_logits", "cb0_logits"):
+                assert torch.equal(getattr(got, name), getattr(ref, name)), name
+            hidden = ref.hidden[:, 0]
+            for s in range(cfg.n_stages):
+                prev = torch.randint(0, cfg.data.codebook_size, (b,))
+                text = (torch.randint(0, 8, (b,)), torch.randint(0, 8, (b,)))
+                assert torch.equal(prepared.stage(s, hidden, prev, dep[0], text),
+                                   unprepared.stage(s, hidden, prev, dep[1], text))
+        assert torch.equal(caches[0].k[0], caches[1].k[0]) and torch.equal(dep[0].v[-1], dep[1].v[-1])
+    held = {part: plans for part, (_, plans) in prepared._plans.items()}
+    assert all(p is not None for plans in held.values() for p in plans.values()), held
+    assert set(held) == {"decoder", "depformer"}
+    assert any(m.__class__.__name__ == "Int4Linear" for p in held["decoder"].values() for m in p._keep) \
+        == (quantize == "int4")

@@ -16,6 +16,7 @@ import torch
 
 from ...models.dia2 import DecoderOutput, Dia2Model
 from . import kernels as cpu_kernels
+from . import layer_plan
 
 
 def supported(model: Dia2Model, device: torch.device) -> bool:
@@ -33,10 +34,14 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 class FusedDia2:
     """`transformer(...)` and `stage(...)` with the signatures of the model's own."""
 
-    def __init__(self, model: Dia2Model) -> None:
+    def __init__(self, model: Dia2Model, plans: bool = True) -> None:
         self.model = model
         self.lib = cpu_kernels._library()
         self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
+        # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part, for the KV cache they
+        # were built on: {"decoder" | "depformer": (cache, {(group, rows, threads): plan or None})}.
+        self.use_plans = plans
+        self._plans: dict[str, tuple] = {}
         dep = model.depformer
         d = model.config.depformer
         # RoPE of stage s is the same every frame: cos/sin (1, hd/2) per stage, computed once.
@@ -67,8 +72,15 @@ class FusedDia2:
         layer0 = dec.layers[0]
         att = layer0.attn
         d = att.q_norm.weight.shape[0]
-        hidden = self._run_layers(x, dec.layers, cos, sin, slot, cache, total, att.n_head, att.n_kv_head, d,
-                                  self._decoder_attention, dec.norm)
+        plan = self._plan("decoder", None, b, cache, lambda: [
+            layer_plan.LayerSpec(ly.pre_norm, (ly.attn.q_proj, ly.attn.k_proj, ly.attn.v_proj), ly.attn.q_norm,
+                                 ly.attn.k_norm, ly.attn.o_proj, ly.post_norm, ly.mlp.wi, ly.mlp.wo, ly.mlp.hidden)
+            for ly in dec.layers], dec.norm, att.n_head, att.n_kv_head, d)
+        if plan is not None:
+            hidden = self._run_plan(plan, x, cos, sin, slot).clone()  # the plan's buffer is reused next step
+        else:
+            hidden = self._run_layers(x, dec.layers, cos, sin, slot, cache, total, att.n_head, att.n_kv_head, d,
+                                      self._decoder_attention, dec.norm)
         hidden = hidden.view(b, 1, -1)
         return DecoderOutput(hidden, dec.action_head(hidden).float(), dec.cb0_head(hidden).float())
 
@@ -90,11 +102,19 @@ class FusedDia2:
                 raise ValueError("this depformer has a text embedding: stage 0 needs text=(main, second)")
             x = x + dep.text_embed(text[0][:, None], text[1][:, None])[:, 0]
         b = x.shape[0]
-        x = x.float().contiguous()
         c, s_ = self._stage_rope[s]
+        sa = dep.layers[0].self_attention
+        plan = self._plan("depformer", group, b, cache, lambda: [
+            layer_plan.LayerSpec(ly.pre_norm, (ly.self_attention.in_proj[group],), ly.self_attention.q_norm,
+                                 ly.self_attention.k_norm, ly.self_attention.out_proj[group], ly.post_norm, ly.mlp.wi,
+                                 ly.mlp.wo, ly.mlp.hidden)
+            for ly in dep.layers], dep.norm, sa.n_head, sa.n_head, sa.head_dim)
+        if plan is not None:
+            h = self._run_plan(plan, x, c, s_, s)
+            return dep.logits[s](h)[:, : dep.codebook_size].float()
+        x = x.float().contiguous()
         cos, sin = c.expand(b, -1).contiguous(), s_.expand(b, -1).contiguous()
         slot = torch.full((b,), s, dtype=torch.long)
-        sa = dep.layers[0].self_attention
 
         def attention(layer, h):
             a = layer.self_attention
@@ -118,6 +138,30 @@ class FusedDia2:
         return done[group]
 
     # ------------------------------------------------------------------ shared
+    def _plan(self, part: str, group, rows: int, cache, specs, final_norm, hq: int, hkv: int, d: int):
+        """The prepared layer stack for this part, group, row count and cache, or None where the
+        projections are not all kernel modules (then `_run_layers` runs it)."""
+        if not self.use_plans:
+            return None
+        held = self._plans.get(part)
+        if held is None or held[0] is not cache:  # a new cache (a new run): plans point into the old one
+            held = self._plans[part] = (cache, {})
+        key = (group, rows, torch.get_num_threads())
+        if key not in held[1]:
+            held[1][key] = layer_plan.build(self.lib, specs(), final_norm, cache, rows, hq, hkv, d, key[2])
+        return held[1][key]
+
+    @staticmethod
+    def _run_plan(plan, x, cos, sin, slot) -> torch.Tensor:
+        plan.x.copy_(x)
+        plan.cos.copy_(cos.expand_as(plan.cos))
+        plan.sin.copy_(sin.expand_as(plan.sin))
+        if isinstance(slot, int):
+            plan.slot.fill_(slot)
+        else:
+            plan.slot.copy_(slot)
+        return plan.run()
+
     def _run_layers(self, x, layers, cos, sin, slot, cache, total, hq, hkv, d, attention, final_norm):
         """Pre-norm residual layers over `x (B, E)` (updated in place); returns the final norm's output."""
         lib, nthreads = self.lib, torch.get_num_threads()

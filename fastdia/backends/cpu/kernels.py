@@ -102,9 +102,9 @@ def _build() -> ctypes.CDLL:
             os.replace(tmp_out, out)  # atomic: concurrent builders never see a partial file
     lib = ctypes.CDLL(str(out))
     p, i = ctypes.c_void_p, ctypes.c_int
-    lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, p, i]
+    lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, i, p, i]
     lib.fd_q8_gemv.restype = None
-    lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, p, p, i, i, p, p, p, i]
+    lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, p, p, i, i, p, i, p, p, i]
     lib.fd_q4_gemv.restype = None
     lib.fd_f32_gemv.argtypes = [p, i, i, p, i, p, i]
     lib.fd_f32_gemv.restype = None
@@ -165,7 +165,7 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> to
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)
     xq = torch.empty((m, k), dtype=torch.int16)
-    (_lib or _library()).fd_q8_gemv(x.data_ptr(), m, k, w.data_ptr(), scale.data_ptr(), n, y.data_ptr(),
+    (_lib or _library()).fd_q8_gemv(x.data_ptr(), m, k, w.data_ptr(), scale.data_ptr(), n, y.data_ptr(), n,
                                     xq.data_ptr(), torch.get_num_threads())
     return y
 
@@ -181,7 +181,7 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torc
     xq = torch.empty((m, k), dtype=torch.int16)
     xsum = torch.empty((m, k // group), dtype=torch.float32)
     (_lib or _library()).fd_q4_gemv(x.data_ptr(), m, k, w.data_ptr(), tscale.data_ptr(), rscale.data_ptr(),
-                                    offset.data_ptr(), oscale.data_ptr(), group, n, y.data_ptr(), xq.data_ptr(),
+                                    offset.data_ptr(), oscale.data_ptr(), group, n, y.data_ptr(), n, xq.data_ptr(),
                                     xsum.data_ptr(), torch.get_num_threads())
     return y
 

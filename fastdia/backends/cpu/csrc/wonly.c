@@ -80,8 +80,10 @@ INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t
 
 #define Q8_CASE(MM) case MM: q8_rows(xq + (int64_t)m0 * K, K, tile, MM, o0 + m0, o1 + m0); break;
 
+/* y is M rows of ldy floats (ldy >= N): a caller can write several projections of one input
+   side by side into one buffer. */
 void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
-                float *y, int16_t *xq, int nthreads) {
+                float *y, int ldy, int16_t *xq, int nthreads) {
     float sx[MAXROWS];
     quant_rows(x, M, K, xq, sx);
     int pairs = (N + 1) / 2;
@@ -92,8 +94,8 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
         int32_t o0[MAXROWS], o1[MAXROWS];
         BLOCKS(Q8_CASE, Q8_BLOCK)
         for (int m = 0; m < M; m++) {
-            y[(int64_t)m * N + n0] = (float)o0[m] * sx[m] * scale[n0];
-            if (n1 < N) y[(int64_t)m * N + n1] = (float)o1[m] * sx[m] * scale[n1];
+            y[(int64_t)m * ldy + n0] = (float)o0[m] * sx[m] * scale[n0];
+            if (n1 < N) y[(int64_t)m * ldy + n1] = (float)o1[m] * sx[m] * scale[n1];
         }
     }
 }
@@ -166,8 +168,8 @@ INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
 #define Q4_CASE(MM) case MM: q4_rows(xq + (int64_t)m0 * K, K, tile, tt, group_shift, MM, o0 + m0, o1 + m0); break;
 
 void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
-                const int8_t *offset, const float *oscale, int group, int N, float *y, int16_t *xq, float *xsum,
-                int nthreads) {
+                const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
+                float *xsum, int nthreads) { /* y as in fd_q8_gemv */
     float sx[MAXROWS];
     quant_rows(x, M, K, xq, sx);
     int G = K / group, group_shift = 0;
@@ -187,10 +189,10 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
         float o0[MAXROWS], o1[MAXROWS];
         BLOCKS(Q4_CASE, Q4_BLOCK)
         for (int m = 0; m < M; m++) {
-            y[(int64_t)m * N + n0] = o0[m] * sx[m] * rscale[n0]
+            y[(int64_t)m * ldy + n0] = o0[m] * sx[m] * rscale[n0]
                                      + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
             if (n1 < N)
-                y[(int64_t)m * N + n1] = o1[m] * sx[m] * rscale[n1]
+                y[(int64_t)m * ldy + n1] = o1[m] * sx[m] * rscale[n1]
                                          + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
         }
     }

@@ -1,0 +1,141 @@
+"""A stack of pre-norm layers as a prepared list of C calls: the fused Dia2 step's inner loop.
+
+`FusedDia2._run_layers` makes ~9 C calls per layer, and around each it ran Python: module calls,
+output allocations, `.float().contiguous()`, pointer lookups. On a quantized 2B model that was
+~650 us per depformer stage: a frame of 31 stages took ~85 ms, of which ~22 ms remained with
+every matrix-vector call stubbed out (2 Zen 4 cores).
+
+When every projection of a stack is one of fastdia's int8/int4 kernel modules, `build()` binds
+everything once for a row count and a KV cache: the weights' pointers, buffers for the residual
+stream, the norms' output, QKV (the projections of one input write side by side into one buffer),
+the attention output and the MLP activations, and the scratch the kernels use. `LayerPlan.run()`
+is then a loop over (C function, arguments). The calls and their order are those of the
+unprepared path, so the results are bitwise the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...quant.modules import Int4Linear, Int8Linear
+
+
+def blocks(module) -> list | None:
+    """The kernel modules that compute `module`'s outputs, in output order, or None when one is
+    not a fastdia int8/int4 kernel module (float weights, torch's int4 packing)."""
+    first, rest = getattr(module, "first", None), getattr(module, "rest", None)
+    if first is not None and rest is not None:
+        a, b = blocks(first), blocks(rest)
+        return None if a is None or b is None else a + b
+    if isinstance(module, (Int8Linear, Int4Linear)) and module.use_kernel:
+        return [module]
+    return None
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One pre-norm layer: attention then a SiLU x linear MLP."""
+    pre_norm: torch.nn.Module
+    qkv: tuple  # projections of the normed input whose outputs, side by side, are Q, K, V
+    q_norm: torch.nn.Module
+    k_norm: torch.nn.Module
+    o_proj: torch.nn.Module
+    post_norm: torch.nn.Module
+    wi: torch.nn.Module  # gate and up, side by side
+    wo: torch.nn.Module
+    hidden: int
+
+
+class LayerPlan:
+    """Prepared calls for `rows` rows. Fill `x` (the input, updated in place as the residual
+    stream), `cos`, `sin` and `slot`, then `run()`; it returns `h`, the final norm's output
+    (a buffer the next run overwrites)."""
+
+    def __init__(self, lib, specs: list[LayerSpec], final_norm, cache, rows: int, hq: int, hkv: int, d: int,
+                 nthreads: int) -> None:
+        width = final_norm.weight.shape[0]
+        total = cache.k[0].shape[2]
+        f32 = torch.float32
+        self.cache = cache  # held: the calls point into it
+        self.x = torch.empty(rows, width, dtype=f32)
+        self.h = torch.empty(rows, width, dtype=f32)
+        self.cos = torch.empty(rows, d // 2, dtype=f32)
+        self.sin = torch.empty(rows, d // 2, dtype=f32)
+        self.slot = torch.empty(rows, dtype=torch.long)
+        n_qkv = (hq + 2 * hkv) * d
+        hidden = max(s.hidden for s in specs)
+        self.qkv = torch.empty(rows, n_qkv, dtype=f32)
+        self.out = torch.empty(rows, hq * d, dtype=f32)
+        self.delta = torch.empty(rows, width, dtype=f32)
+        self.gate_up = torch.empty(rows, 2 * hidden, dtype=f32)
+        self.act = torch.empty(rows, hidden, dtype=f32)
+        self.scratch = torch.empty(rows * hq * (total + d), dtype=f32)
+        self.iscratch = torch.empty(rows * hkv * total, dtype=torch.int32)
+        kmax = max(width, hq * d, hidden)
+        self.xq = torch.empty(rows * kmax, dtype=torch.int16)
+        self.xsum = torch.empty(rows * kmax, dtype=f32)  # groups of >= 1 input: room for any
+        self._keep = []  # the modules whose buffers the calls point to
+        calls = []
+        p = torch.Tensor.data_ptr
+
+        def proj(modules, x, y, ldy):
+            col = 0
+            for m in modules:
+                self._keep.append(m)
+                dst = p(y) + 4 * col
+                if isinstance(m, Int8Linear):
+                    calls.append((lib.fd_q8_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.scales),
+                                                   m.out_features, dst, ldy, p(self.xq), nthreads)))
+                else:
+                    calls.append((lib.fd_q4_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.tscale),
+                                                   p(m.rscale), p(m.offsets), p(m.oscale), m.group_size,
+                                                   m.out_features, dst, ldy, p(self.xq), p(self.xsum), nthreads)))
+                col += m.out_features
+            return col
+
+        delta = None
+        for i, s in enumerate(specs):
+            calls.append((lib.fd_add_rmsnorm, (p(self.x), delta, p(s.pre_norm.weight), float(s.pre_norm.eps), rows,
+                                               width, p(self.h))))
+            if proj(s.qkv, self.h, self.qkv, n_qkv) != n_qkv:
+                raise ValueError("the QKV projections do not give (hq + 2 hkv) x head_dim outputs")
+            calls.append((lib.fd_qk_norm, (p(self.qkv), p(s.q_norm.weight), p(s.k_norm.weight), float(s.q_norm.eps),
+                                           rows, hq, hkv, d)))
+            calls.append((lib.fd_self_attn, (p(self.qkv), p(self.cos), p(self.sin), p(cache.k[i]), p(cache.v[i]),
+                                             p(self.slot), rows, hq, hkv, d, total, p(self.out), p(self.scratch),
+                                             p(self.iscratch), nthreads)))
+            proj(s.o_proj, self.out, self.delta, width)
+            calls.append((lib.fd_add_rmsnorm, (p(self.x), p(self.delta), p(s.post_norm.weight), float(s.post_norm.eps),
+                                               rows, width, p(self.h))))
+            proj(s.wi, self.h, self.gate_up, 2 * s.hidden)
+            calls.append((lib.fd_silu_mul, (p(self.gate_up), rows, s.hidden, p(self.act))))
+            proj(s.wo, self.act, self.delta, width)
+            delta = p(self.delta)
+        calls.append((lib.fd_add_rmsnorm, (p(self.x), delta, p(final_norm.weight), float(final_norm.eps), rows, width,
+                                           p(self.h))))
+        self._keep += [final_norm, *specs]
+        self.calls = calls
+
+    def run(self) -> torch.Tensor:
+        for fn, args in self.calls:
+            fn(*args)
+        return self.h
+
+
+def build(lib, specs: list[LayerSpec], final_norm, cache, rows: int, hq: int, hkv: int, d: int,
+          nthreads: int) -> LayerPlan | None:
+    """A plan when every projection is a kernel module and the cache is float32, else None."""
+    if cache.k[0].dtype != torch.float32 or not all(t.is_contiguous() for t in (*cache.k, *cache.v)):
+        return None
+    resolved = []
+    for s in specs:
+        parts = [blocks(m) for m in (*s.qkv, s.o_proj, s.wi, s.wo)]
+        if any(b is None for b in parts):
+            return None
+        n = len(s.qkv)
+        qkv = [m for b in parts[:n] for m in b]
+        resolved.append(LayerSpec(s.pre_norm, tuple(qkv), s.q_norm, s.k_norm, tuple(parts[n]), s.post_norm,
+                                  tuple(parts[n + 1]), tuple(parts[n + 2]), s.hidden))
+    return LayerPlan(lib, resolved, final_norm, cache, rows, hq, hkv, d, nthreads)
