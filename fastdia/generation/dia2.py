@@ -173,6 +173,11 @@ class Dia2Generator:
         # else the model's own forward (same signatures), chosen once here.
         from ..backends.cpu import dia2_fused
 
+        # Sampled depformer codebooks: one C call on a CPU with fastdia's kernels (the torch
+        # sampler's distribution), else torch. Greedy decoding always takes torch's argmax.
+        from ..backends.cpu import kernels as cpu_kernels
+
+        self._c_draw = device.type == "cpu" and cpu_kernels.available()
         if hasattr(model, "step_functions"):  # an exported model (fastdia.onnx) brings its own
             self.transformer, self.stage = model.step_functions()
         elif dia2_fused.supported(model, device):
@@ -376,7 +381,13 @@ class Dia2Generator:
     def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
         gen = run.gen
-        token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
+        if self._c_draw and gen.temperature > 0 and logits.dtype == torch.float32 and logits.device.type == "cpu":
+            from ..backends.cpu.kernels import cfg_draw
+
+            u = float(torch.rand((), generator=run.rng, dtype=torch.float64))
+            token = torch.tensor(cfg_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
+        else:
+            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
         run.buffer[codebook, t + 1] = token
         return token
 

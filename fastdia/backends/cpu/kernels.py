@@ -10,6 +10,7 @@
   row pairs (`fastdia.quant.formats.tile_pairs`) so each pass reads one sequential stream.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
   single-query attention, SiLU), used by fastdia.backends.cpu.decode.
+* `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
 
 Weight formats (fastdia.quant.modules): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
 in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
@@ -44,7 +45,7 @@ import torch
 MAX_ROWS = 64
 
 _SOURCE_DIR = Path(__file__).parent / "csrc"
-_SOURCES = ("wonly.c", "decode.c")  # weight-only GEMV kernels; fused decode-step glue (cpu_decode.py)
+_SOURCES = ("wonly.c", "decode.c", "sample.c")  # weight-only GEMV kernels; decode-step glue; Dia2's draw
 
 
 def _source() -> str:
@@ -118,6 +119,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_cross_attn.restype = None
     lib.fd_qk_norm.argtypes = [p, p, p, ctypes.c_float, i, i, i, i]
     lib.fd_qk_norm.restype = None
+    lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
+    lib.fd_cfg_draw.restype = i
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
         lib.fd_bf16_gemv.restype = None
@@ -184,6 +187,15 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torc
                                     offset.data_ptr(), oscale.data_ptr(), group, n, y.data_ptr(), n, xq.data_ptr(),
                                     xsum.data_ptr(), torch.get_num_threads())
     return y
+
+
+def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float, top_k: int, u: float) -> int:
+    """One index drawn from `(2, V)` float32 CFG logits (cond, uncond) with the uniform `u` in
+    [0, 1): csrc/sample.c, the distribution of fastdia.generation.dia2's torch sampler."""
+    if temperature <= 0:
+        raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
+    logits = logits.contiguous()
+    return (_lib or _library()).fd_cfg_draw(logits.data_ptr(), logits.shape[-1], scale, cfg_k, temperature, top_k, u)
 
 
 def has_bf16() -> bool:
