@@ -129,3 +129,22 @@ def test_prepared_layer_plans_are_bitwise_the_unprepared_path(quantize):
     assert set(held) == {"decoder", "depformer"}
     assert any(m.__class__.__name__ == "Int4Linear" for p in held["decoder"].values() for m in p._keep) \
         == (quantize == "int4")
+
+
+def test_layer_plans_do_not_keep_a_finished_runs_cache_alive():
+    import gc
+    import weakref
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fastdia.load("dia2-tiny-random", quantize="int8")._generator.model
+    fused = dia2_fused.FusedDia2(model)
+    cache = model.new_decoder_cache(2, 16)
+    width = model.config.data.n_codebooks + 2
+    with torch.inference_mode():
+        fused.transformer(torch.zeros(2, 1, width, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long), cache)
+    assert fused._plans["decoder"][1]  # a plan was built on this cache
+    ref = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert ref() is None

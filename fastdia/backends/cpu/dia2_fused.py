@@ -12,6 +12,8 @@ activations other than SiLU x linear) goes to the model's own forward.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ...models.dia2 import DecoderOutput, Dia2Model
@@ -39,7 +41,7 @@ class FusedDia2:
         self.lib = cpu_kernels._library()
         self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
         # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part, for the KV cache they
-        # were built on: {"decoder" | "depformer": (cache, {(group, rows, threads): plan or None})}.
+        # were built on: {"decoder" | "depformer": (weakref to cache, {(group, rows, threads): plan or None})}.
         self.use_plans = plans
         self._plans: dict[str, tuple] = {}
         dep = model.depformer
@@ -144,8 +146,10 @@ class FusedDia2:
         if not self.use_plans:
             return None
         held = self._plans.get(part)
-        if held is None or held[0] is not cache:  # a new cache (a new run): plans point into the old one
-            held = self._plans[part] = (cache, {})
+        if held is None or held[0]() is not cache:  # a new cache (a new run): plans point into the old one
+            # held weakly: a finished run's cache (up to ~1 GB for a long 2B script) is freed
+            # when its run ends, not kept alive until the next run has allocated its own
+            held = self._plans[part] = (weakref.ref(cache), {})
         key = (group, rows, torch.get_num_threads())
         if key not in held[1]:
             held[1][key] = layer_plan.build(self.lib, specs(), final_norm, cache, rows, hq, hkv, d, key[2])

@@ -58,7 +58,7 @@ class LayerPlan:
         width = final_norm.weight.shape[0]
         total = cache.k[0].shape[2]
         f32 = torch.float32
-        self.cache = cache  # held: the calls point into it
+        # The calls point into `cache`, which the caller keeps alive and checks (FusedDia2._plan).
         self.x = torch.empty(rows, width, dtype=f32)
         self.h = torch.empty(rows, width, dtype=f32)
         self.cos = torch.empty(rows, d // 2, dtype=f32)
@@ -126,8 +126,12 @@ class LayerPlan:
 
 def build(lib, specs: list[LayerSpec], final_norm, cache, rows: int, hq: int, hkv: int, d: int,
           nthreads: int) -> LayerPlan | None:
-    """A plan when every projection is a kernel module and the cache is float32, else None."""
-    if cache.k[0].dtype != torch.float32 or not all(t.is_contiguous() for t in (*cache.k, *cache.v)):
+    """A plan when every projection is a kernel module, the rows fit one kernel call and the cache
+    is float32, else None."""
+    from .kernels import MAX_ROWS
+
+    if rows > MAX_ROWS or cache.k[0].dtype != torch.float32 \
+            or not all(t.is_contiguous() for t in (*cache.k, *cache.v)):
         return None
     resolved = []
     for s in specs:
