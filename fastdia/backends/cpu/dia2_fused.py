@@ -21,6 +21,9 @@ from . import kernels as cpu_kernels
 from . import layer_plan
 
 
+_PLAN_CACHES = 4  # caches whose plans are kept: streams advanced in turn each keep theirs
+
+
 def supported(model: Dia2Model, device: torch.device) -> bool:
     cfg = model.config
     return (device.type == "cpu" and cpu_kernels.available()
@@ -40,10 +43,10 @@ class FusedDia2:
         self.model = model
         self.lib = cpu_kernels._library()
         self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
-        # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part, for the KV cache they
-        # were built on: {"decoder" | "depformer": (weakref to cache, {(group, rows, threads): plan or None})}.
+        # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part and KV cache:
+        # {"decoder" | "depformer": [(weakref to cache, {(group, rows, threads): plan or None}), ...]}.
         self.use_plans = plans
-        self._plans: dict[str, tuple] = {}
+        self._plans: dict[str, list] = {}
         dep = model.depformer
         d = model.config.depformer
         # RoPE of stage s is the same every frame: cos/sin (1, hd/2) per stage, computed once.
@@ -145,15 +148,18 @@ class FusedDia2:
         projections are not all kernel modules (then `_run_layers` runs it)."""
         if not self.use_plans:
             return None
-        held = self._plans.get(part)
-        if held is None or held[0]() is not cache:  # a new cache (a new run): plans point into the old one
-            # held weakly: a finished run's cache (up to ~1 GB for a long 2B script) is freed
-            # when its run ends, not kept alive until the next run has allocated its own
-            held = self._plans[part] = (weakref.ref(cache), {})
+        held = self._plans.setdefault(part, [])
+        plans = next((p for ref, p in held if ref() is cache), None)
+        if plans is None:  # a new cache (a new run, or another stream advanced in turn)
+            # Caches are held weakly: a finished run's cache (up to ~1 GB for a long 2B script) is
+            # freed when its run ends. The plans of the last few live caches are kept.
+            held[:] = [(ref, p) for ref, p in held if ref() is not None][-(_PLAN_CACHES - 1):]
+            plans = {}
+            held.append((weakref.ref(cache), plans))
         key = (group, rows, torch.get_num_threads())
-        if key not in held[1]:
-            held[1][key] = layer_plan.build(self.lib, specs(), final_norm, cache, rows, hq, hkv, d, key[2])
-        return held[1][key]
+        if key not in plans:
+            plans[key] = layer_plan.build(self.lib, specs(), final_norm, cache, rows, hq, hkv, d, key[2])
+        return plans[key]
 
     @staticmethod
     def _run_plan(plan, x, cos, sin, slot) -> torch.Tensor:
