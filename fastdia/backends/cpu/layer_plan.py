@@ -36,15 +36,16 @@ def blocks(module) -> list | None:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """One pre-norm layer: attention then a SiLU x linear MLP."""
+    """One pre-norm layer: attention then a SiLU x linear MLP. Given to `build` with modules as
+    the projections; `build` hands `LayerPlan` each projection as the tuple of its kernel blocks."""
     pre_norm: torch.nn.Module
     qkv: tuple  # projections of the normed input whose outputs, side by side, are Q, K, V
     q_norm: torch.nn.Module
     k_norm: torch.nn.Module
-    o_proj: torch.nn.Module
+    o_proj: object
     post_norm: torch.nn.Module
-    wi: torch.nn.Module  # gate and up, side by side
-    wo: torch.nn.Module
+    wi: object  # gate and up, side by side
+    wo: object
     hidden: int
 
 
