@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import roofline
+
 STEPS_PER_AUDIO_SECOND = 86.13
 DEFAULT_TEXT = (
     "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts "
@@ -54,14 +56,6 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _linear_bytes(module) -> int:
-    from torch import nn
-
-    if isinstance(module, nn.Linear):
-        return module.weight.numel() * module.weight.element_size()
-    return module.nbytes()
-
-
 def _step_projections(model) -> list:
     """The projections one decode step runs (spec 7.2): each layer's, but not the cross-attention
     K/V (computed once per utterance), and the head."""
@@ -77,7 +71,7 @@ def step_weight_bytes(model) -> int:
     """Bytes of weights one decode step reads: its projections, the norms; embedding rows are
     negligible."""
     dec = model.decoder
-    total = sum(_linear_bytes(m) for m in _step_projections(model)) + dec.norm.weight.numel() * 4
+    total = sum(roofline.nbytes(m) for m in _step_projections(model)) + dec.norm.weight.numel() * 4
     for layer in dec.layers:
         total += sum(n.weight.numel() * 4 for n in (layer.pre_sa_norm, layer.pre_ca_norm, layer.pre_mlp_norm))
     return total
@@ -86,11 +80,12 @@ def step_weight_bytes(model) -> int:
 def roofline_inputs(model, rows: int) -> dict:
     """MACs of one step per weight format, and each format's kernel rate in cache, measured on the
     first decoder layer's projections (fastdia.roofline)."""
-    from . import roofline
-
     step = _step_projections(model)
+    layer = model.decoder.layers[0]
+    first = [layer.self_attn.qkv, layer.self_attn.o, layer.cross_attn.q, layer.cross_attn.o, layer.mlp.gate_up,
+             layer.mlp.down]
     macs = roofline.macs_by_format(step, rows)
-    rates = roofline.kernel_rates(step[1:7], rows, step_modules=step)
+    rates = roofline.kernel_rates(first, rows, step_modules=step)
     return {"macs_per_step": macs, "kernel_rates": rates, "roofline_rows": rows}
 
 
@@ -479,8 +474,6 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
             f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
             f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB")
         if "macs_per_step" in r:
-            from . import roofline
-
             r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
                                            r["kernel_rates"])
             log(f"bench: {'':28s} {roofline.describe(r, bw['read_GBps'])}")
@@ -550,8 +543,6 @@ def print_table(out: dict) -> None:
               f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
               f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
               f"{r['ttfs_ms']:11.0f} {_ttfa(r):>6s} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
-    from . import roofline
-
     for r in out["results"]:
         line = roofline.summary(_label(r), r)
         if line:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
+from . import roofline
+
 FRAME_RATE = 12.5  # Dia2 steps per second of audio (80 ms frames): real time
 DEFAULT_TEXT_DIA2 = (
     "[S1] Dia2 is a streaming dialogue model. [S2] It speaks as soon as the first words arrive. "
@@ -33,14 +35,6 @@ _BENCH_CODECS = {"dia2-tiny-random": "mimi-tiny-random", "dia2-2b-random": "mimi
 
 # ============================================================================================
 # Bytes a step reads
-
-
-def _bytes(module) -> int:
-    from torch import nn
-
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        return module.weight.numel() * module.weight.element_size()
-    return module.nbytes()
 
 
 def _step_modules_dia2(model) -> tuple[list, list[list]]:
@@ -74,13 +68,13 @@ def step_weight_bytes_dia2(model) -> dict:
     """
     dec, dep = model.transformer, model.depformer
     dec_mods, stages = _step_modules_dia2(model)
-    decoder = sum(_bytes(m) for m in dec_mods) + dec.norm.weight.numel() * 4
+    decoder = sum(roofline.nbytes(m) for m in dec_mods) + dec.norm.weight.numel() * 4
     decoder += sum(n.weight.numel() * 4 for layer in dec.layers for n in (layer.pre_norm, layer.post_norm))
     seen: dict[int, int] = {}
     per_stage = []
     for mods in stages:
-        per_stage.append(sum(_bytes(m) for m in mods) + dep.norm.weight.numel() * 4)
-        seen.update((id(m), _bytes(m)) for m in mods)
+        per_stage.append(sum(roofline.nbytes(m) for m in mods) + dep.norm.weight.numel() * 4)
+        seen.update((id(m), roofline.nbytes(m)) for m in mods)
     dram = sum(per_stage)
     unique = sum(seen.values()) + dep.norm.weight.numel() * 4
     return {"decoder": decoder, "depformer_dram": dram, "depformer_unique": unique, "dram": decoder + dram,
@@ -90,8 +84,6 @@ def step_weight_bytes_dia2(model) -> dict:
 def roofline_inputs_dia2(model, rows: int) -> dict:
     """MACs of one step per weight format and the in-cache rate of each format's kernel, measured
     on the decoder's first layer and the depformer's last stage (fastdia.roofline)."""
-    from . import roofline
-
     dec_mods, stages = _step_modules_dia2(model)
     everything = dec_mods + [m for st in stages for m in st]
     macs = roofline.macs_by_format(everything, rows)
@@ -150,7 +142,7 @@ def stage_cache_timing(g, model, repeats: int = 15) -> dict:
             small(x_small)
         small_t = median([timed(lambda: small(x_small)) for _ in range(5 * repeats)])
     nbytes = step_weight_bytes_dia2(model)["per_stage_last"]
-    dram_rate, cache_rate = nbytes / cold, _bytes(small) / small_t
+    dram_rate, cache_rate = nbytes / cold, roofline.nbytes(small) / small_t
     f = (nbytes / dram_rate - warm) / (nbytes / dram_rate - nbytes / cache_rate) if cache_rate > dram_rate else 0.0
     return {"stage": s, "stage_bytes": nbytes, "cold_ms": cold * 1e3, "warm_ms": warm * 1e3,
             "cold_GBps": dram_rate / 1e9, "warm_GBps": nbytes / warm / 1e9, "cache_GBps": cache_rate / 1e9,
@@ -501,7 +493,6 @@ def _label(r: dict) -> str:
 
 def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
     """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
-    from . import roofline
     from .bench import run_child
 
     text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
@@ -611,8 +602,6 @@ def print_table_dia2(out: dict) -> None:
               f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% {r['ttfs_ms']:11.0f} "
               f"{r['ttfa_s']:6.2f} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
               f"{r['peak_rss_bytes'] / 1e9:11.2f}")
-    from . import roofline
-
     for r in out["results"]:
         line = roofline.summary(_label(r), r)
         if line:

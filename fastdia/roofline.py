@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 CACHE_BYTES = 24 << 20  # candidates for the in-cache rate: at most three quarters of a 32 MB L3
-MAX_FALLBACK = 4
+MAX_TIMED = 4  # projections timed per format
 
 
 def projections(module) -> list:
@@ -49,9 +49,19 @@ def weight_format(module) -> str:
 
 
 def nbytes(module) -> int:
+    """Bytes of a projection's (or embedding's) weights in its own format."""
     if hasattr(module, "nbytes") and callable(module.nbytes):
         return module.nbytes()
     return module.weight.numel() * module.weight.element_size()
+
+
+def _by_format(modules) -> dict[str, list]:
+    """Distinct projections of `modules` per weight format."""
+    out: dict[str, dict] = {}
+    for m in modules:
+        for p in projections(m):
+            out.setdefault(weight_format(p), {})[id(p)] = p
+    return {f: list(ps.values()) for f, ps in out.items()}
 
 
 def macs_by_format(modules, rows: int) -> dict[str, float]:
@@ -67,32 +77,21 @@ def macs_by_format(modules, rows: int) -> dict[str, float]:
 
 def kernel_rates(candidates, rows: int, step_modules=(), repeats: int = 25) -> dict[str, dict]:
     """Per format, the best MAC rate over `candidates` (projections of the model), each called
-    back to back on `rows` random rows so its weights stay in cache. Candidates over
-    `CACHE_BYTES` are skipped unless a format has no other; a format of `step_modules` that no
-    candidate has is measured on its largest projections there that fit in cache."""
+    back to back on `rows` random rows so its weights stay in cache. A format of `step_modules`
+    that no candidate has is timed on the step's own projections of that format. Either way the
+    largest `MAX_TIMED` that fit `CACHE_BYTES` are timed (a tiny one measures only the call
+    overhead), or the smallest where none fits."""
     import torch
 
-    by_format: dict[str, list] = {}
-    extra: set[str] = set()
-    for m in candidates:
-        for p in projections(m):
-            by_format.setdefault(weight_format(p), []).append(p)
-    for m in step_modules:  # formats no candidate has: the step's own projections of that format
-        for p in projections(m):
-            f = weight_format(p)
-            if f not in by_format or f in extra:
-                extra.add(f)
-                by_format.setdefault(f, []).append(p)
-    for f in extra:  # the largest that fit in cache: a tiny one would measure only the call overhead
-        fits = sorted({id(p): p for p in by_format[f] if nbytes(p) <= CACHE_BYTES}.values(), key=nbytes)
-        by_format[f] = fits[-MAX_FALLBACK:] or [min(by_format[f], key=nbytes)]
+    pool = _by_format(step_modules)
+    pool.update(_by_format(candidates))  # the candidates, where they cover a format
     out = {}
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        for f, mods in by_format.items():
-            small = [m for m in mods if nbytes(m) <= CACHE_BYTES] or [min(mods, key=nbytes)]
+        for f, mods in pool.items():
+            fits = sorted((m for m in mods if nbytes(m) <= CACHE_BYTES), key=nbytes)[-MAX_TIMED:]
             best = None
-            for m in {id(m): m for m in small}.values():
+            for m in fits or [min(mods, key=nbytes)]:
                 x = torch.randn(rows, m.in_features, generator=gen)
                 for _ in range(3):
                     m(x)

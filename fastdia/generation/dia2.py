@@ -169,15 +169,15 @@ class Dia2Generator:
         # with the 2B delays 16, 18, ..., 18) needs no depformer stage: skipping them changes no
         # audio, word or step, and takes most of the time to first audio off.
         self.dep_from = min(self.delay[1:], default=0) - 1  # first loop step whose stages are used
-        # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
-        # else the model's own forward (same signatures), chosen once here.
-        from ..backends.cpu import dia2_fused
-
         # Sampled depformer codebooks: one C call on a CPU with fastdia's kernels (the torch
         # sampler's distribution), else torch. Greedy decoding always takes torch's argmax.
         from ..backends.cpu import kernels as cpu_kernels
 
-        self._c_draw = device.type == "cpu" and cpu_kernels.available()
+        self._c_draw = cpu_kernels.cfg_draw if device.type == "cpu" and cpu_kernels.available() else None
+        # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
+        # else the model's own forward (same signatures), chosen once here.
+        from ..backends.cpu import dia2_fused
+
         if hasattr(model, "step_functions"):  # an exported model (fastdia.onnx) brings its own
             self.transformer, self.stage = model.step_functions()
         elif dia2_fused.supported(model, device):
@@ -382,10 +382,8 @@ class Dia2Generator:
         """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
         gen = run.gen
         if self._c_draw and gen.temperature > 0 and logits.dtype == torch.float32 and logits.device.type == "cpu":
-            from ..backends.cpu.kernels import cfg_draw
-
             u = float(torch.rand((), generator=run.rng, dtype=torch.float64))
-            token = torch.tensor(cfg_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
+            token = torch.tensor(self._c_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
         else:
             token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
         run.buffer[codebook, t + 1] = token
