@@ -97,3 +97,72 @@ def test_quantized_models_keep_cross_kv_in_float16(tmp_path, mode):
     assert _decoder_pair(model, cache_atol=1e-3) < 1e-3
     assert Dia1Generator(load_model("tiny-random", CPU, torch.float32).model, CPU,
                          torch.float32).decode.cross_dtype is None  # float models: unchanged
+
+
+def _plan_pair(model, steps: int = 12):
+    """Logits of the prepared step (`_StepPlan`) and of the same fused step without plans, fed the
+    same greedy frames from copies of one KV cache; asserts the prepared path was taken."""
+    gen = Dia1Generator(model, CPU, torch.float32)
+    unprepared = cpu_decode.FusedDecodeStep(model.decoder, plans=False)
+    gcfg = GenerationConfig(max_tokens=steps + 40, temperature=0)
+    with torch.inference_mode():
+        state = gen.prepare([tokenize(t) for t in TEXTS], [None, None], gcfg)
+        other = copy.deepcopy(state.cache)
+        for _ in range(steps):
+            t = state.t
+            current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
+            positions = torch.full((current.shape[0], 1), t)
+            got = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
+            want = unprepared(current, positions, other, state.cross, kv_len=t + 1)
+            assert torch.equal(got, want)
+            for a, b in zip(state.cache.k + state.cache.v, other.k + other.v):
+                assert torch.equal(a, b)
+            nxt = want.view(len(TEXTS), 2, 9, -1)[:, 1, :, :1024].argmax(-1)
+            state.tokens[:, t + 1] = torch.where(state.tokens[:, t + 1] < 0, nxt, state.tokens[:, t + 1])
+            state.t = t + 1
+    plans = [p for _, held in gen.decode._plans for p in held.values()]
+    assert plans and all(p is not None for p in plans)
+    return gen
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("layout", ["transformers", "nari"])
+def test_prepared_step_is_bitwise_the_unprepared_one(tmp_path, mode, layout):
+    """The prepared step makes the same C calls in the same order: the same logits and caches,
+    bit for bit, for both layouts (v0.1 "nari" rotates the cross-attention queries)."""
+    hf = oracle.hf_model("gqa2-2layers")
+    if layout == "nari":
+        directory = oracle.save_nested(hf, tmp_path / mode)
+    else:
+        directory = oracle.save(hf, tmp_path / mode, "transformers")
+    model = load_model(directory, CPU, torch.float32, quantize=mode).model
+    assert model.config.cross_attn_rope == (layout == "nari")
+    _plan_pair(model)
+
+
+def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
+    """A plan is bound to one KV cache and cross state: a new run (new cache) gets its own, the
+    finished run's cache is not kept alive by it, and float models take the unprepared path."""
+    import gc
+    import weakref
+
+    directory = oracle.save(oracle.hf_model("gqa2-2layers"), tmp_path / "q", "transformers")
+    model = load_model(directory, CPU, torch.float32, quantize="int8").model
+    gen = Dia1Generator(model, CPU, torch.float32)
+    gcfg = GenerationConfig(max_tokens=30, temperature=0)
+    with torch.inference_mode():
+        first = gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
+        gen.step(first, gcfg)
+        ref = weakref.ref(first.cache)
+        second = gen.prepare([tokenize(TEXTS[1])], [None], gcfg)
+        gen.step(second, gcfg)
+        assert len(gen.decode._plans) == 2
+        del first
+        gc.collect()
+        assert ref() is None
+    float_model = load_model(directory, CPU, torch.float32).model
+    float_gen = Dia1Generator(float_model, CPU, torch.float32)
+    with torch.inference_mode():
+        state = float_gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
+        float_gen.step(state, gcfg)
+    assert [p for _, held in float_gen.decode._plans for p in held.values()] == [None]

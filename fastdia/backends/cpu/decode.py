@@ -8,15 +8,24 @@ quantized. `FusedDecodeStep` runs the same math with one C call per norm, attent
 and calls the model's own projection modules (float, int8 or int4: whatever quantization put
 there) for the matmuls. Anything else (prefill, other dtypes or devices) goes to
 `Decoder.forward` unchanged.
+
+When every projection is one of fastdia's int8/int4 kernel modules, the step's ~200 C calls are
+bound once per KV cache, cross state and row count (`_StepPlan`, as fastdia.backends.cpu.layer_plan
+does for Dia2): the same calls in the same order, so the same numbers, without the Python around
+each.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ...models.dia1 import CrossState, Decoder
-from ...models.layers import Rope, merge_heads, split_heads
 from . import kernels as cpu_kernels
+from .layer_plan import blocks, projection_calls
+
+_PLAN_CACHES = 4  # caches whose plans are kept: requests advanced in turn each keep theirs
 
 
 def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> bool:
@@ -31,9 +40,11 @@ def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> boo
 class FusedDecodeStep:
     """Callable with `Decoder.forward`'s signature; single-position calls take the fused path."""
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: Decoder, plans: bool = True) -> None:
         self.decoder = decoder
         self.lib = cpu_kernels._library()
+        self.use_plans = plans
+        self._plans: list = []  # [(weakref to a KV cache, {(rows, threads): _StepPlan or None})]
         # A quantized decoder keeps its cross-attention K/V in float16: half their memory (86 MB
         # for a 145-byte script at 1.6B size, 18 layers x 2 CFG rows), an error (2^-11
         # relative) far below its weights' own, read at the same speed.
@@ -52,11 +63,23 @@ class FusedDecodeStep:
         if int(pos.min()) < 0 or int(pos.max()) >= total:
             raise ValueError(f"decode positions must lie in 0..{total - 1}")
         x = dec.embed(tokens).view(b, -1).contiguous()  # (B, E) float32, updated in place
-        width = x.shape[1]
-        h = torch.empty_like(x)
         cos, sin = (t.contiguous() for t in dec.rope.tables(positions))  # (B, 1, 1, D/2)
         if dec.cross_attn_rope:
-            cross_cos, cross_sin = dec.cross_rope.tables(positions)
+            cross_cos, cross_sin = (t.contiguous() for t in dec.cross_rope.tables(positions))
+        plan = self._plan(cache, cross, b)
+        if plan is not None:
+            plan.x.copy_(x)
+            plan.cos.copy_(cos.view(b, -1))
+            plan.sin.copy_(sin.view(b, -1))
+            plan.pos.copy_(pos)
+            plan.keep.copy_(cross.allowed.reshape(b, -1))
+            if dec.cross_attn_rope:
+                plan.cross_cos.copy_(cross_cos.view(b, -1))
+                plan.cross_sin.copy_(cross_sin.view(b, -1))
+            # the plan's logits buffer is overwritten by the next step
+            return plan.run().clone().view(b, 1, dec.n_channels, dec.vocab)
+        width = x.shape[1]
+        h = torch.empty_like(x)
         keep = cross.allowed.reshape(b, -1).contiguous()  # (B, S) bool
         half = int(cross.k[0].dtype == torch.float16)
         s_len = keep.shape[1]
@@ -81,10 +104,9 @@ class FusedDecodeStep:
             delta = layer.self_attn.o(attn).contiguous()
 
             lib.fd_add_rmsnorm(ptr(x), ptr(delta), ptr(layer.pre_ca_norm.weight), eps, b, width, ptr(h))
-            q = layer.cross_attn.q(h)
+            q = layer.cross_attn.q(h).float().contiguous()
             if dec.cross_attn_rope:
-                q = merge_heads(Rope.apply(split_heads(q.view(b, 1, -1), chq), cross_cos, cross_sin)).view(b, -1)
-            q = q.contiguous()
+                lib.fd_rope(ptr(q), ptr(cross_cos), ptr(cross_sin), b, chq, cd)
             lib.fd_cross_attn(ptr(q), ptr(cross.k[i]), ptr(cross.v[i]), half, ptr(keep), b, chq, chkv, cd, s_len,
                               ptr(cattn), ptr(scratch), ptr(iscratch), nthreads)
             delta = layer.cross_attn.o(cattn).contiguous()
@@ -96,6 +118,125 @@ class FusedDecodeStep:
         lib.fd_add_rmsnorm(ptr(x), ptr(delta), ptr(dec.norm.weight), float(dec.norm.eps), b, width, ptr(h))
         logits = dec.head(h)
         return logits.view(b, 1, dec.n_channels, dec.vocab).float()
+
+    def _plan(self, cache, cross: CrossState, rows: int):
+        """The prepared step for this cache, cross state and row count, or None (plans off, or a
+        projection that is not a kernel module)."""
+        if not self.use_plans:
+            return None
+        held = self._plans
+        plans = next((p for ref, p in held if ref() is cache), None)
+        if plans is None:  # a new cache: a new run, or another request advanced in turn
+            # Caches are held weakly, so a finished run's cache is freed; the plans of the last
+            # few live caches are kept.
+            held[:] = [(ref, p) for ref, p in held if ref() is not None][-(_PLAN_CACHES - 1):]
+            plans = {}
+            held.append((weakref.ref(cache), plans))
+        key = (rows, torch.get_num_threads())
+        plan = plans.get(key)
+        if key not in plans or (plan is not None and not plan.serves(cross)):
+            plan = plans[key] = _StepPlan.build(self.lib, self.decoder, cache, cross, rows, key[1])
+        return plan
+
+
+class _StepPlan:
+    """A decode step's C calls for `rows` rows, bound to a KV cache and a cross state. Fill `x`
+    (the embedded tokens), `cos`, `sin`, `pos`, `keep` (and `cross_cos`/`cross_sin` where the
+    checkpoint rotates cross-attention queries), then `run()`: it returns the logits buffer
+    `(rows, channels x vocab)`, overwritten by the next run."""
+
+    @classmethod
+    def build(cls, lib, dec: Decoder, cache, cross: CrossState, rows: int, nthreads: int) -> "_StepPlan | None":
+        if rows > cpu_kernels.MAX_ROWS or not all(t.is_contiguous() for t in (*cache.k, *cache.v, *cross.k, *cross.v)):
+            return None
+        projections = []
+        for layer in dec.layers:
+            mods = (layer.self_attn.qkv, layer.self_attn.o, layer.cross_attn.q, layer.cross_attn.o,
+                    layer.mlp.gate_up, layer.mlp.down)
+            projections.append([blocks(m) for m in mods])
+        head = blocks(dec.head)
+        if head is None or any(b is None for layer in projections for b in layer):
+            return None
+        return cls(lib, dec, cache, cross, rows, nthreads, projections, head)
+
+    def __init__(self, lib, dec: Decoder, cache, cross: CrossState, rows: int, nthreads: int, projections: list,
+                 head: list) -> None:
+        first = dec.layers[0]
+        sa, ca = first.self_attn, first.cross_attn
+        hq, hkv, d = sa.n_head, sa.n_kv_head, sa.head_dim
+        chq, chkv, cd = ca.n_head, ca.n_kv_head, ca.head_dim
+        width, hidden = dec.norm.weight.shape[0], first.mlp.hidden
+        total, s_len = cache.k[0].shape[2], cross.k[0].shape[2]
+        half = int(cross.k[0].dtype == torch.float16)
+        f32, p = torch.float32, torch.Tensor.data_ptr
+        self.x = torch.empty(rows, width, dtype=f32)
+        self.cos = torch.empty(rows, d // 2, dtype=f32)
+        self.sin = torch.empty(rows, d // 2, dtype=f32)
+        self.cross_cos = torch.empty(rows, cd // 2, dtype=f32)
+        self.cross_sin = torch.empty(rows, cd // 2, dtype=f32)
+        self.pos = torch.empty(rows, dtype=torch.long)
+        self.keep = torch.empty(rows, s_len, dtype=torch.bool)
+        h = self.h = torch.empty(rows, width, dtype=f32)
+        qkv = torch.empty(rows, (hq + 2 * hkv) * d, dtype=f32)
+        attn = torch.empty(rows, hq * d, dtype=f32)
+        q = torch.empty(rows, chq * cd, dtype=f32)
+        cattn = torch.empty(rows, chq * cd, dtype=f32)
+        delta = torch.empty(rows, width, dtype=f32)
+        gate_up = torch.empty(rows, 2 * hidden, dtype=f32)
+        act = torch.empty(rows, hidden, dtype=f32)
+        self.logits = torch.empty(rows, dec.n_channels * dec.vocab, dtype=f32)
+        scratch = torch.empty(max(rows * hq * (total + d), rows * chq * s_len), dtype=f32)
+        iscratch = torch.empty(rows * max(hkv * total, chkv * s_len), dtype=torch.int32)
+        kmax = max(width, hq * d, chq * cd, hidden)
+        xq = torch.empty(rows * kmax, dtype=torch.int16)
+        xsum = torch.empty(rows * kmax, dtype=f32)  # groups of >= 1 input: room for any
+        self._buffers = (h, qkv, attn, q, cattn, delta, gate_up, act, scratch, iscratch, xq, xsum)
+        self._keep: list = []  # the modules whose buffers the calls point to
+        # The calls point into the cross state's K/V: held weakly, checked by `serves`.
+        self._cross = weakref.ref(cross)
+        self._cross_k0 = p(cross.k[0])
+        calls: list = []
+
+        def proj(modules, x, y):
+            projection_calls(lib, modules, x, y, y.shape[1], rows, xq, xsum, nthreads, calls, self._keep)
+
+        def norm(residual, norm_module, eps):
+            calls.append((lib.fd_add_rmsnorm, (p(self.x), residual, p(norm_module.weight), eps, rows, width, p(h))))
+
+        eps = float(first.pre_sa_norm.eps)
+        residual = None
+        for i, (layer, (w_qkv, w_o, w_q, w_co, w_gu, w_down)) in enumerate(zip(dec.layers, projections)):
+            norm(residual, layer.pre_sa_norm, eps)
+            proj(w_qkv, h, qkv)
+            calls.append((lib.fd_self_attn, (p(qkv), p(self.cos), p(self.sin), p(cache.k[i]), p(cache.v[i]),
+                                             p(self.pos), rows, hq, hkv, d, total, p(attn), p(scratch), p(iscratch),
+                                             nthreads)))
+            proj(w_o, attn, delta)
+            residual = p(delta)
+            norm(residual, layer.pre_ca_norm, eps)
+            proj(w_q, h, q)
+            if dec.cross_attn_rope:
+                calls.append((lib.fd_rope, (p(q), p(self.cross_cos), p(self.cross_sin), rows, chq, cd)))
+            calls.append((lib.fd_cross_attn, (p(q), p(cross.k[i]), p(cross.v[i]), half, p(self.keep), rows, chq, chkv,
+                                              cd, s_len, p(cattn), p(scratch), p(iscratch), nthreads)))
+            proj(w_co, cattn, delta)
+            norm(residual, layer.pre_mlp_norm, eps)
+            proj(w_gu, h, gate_up)
+            calls.append((lib.fd_silu_mul, (p(gate_up), rows, hidden, p(act))))
+            proj(w_down, act, delta)
+        calls.append((lib.fd_add_rmsnorm, (p(self.x), residual, p(dec.norm.weight), float(dec.norm.eps), rows, width,
+                                           p(h))))
+        proj(head, h, self.logits)
+        self.calls = calls
+
+    def serves(self, cross: CrossState) -> bool:
+        """Whether the calls point into this cross state's K/V."""
+        return self._cross() is cross and cross.k[0].data_ptr() == self._cross_k0
+
+    def run(self) -> torch.Tensor:
+        for fn, args in self.calls:
+            fn(*args)
+        return self.logits
 
 
 def _quantized(decoder: Decoder) -> bool:

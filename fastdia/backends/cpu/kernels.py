@@ -119,6 +119,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_cross_attn.restype = None
     lib.fd_qk_norm.argtypes = [p, p, p, ctypes.c_float, i, i, i, i]
     lib.fd_qk_norm.restype = None
+    lib.fd_rope.argtypes = [p, p, p, i, i, i]
+    lib.fd_rope.restype = None
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
     if hasattr(lib, "fd_bf16_gemv"):

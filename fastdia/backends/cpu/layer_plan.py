@@ -1,4 +1,5 @@
 """A stack of pre-norm layers as a prepared list of C calls: the fused Dia2 step's inner loop.
+(`projection_calls` also serves the Dia-1 step's plan, fastdia.backends.cpu.decode.)
 
 `FusedDia2._run_layers` makes ~9 C calls per layer, and around each it ran Python: module calls,
 output allocations, `.float().contiguous()`, pointer lookups. On a quantized 2B model that was
@@ -32,6 +33,28 @@ def blocks(module) -> list | None:
     if isinstance(module, (Int8Linear, Int4Linear)) and module.use_kernel:
         return [module]
     return None
+
+
+def projection_calls(lib, modules, x: torch.Tensor, y: torch.Tensor, ldy: int, rows: int, xq: torch.Tensor,
+                     xsum: torch.Tensor, nthreads: int, calls: list, keep: list) -> int:
+    """Append the kernel calls of `x @ W.T` for the blocks `modules` (see `blocks`), their outputs
+    side by side in `y` (rows of `ldy` floats); return the number of output columns. `xq` and
+    `xsum` are the kernels' scratch (room for rows x in_features); `keep` collects the modules,
+    whose buffers the calls point to."""
+    p = torch.Tensor.data_ptr
+    col = 0
+    for m in modules:
+        keep.append(m)
+        dst = p(y) + 4 * col
+        if isinstance(m, Int8Linear):
+            calls.append((lib.fd_q8_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.scales), m.out_features, dst,
+                                           ldy, p(xq), nthreads)))
+        else:
+            calls.append((lib.fd_q4_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.tscale), p(m.rscale),
+                                           p(m.offsets), p(m.oscale), m.group_size, m.out_features, dst, ldy, p(xq),
+                                           p(xsum), nthreads)))
+        col += m.out_features
+    return col
 
 
 @dataclass(frozen=True)
@@ -82,19 +105,7 @@ class LayerPlan:
         p = torch.Tensor.data_ptr
 
         def proj(modules, x, y, ldy):
-            col = 0
-            for m in modules:
-                self._keep.append(m)
-                dst = p(y) + 4 * col
-                if isinstance(m, Int8Linear):
-                    calls.append((lib.fd_q8_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.scales),
-                                                   m.out_features, dst, ldy, p(self.xq), nthreads)))
-                else:
-                    calls.append((lib.fd_q4_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.tscale),
-                                                   p(m.rscale), p(m.offsets), p(m.oscale), m.group_size,
-                                                   m.out_features, dst, ldy, p(self.xq), p(self.xsum), nthreads)))
-                col += m.out_features
-            return col
+            return projection_calls(lib, modules, x, y, ldy, rows, self.xq, self.xsum, nthreads, calls, self._keep)
 
         delta = None
         for i, s in enumerate(specs):

@@ -9,6 +9,7 @@
                        attention over slots 0..position with Dia's scale of 1.0 (spec 1.4), GQA
      - fd_cross_attn:  attention over the text keys a mask allows
      - fd_silu_mul:    silu(gate) * up
+     - fd_rope:        RoPE in place on the heads of each row (Dia-1 v0.1's cross-attention queries)
    Layouts: activations (B, width) contiguous; caches (B, Hkv, T, D); query head h reads KV head
    h / (Hq / Hkv). */
 #include <immintrin.h>
@@ -130,6 +131,15 @@ INLINE void rope(const float *x, const float *c, const float *s, int D, float *o
         out[i] = a * c[i] - b * s[i];
         out[i + half] = b * c[i] + a * s[i];
     }
+}
+
+/* x: (B, H D), rotated in place by row b's cos/sin (B, D/2); every head of a row alike. */
+void fd_rope(float *x, const float *cos, const float *sin, int B, int H, int D) {
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            float *head = x + ((int64_t)b * H + h) * D;
+            rope(head, cos + (int64_t)b * (D / 2), sin + (int64_t)b * (D / 2), D, head); /* reads a pair, then writes it */
+        }
 }
 
 /* Softmax in place over n scores (n >= 1). */
