@@ -117,6 +117,39 @@ def _child_bandwidth(spec: dict) -> dict:
     return {"read_GBps": nbytes / read / 1e9, "copy_GBps": 2 * nbytes / copy / 1e9}
 
 
+AFTER_RUN_PROBE_MIB = 256  # 8x this machine kind's 32 MB L3; freed before anything else runs
+
+
+def read_bandwidth_now(mib: int = AFTER_RUN_PROBE_MIB, reps: int = 5) -> float:
+    """Best-of-`reps` read bandwidth (GB/s) of a `mib` MiB sum, taken in a variant's own process
+    right after its timed steps (and after its peak RSS is read; the tensor is freed on return).
+
+    The bench's first probe runs minutes before the last variant, and on a shared machine the
+    bandwidth drifts in between (this VM kind: 27-71 GB/s within an hour); this one is the
+    bandwidth the run itself last saw, so each row also gets a ceiling fraction of its own moment.
+    """
+    import torch
+
+    x = torch.ones(mib * (1 << 20) // 4)
+    x.sum()
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best / 1e9
+
+
+def after_run_fraction(r: dict) -> str:
+    """Sets r["fraction_of_ceiling_after_run"] from the variant's own after-run probe; returns the
+    log suffix that reports it ("" when the child took none)."""
+    bw = r.get("bandwidth_after_run_GBps")
+    if not bw or not r.get("steps_per_s"):
+        return ""
+    r["fraction_of_ceiling_after_run"] = r["steps_per_s"] * r["weight_bytes_per_step"] / (bw * 1e9)
+    return f"; probe right after the run {bw:.1f} GB/s: {100 * r['fraction_of_ceiling_after_run']:.0f}% of that ceiling"
+
+
 def _child_fastdia(spec: dict) -> dict:
     import torch
 
@@ -149,6 +182,7 @@ def _child_fastdia(spec: dict) -> dict:
     per_step = [b - a for a, b in zip([t2] + times[:-1], times)]
     steady = per_step[1:] or per_step
     peak_rss = _peak_rss_bytes()  # before the codec exists: the decoder's own memory
+    bw_after = read_bandwidth_now()
     del state
     roof = roofline_inputs(model, 2 * batch)
     ttfa = time_to_first_audio(loaded, dev, dt, spec)
@@ -165,6 +199,7 @@ def _child_fastdia(spec: dict) -> dict:
         "parameters_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values())
         + sum(m.nbytes() for m in model.modules() if hasattr(m, "packed")),
         "peak_rss_bytes": peak_rss,
+        "bandwidth_after_run_GBps": bw_after,
         **ttfa,
         **roof,
     }
@@ -265,6 +300,7 @@ def _child_transformers(spec: dict) -> dict:
             stopping_criteria=StoppingCriteriaList([Stamp()]),
         )
     per_step = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    peak_rss = _peak_rss_bytes()
     return {
         "impl": "transformers",
         "dtype": "float32",
@@ -276,7 +312,8 @@ def _child_transformers(spec: dict) -> dict:
         "median_step_ms": sorted(per_step)[len(per_step) // 2] * 1e3 if per_step else None,
         "decode_steps": len(stamps),
         "weight_bytes_per_step": _hf_step_bytes(cfg),
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss,
+        "bandwidth_after_run_GBps": read_bandwidth_now(),
     }
 
 
@@ -409,6 +446,10 @@ def _ttfa(r: dict) -> str:
     return "-" if r.get("ttfa_s") is None else f"{r['ttfa_s']:.2f}"
 
 
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f}"
 
@@ -472,7 +513,8 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         out["results"].append(r)
         log(f"bench: {_label(r):28s} {r['steps_per_s']:7.2f} steps/s  (x{r['realtime_factor']:.3f} realtime, "
             f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
-            f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB")
+            f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB"
+            f"{after_run_fraction(r)}")
         if "macs_per_step" in r:
             r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
                                            r["kernel_rates"])
@@ -535,13 +577,14 @@ def _machine() -> dict:
 
 def print_table(out: dict) -> None:
     print(f"{'variant':34s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
-          f"{'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'peak RSS GB':>11s}")
+          f"{'% after':>7s} {'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_transformers")
         pre = r.get("prefill_ms")
         print(f"{_label(r):34s} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
               f"{'-' if vs is None else f'{vs:.2f}x':>6s} {r['ceiling_steps_per_s']:8.2f} "
-              f"{100 * r['fraction_of_ceiling']:5.0f}% {'-' if pre is None else f'{pre:.0f}':>10s} "
+              f"{100 * r['fraction_of_ceiling']:5.0f}% {_pct(r.get('fraction_of_ceiling_after_run')):>7s} "
+              f"{'-' if pre is None else f'{pre:.0f}':>10s} "
               f"{r['ttfs_ms']:11.0f} {_ttfa(r):>6s} {_gb(r['weight_bytes_per_step']):>7s} {_gb(r['peak_rss_bytes']):>11s}")
     for r in out["results"]:
         line = roofline.summary(_label(r), r)

@@ -188,7 +188,7 @@ def _fused(tts) -> bool:
 def child_speed(spec: dict) -> dict:
     import torch
 
-    from .bench import _peak_rss_bytes
+    from .bench import _peak_rss_bytes, read_bandwidth_now
     from .generation.dia2 import Dia2GenerationConfig
     from .generation.dia2_slots import Dia2SlotBatch
 
@@ -226,6 +226,7 @@ def child_speed(spec: dict) -> dict:
     steady = per_step[skip + 1:] or per_step[1:] or per_step
     rows = [n for _, n in stamps][skip + 1:] or [n for _, n in stamps]
     peak_rss = _peak_rss_bytes()  # before the codec exists
+    bw_after = read_bandwidth_now()
     wb = step_weight_bytes_dia2(tts.model)
     ttfa = time_to_first_audio(tts, spec)
     roof = roofline_inputs_dia2(tts.model, 2 * batch)
@@ -248,6 +249,7 @@ def child_speed(spec: dict) -> dict:
         "weight_bytes": wb,
         "parameters_bytes": sum(t.numel() * t.element_size() for t in tts.model.state_dict().values()),
         "peak_rss_bytes": peak_rss,
+        "bandwidth_after_run_GBps": bw_after,
         **ttfa,
         **roof,
     }
@@ -493,7 +495,7 @@ def _label(r: dict) -> str:
 
 def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
     """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
-    from .bench import run_child
+    from .bench import after_run_fraction, run_child
 
     text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
     base = dict(base, text=text)
@@ -516,7 +518,7 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
             + f" (x{r['realtime_factor']:.3f} realtime; {100 * r['fraction_of_ceiling']:.0f}% of the "
             f"{r['ceiling_steps_per_s']:.2f} steps/s bandwidth ceiling if every weight comes from DRAM, "
             f"{r['ceiling_unique_steps_per_s']:.2f} if each is read once), first step {r['ttfs_ms']:.0f} ms, "
-            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB")
+            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB{after_run_fraction(r)}")
         r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
                                        r["kernel_rates"])
         log(f"bench: {'':30s} {roofline.describe(r, bw['read_GBps'])}")
@@ -592,14 +594,17 @@ def run_quality_dia2(base: dict, variants, log=print) -> list[dict]:
 
 
 def print_table_dia2(out: dict) -> None:
+    from .bench import _pct
+
     print(f"{'variant':32s} {'batch':>5s} {'steps/s':>8s} {'x realtime':>10s} {'vs plain':>8s} {'ceil DRAM':>9s} "
-          f"{'ceil uniq':>9s} {'% ceil':>6s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'uniq GB':>7s} "
+          f"{'ceil uniq':>9s} {'% ceil':>6s} {'% after':>7s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'uniq GB':>7s} "
           f"{'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_plain")
         print(f"{_label(r):32s} {r['batch']:5d} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
               f"{'-' if vs is None else f'{vs:.2f}x':>8s} {r['ceiling_steps_per_s']:9.2f} "
-              f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% {r['ttfs_ms']:11.0f} "
+              f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% "
+              f"{_pct(r.get('fraction_of_ceiling_after_run')):>7s} {r['ttfs_ms']:11.0f} "
               f"{r['ttfa_s']:6.2f} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
               f"{r['peak_rss_bytes'] / 1e9:11.2f}")
     for r in out["results"]:

@@ -36,7 +36,8 @@ def test_bench_json_variants_transformers_and_quality():
                      ("fastdia", "float32", "int8")]
     for x in data["results"]:
         for key in ("steps_per_s", "ttfs_ms", "peak_rss_bytes", "weight_bytes_per_step", "ceiling_steps_per_s",
-                    "fraction_of_ceiling", "realtime_factor", "vs_transformers"):
+                    "fraction_of_ceiling", "realtime_factor", "vs_transformers", "bandwidth_after_run_GBps",
+                    "fraction_of_ceiling_after_run"):
             assert x[key] is not None and x[key] > 0, (key, x)
     assert data["results"][0]["vs_transformers"] == pytest.approx(1.0)
     for x in data["results"][1:]:  # the streaming path's time to first audio, fastdia variants
@@ -66,11 +67,14 @@ def test_bench_dia2_report_with_roofline_profile_and_quality():
     impls = [(x["impl"], x["quantize"]) for x in data["results"]]
     assert impls == [("fastdia-plain", "none"), ("fastdia", "none"), ("fastdia", "int8")]
     for x in data["results"]:
-        for key in ("steps_per_s", "realtime_factor", "fraction_of_ceiling", "ttfa_s", "peak_rss_bytes", "vs_plain"):
+        for key in ("steps_per_s", "realtime_factor", "fraction_of_ceiling", "ttfa_s", "peak_rss_bytes", "vs_plain",
+                    "bandwidth_after_run_GBps", "fraction_of_ceiling_after_run"):
             assert x[key] is not None and x[key] > 0, (key, x)
+        assert x["fraction_of_ceiling_after_run"] == pytest.approx(
+            x["steps_per_s"] * x["weight_bytes_per_step"] / (x["bandwidth_after_run_GBps"] * 1e9))
         _check_roofline(x)
     assert "int8" in data["results"][2]["macs_per_step"]
-    assert "roofline:" in r.stderr and "from DRAM" in r.stderr
+    assert "roofline:" in r.stderr and "from DRAM" in r.stderr and "probe right after the run" in r.stderr
     for p in data["profile"]:  # where a step goes, and the depformer's cache estimate
         assert p["ms_per_step"]["step"] > 0 and 0 <= p["cache"]["cache_fraction"] <= 1
     (q,) = data["quality"]
