@@ -22,13 +22,11 @@ TEXTS = ["[S1] Hello there. [S2] Hi!", "[S1] A longer second script, so the text
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="fastdia CPU kernels unavailable")
 
 
-def _decoder_pair(model, steps: int = 24, cache_atol: float = 1e-5):
-    """Logits of `steps` decode steps from the fused step and from `Decoder.forward`, fed the same
-    greedy frames, with the two KV caches compared after every step."""
-    gen = Dia1Generator(model, CPU, torch.float32)
-    assert isinstance(gen.decode, cpu_decode.FusedDecodeStep)
+def _lockstep(gen, reference, steps: int, check) -> None:
+    """Decode `steps` steps with `gen.decode` and with `reference` (a callable of the same
+    signature) on two copies of one KV cache, feeding both the greedy frames of the reference's
+    logits; `check(got, want, cache, ref_cache)` after every step."""
     gcfg = GenerationConfig(max_tokens=steps + 40, temperature=0)
-    worst = 0.0
     with torch.inference_mode():
         state = gen.prepare([tokenize(t) for t in TEXTS], [None, None], gcfg)
         ref_cache = copy.deepcopy(state.cache)
@@ -36,15 +34,28 @@ def _decoder_pair(model, steps: int = 24, cache_atol: float = 1e-5):
             t = state.t
             current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
             positions = torch.full((current.shape[0], 1), t)
-            want = model.decoder(current, positions, ref_cache, state.cross, kv_len=t + 1)
+            want = reference(current, positions, ref_cache, state.cross, kv_len=t + 1)
             got = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
-            worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
-            for a, b in zip(state.cache.k + state.cache.v, ref_cache.k + ref_cache.v):
-                assert torch.allclose(a, b, atol=cache_atol)
+            check(got, want, state.cache, ref_cache)
             nxt = want.view(len(TEXTS), 2, 9, -1)[:, 1, :, :1024].argmax(-1)
             state.tokens[:, t + 1] = torch.where(state.tokens[:, t + 1] < 0, nxt, state.tokens[:, t + 1])
             state.t = t + 1
-    return worst
+
+
+def _decoder_pair(model, steps: int = 24, cache_atol: float = 1e-5):
+    """Worst relative logit difference of the fused step against `Decoder.forward` over `steps`
+    steps, with the two KV caches compared after every step."""
+    gen = Dia1Generator(model, CPU, torch.float32)
+    assert isinstance(gen.decode, cpu_decode.FusedDecodeStep)
+    worst = [0.0]
+
+    def check(got, want, cache, ref_cache):
+        worst[0] = max(worst[0], ((got - want).abs().max() / want.abs().max()).item())
+        for a, b in zip(cache.k + cache.v, ref_cache.k + ref_cache.v):
+            assert torch.allclose(a, b, atol=cache_atol)
+
+    _lockstep(gen, model.decoder, steps, check)
+    return worst[0]
 
 
 @pytest.mark.parametrize("shape", list(oracle.SHAPES))
@@ -100,27 +111,17 @@ def test_quantized_models_keep_cross_kv_in_float16(tmp_path, mode):
 
 
 def _plan_pair(model, steps: int = 12):
-    """Logits of the prepared step (`_StepPlan`) and of the same fused step without plans, fed the
-    same greedy frames from copies of one KV cache; asserts the prepared path was taken."""
+    """The prepared step (`_StepPlan`) against the same fused step without plans: equal logits
+    and caches, bit for bit, and the prepared path was taken."""
     gen = Dia1Generator(model, CPU, torch.float32)
-    unprepared = cpu_decode.FusedDecodeStep(model.decoder, plans=False)
-    gcfg = GenerationConfig(max_tokens=steps + 40, temperature=0)
-    with torch.inference_mode():
-        state = gen.prepare([tokenize(t) for t in TEXTS], [None, None], gcfg)
-        other = copy.deepcopy(state.cache)
-        for _ in range(steps):
-            t = state.t
-            current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)
-            positions = torch.full((current.shape[0], 1), t)
-            got = gen.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
-            want = unprepared(current, positions, other, state.cross, kv_len=t + 1)
-            assert torch.equal(got, want)
-            for a, b in zip(state.cache.k + state.cache.v, other.k + other.v):
-                assert torch.equal(a, b)
-            nxt = want.view(len(TEXTS), 2, 9, -1)[:, 1, :, :1024].argmax(-1)
-            state.tokens[:, t + 1] = torch.where(state.tokens[:, t + 1] < 0, nxt, state.tokens[:, t + 1])
-            state.t = t + 1
-    plans = [p for _, held in gen.decode._plans for p in held.values()]
+
+    def check(got, want, cache, ref_cache):
+        assert torch.equal(got, want)
+        for a, b in zip(cache.k + cache.v, ref_cache.k + ref_cache.v):
+            assert torch.equal(a, b)
+
+    _lockstep(gen, cpu_decode.FusedDecodeStep(model.decoder, plans=False), steps, check)
+    plans = gen.decode._plans.all()
     assert plans and all(p is not None for p in plans)
     return gen
 
@@ -165,4 +166,4 @@ def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
     with torch.inference_mode():
         state = float_gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
         float_gen.step(state, gcfg)
-    assert [p for _, held in float_gen.decode._plans for p in held.values()] == [None]
+    assert float_gen.decode._plans.all() == [None]

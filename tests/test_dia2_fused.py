@@ -125,8 +125,8 @@ def test_prepared_layer_plans_are_bitwise_the_unprepared_path(quantize):
                                    unprepared.stage(s, hidden, prev, dep[1], text))
         assert torch.equal(caches[0].k[0], caches[1].k[0]) and torch.equal(dep[0].v[-1], dep[1].v[-1])
     assert set(prepared._plans) == {"decoder", "depformer"}
-    assert all(len(entries) == 1 for entries in prepared._plans.values())  # the first run's caches are gone
-    held = {part: entries[0][1] for part, entries in prepared._plans.items()}
+    assert all(len(by_cache) == 1 for by_cache in prepared._plans.values())  # the first run's caches are gone
+    held = {part: by_cache.entries[0][1] for part, by_cache in prepared._plans.items()}
     assert all(p is not None for plans in held.values() for p in plans.values()), held
     assert any(m.__class__.__name__ == "Int4Linear" for p in held["decoder"].values() for m in p._keep) \
         == (quantize == "int4")
@@ -144,12 +144,12 @@ def test_layer_plans_do_not_keep_a_finished_runs_cache_alive():
     width = model.config.data.n_codebooks + 2
     with torch.inference_mode():
         fused.transformer(torch.zeros(2, 1, width, dtype=torch.long), torch.zeros(2, 1, dtype=torch.long), cache)
-    assert fused._plans["decoder"][0][1]  # a plan was built on this cache
+    assert fused._plans["decoder"].entries[0][1]  # a plan was built on this cache
     other = model.new_decoder_cache(2, 16)  # a second stream advanced in turn keeps its own plans
     with torch.inference_mode():
         for c in (other, cache, other):
             fused.transformer(torch.zeros(2, 1, width, dtype=torch.long), torch.ones(2, 1, dtype=torch.long), c)
-    assert [ref() for ref, _ in fused._plans["decoder"]] == [cache, other]
+    assert [ref() for ref, _ in fused._plans["decoder"].entries] == [cache, other]
     ref = weakref.ref(cache)
     del cache
     gc.collect()

@@ -23,9 +23,7 @@ import torch
 
 from ...models.dia1 import CrossState, Decoder
 from . import kernels as cpu_kernels
-from .layer_plan import blocks, projection_calls
-
-_PLAN_CACHES = 4  # caches whose plans are kept: requests advanced in turn each keep theirs
+from .layer_plan import PlansByCache, blocks, projection_calls
 
 
 def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> bool:
@@ -44,7 +42,7 @@ class FusedDecodeStep:
         self.decoder = decoder
         self.lib = cpu_kernels._library()
         self.use_plans = plans
-        self._plans: list = []  # [(weakref to a KV cache, {(rows, threads): _StepPlan or None})]
+        self._plans = PlansByCache()  # {(rows, threads): _StepPlan or None} per KV cache
         # A quantized decoder keeps its cross-attention K/V in float16: half their memory (86 MB
         # for a 145-byte script at 1.6B size, 18 layers x 2 CFG rows), an error (2^-11
         # relative) far below its weights' own, read at the same speed.
@@ -124,14 +122,7 @@ class FusedDecodeStep:
         projection that is not a kernel module)."""
         if not self.use_plans:
             return None
-        held = self._plans
-        plans = next((p for ref, p in held if ref() is cache), None)
-        if plans is None:  # a new cache: a new run, or another request advanced in turn
-            # Caches are held weakly, so a finished run's cache is freed; the plans of the last
-            # few live caches are kept.
-            held[:] = [(ref, p) for ref, p in held if ref() is not None][-(_PLAN_CACHES - 1):]
-            plans = {}
-            held.append((weakref.ref(cache), plans))
+        plans = self._plans.for_cache(cache)
         key = (rows, torch.get_num_threads())
         plan = plans.get(key)
         if key not in plans or (plan is not None and not plan.serves(cross)):

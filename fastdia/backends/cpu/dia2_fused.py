@@ -12,16 +12,11 @@ activations other than SiLU x linear) goes to the model's own forward.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from ...models.dia2 import DecoderOutput, Dia2Model
 from . import kernels as cpu_kernels
 from . import layer_plan
-
-
-_PLAN_CACHES = 4  # caches whose plans are kept: streams advanced in turn each keep theirs
 
 
 def supported(model: Dia2Model, device: torch.device) -> bool:
@@ -44,9 +39,9 @@ class FusedDia2:
         self.lib = cpu_kernels._library()
         self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
         # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part and KV cache:
-        # {"decoder" | "depformer": [(weakref to cache, {(group, rows, threads): plan or None}), ...]}.
+        # {"decoder" | "depformer": {(group, rows, threads): plan or None} per cache}.
         self.use_plans = plans
-        self._plans: dict[str, list] = {}
+        self._plans = {"decoder": layer_plan.PlansByCache(), "depformer": layer_plan.PlansByCache()}
         dep = model.depformer
         d = model.config.depformer
         # RoPE of stage s is the same every frame: cos/sin (1, hd/2) per stage, computed once.
@@ -148,14 +143,7 @@ class FusedDia2:
         projections are not all kernel modules (then `_run_layers` runs it)."""
         if not self.use_plans:
             return None
-        held = self._plans.setdefault(part, [])
-        plans = next((p for ref, p in held if ref() is cache), None)
-        if plans is None:  # a new cache (a new run, or another stream advanced in turn)
-            # Caches are held weakly: a finished run's cache (up to ~1 GB for a long 2B script) is
-            # freed when its run ends. The plans of the last few live caches are kept.
-            held[:] = [(ref, p) for ref, p in held if ref() is not None][-(_PLAN_CACHES - 1):]
-            plans = {}
-            held.append((weakref.ref(cache), plans))
+        plans = self._plans[part].for_cache(cache)
         key = (group, rows, torch.get_num_threads())
         if key not in plans:
             plans[key] = layer_plan.build(self.lib, specs(), final_norm, cache, rows, hq, hkv, d, key[2])

@@ -16,6 +16,7 @@ unprepared path, so the results are bitwise the same.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +34,39 @@ def blocks(module) -> list | None:
     if isinstance(module, (Int8Linear, Int4Linear)) and module.use_kernel:
         return [module]
     return None
+
+
+class PlansByCache:
+    """Prepared plans keyed by the KV cache their calls point into.
+
+    Caches are held weakly: a finished run's cache (up to ~1 GB for a long script) is freed when
+    its run ends, and its plans with it the next time a new cache arrives. The plans of the last
+    `keep` live caches are kept, so streams or requests advanced in turn each keep theirs."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self._held: list = []  # [(weakref to a cache, {key: plan or None})]
+
+    def for_cache(self, cache) -> dict:
+        """The dict of plans (any keys) for `cache`, empty for a new one."""
+        plans = next((p for ref, p in self._held if ref() is cache), None)
+        if plans is None:
+            self._held[:] = [(ref, p) for ref, p in self._held if ref() is not None][-(self.keep - 1):]
+            plans = {}
+            self._held.append((weakref.ref(cache), plans))
+        return plans
+
+    @property
+    def entries(self) -> list:
+        """[(weakref to a cache, its plans)], oldest first."""
+        return list(self._held)
+
+    def all(self) -> list:
+        """Every plan held (None where a stack could not be prepared)."""
+        return [plan for _, plans in self._held for plan in plans.values()]
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 def projection_calls(lib, modules, x: torch.Tensor, y: torch.Tensor, ldy: int, rows: int, xq: torch.Tensor,
