@@ -62,15 +62,21 @@ def test_builtin_voice_is_a_fixed_seed(engine):
     assert np.array_equal(a, b) and np.array_equal(a, c)
 
 
+# A seed whose run on tiny-random reaches max_tokens (3000 steps, several seconds): an unseeded
+# run can sample EOS within a fraction of a second and end before a timeout or a full queue.
+LONG_SEED = 2
+
+
 def test_timeout_cancels(engine):
-    ticket = engine.submit(SpeechRequest("[S1] This one runs long.", options={"max_tokens": 3000}, timeout=0.3))
+    ticket = engine.submit(SpeechRequest("[S1] This one runs long.", options={"max_tokens": 3000, "seed": LONG_SEED},
+                                         timeout=0.3))
     with pytest.raises(RequestTimeoutError):
         _audio(ticket)
     _wait_idle(engine)
 
 
 def test_cancel_frees_the_slot_and_full_queue_refuses(engine):
-    long = SpeechRequest("[S1] Long.", options={"max_tokens": 3000})
+    long = SpeechRequest("[S1] Long.", options={"max_tokens": 3000, "seed": LONG_SEED})
     tickets = [engine.submit(long) for _ in range(6)]  # 4 slots + 2 queue places
     with pytest.raises(QueueFullError) as info:
         engine.submit(long)
