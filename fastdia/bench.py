@@ -125,7 +125,7 @@ def read_bandwidth_now(mib: int = AFTER_RUN_PROBE_MIB, reps: int = 5) -> float:
     right after its timed steps (and after its peak RSS is read; the tensor is freed on return).
 
     The bench's first probe runs minutes before the last variant, and on a shared machine the
-    bandwidth drifts in between (this VM kind: 27-71 GB/s within an hour); this one is the
+    bandwidth drifts in between (this VM kind: 27-72 GB/s within an hour); this one is the
     bandwidth the run itself last saw, so each row also gets a ceiling fraction of its own moment.
     """
     import torch
@@ -140,7 +140,7 @@ def read_bandwidth_now(mib: int = AFTER_RUN_PROBE_MIB, reps: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def after_run_fraction(r: dict) -> str:
+def set_after_run_fraction(r: dict) -> str:
     """Sets r["fraction_of_ceiling_after_run"] from the variant's own after-run probe; returns the
     log suffix that reports it ("" when the child took none)."""
     bw = r.get("bandwidth_after_run_GBps")
@@ -514,7 +514,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
         log(f"bench: {_label(r):28s} {r['steps_per_s']:7.2f} steps/s  (x{r['realtime_factor']:.3f} realtime, "
             f"{100 * r['fraction_of_ceiling']:.0f}% of the {ceiling:.1f} steps/s bandwidth ceiling), "
             f"first step {r['ttfs_ms']:.0f} ms, first audio {_ttfa(r)} s, peak RSS {_gb(r['peak_rss_bytes'])} GB"
-            f"{after_run_fraction(r)}")
+            f"{set_after_run_fraction(r)}")
         if "macs_per_step" in r:
             r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
                                            r["kernel_rates"])
