@@ -577,7 +577,8 @@ def _machine() -> dict:
 
 def print_table(out: dict) -> None:
     print(f"{'variant':34s} {'steps/s':>8s} {'x realtime':>10s} {'vs HF':>6s} {'ceiling':>8s} {'% ceil':>6s} "
-          f"{'% after':>7s} {'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'peak RSS GB':>11s}")
+          f"{'% after':>7s} {'prefill ms':>10s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} "
+          f"{'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_transformers")
         pre = r.get("prefill_ms")

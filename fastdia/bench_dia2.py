@@ -495,7 +495,7 @@ def _label(r: dict) -> str:
 
 def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
     """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
-    from .bench import set_after_run_fraction, run_child
+    from .bench import run_child, set_after_run_fraction
 
     text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
     base = dict(base, text=text)
@@ -518,7 +518,8 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
             + f" (x{r['realtime_factor']:.3f} realtime; {100 * r['fraction_of_ceiling']:.0f}% of the "
             f"{r['ceiling_steps_per_s']:.2f} steps/s bandwidth ceiling if every weight comes from DRAM, "
             f"{r['ceiling_unique_steps_per_s']:.2f} if each is read once), first step {r['ttfs_ms']:.0f} ms, "
-            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB{set_after_run_fraction(r)}")
+            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB"
+            f"{set_after_run_fraction(r)}")
         r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
                                        r["kernel_rates"])
         log(f"bench: {'':30s} {roofline.describe(r, bw['read_GBps'])}")
@@ -597,7 +598,8 @@ def print_table_dia2(out: dict) -> None:
     from .bench import _pct
 
     print(f"{'variant':32s} {'batch':>5s} {'steps/s':>8s} {'x realtime':>10s} {'vs plain':>8s} {'ceil DRAM':>9s} "
-          f"{'ceil uniq':>9s} {'% ceil':>6s} {'% after':>7s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} {'uniq GB':>7s} "
+          f"{'ceil uniq':>9s} {'% ceil':>6s} {'% after':>7s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} "
+          f"{'uniq GB':>7s} "
           f"{'peak RSS GB':>11s}")
     for r in out["results"]:
         vs = r.get("vs_plain")

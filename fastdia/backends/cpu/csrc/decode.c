@@ -138,7 +138,8 @@ void fd_rope(float *x, const float *cos, const float *sin, int B, int H, int D) 
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             float *head = x + ((int64_t)b * H + h) * D;
-            rope(head, cos + (int64_t)b * (D / 2), sin + (int64_t)b * (D / 2), D, head); /* reads a pair, then writes it */
+            /* in place: rope reads each pair of dims before it writes them */
+            rope(head, cos + (int64_t)b * (D / 2), sin + (int64_t)b * (D / 2), D, head);
         }
 }
 
