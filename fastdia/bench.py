@@ -97,6 +97,15 @@ def measure_bandwidth(mib: int = 1024, reps: int = 7) -> dict:
     return _child_bandwidth({"mib": mib, "reps": reps})
 
 
+def _best_seconds(fn, reps: int) -> float:
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _child_bandwidth(spec: dict) -> dict:
     import torch
 
@@ -105,14 +114,9 @@ def _child_bandwidth(spec: dict) -> dict:
     y = torch.empty_like(x)
     x.sum()
     y.copy_(x)
-    read = copy = math.inf
-    for _ in range(spec.get("reps", 7)):
-        t0 = time.perf_counter()
-        x.sum()
-        read = min(read, time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        y.copy_(x)
-        copy = min(copy, time.perf_counter() - t0)
+    reps = spec.get("reps", 7)
+    read = _best_seconds(x.sum, reps)
+    copy = _best_seconds(lambda: y.copy_(x), reps)
     nbytes = n * 4
     return {"read_GBps": nbytes / read / 1e9, "copy_GBps": 2 * nbytes / copy / 1e9}
 
@@ -132,12 +136,7 @@ def read_bandwidth_now(mib: int = AFTER_RUN_PROBE_MIB, reps: int = 5) -> float:
 
     x = torch.ones(mib * (1 << 20) // 4)
     x.sum()
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t0)
-    return x.numel() * 4 / best / 1e9
+    return x.numel() * 4 / _best_seconds(x.sum, reps) / 1e9
 
 
 def set_after_run_fraction(r: dict) -> str:

@@ -125,7 +125,7 @@ def test_prepared_layer_plans_are_bitwise_the_unprepared_path(quantize):
                                    unprepared.stage(s, hidden, prev, dep[1], text))
         assert torch.equal(caches[0].k[0], caches[1].k[0]) and torch.equal(dep[0].v[-1], dep[1].v[-1])
     assert set(prepared._plans) == {"decoder", "depformer"}
-    assert all(len(by_cache) == 1 for by_cache in prepared._plans.values())  # the first run's caches are gone
+    assert all(len(by_cache.entries) == 1 for by_cache in prepared._plans.values())  # the first run's caches are gone
     held = {part: by_cache.entries[0][1] for part, by_cache in prepared._plans.items()}
     assert all(p is not None for plans in held.values() for p in plans.values()), held
     assert any(m.__class__.__name__ == "Int4Linear" for p in held["decoder"].values() for m in p._keep) \

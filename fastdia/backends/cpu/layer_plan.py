@@ -61,13 +61,6 @@ class PlansByCache:
         """[(weakref to a cache, its plans)], oldest first."""
         return list(self._held)
 
-    def all(self) -> list:
-        """Every plan held (None where a stack could not be prepared)."""
-        return [plan for _, plans in self._held for plan in plans.values()]
-
-    def __len__(self) -> int:
-        return len(self._held)
-
 
 def projection_calls(lib, modules, x: torch.Tensor, y: torch.Tensor, ldy: int, rows: int, xq: torch.Tensor,
                      xsum: torch.Tensor, nthreads: int, calls: list, keep: list) -> int:
