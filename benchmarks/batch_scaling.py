@@ -10,6 +10,12 @@ times, and the ratio to batch 1 is taken per round, then the median over rounds.
 
 Dia2 counts full steps only (after the decoder-only first steps); a batch step decodes every
 script once (2 CFG rows each) and the aggregate is script-steps per second.
+
+The same run gives each batch size its roofline (fastdia.roofline): the step's weight bytes at
+the read bandwidth probed after each round's batch-1 run (median over rounds), and its MACs at
+the kernels' in-cache rates timed with that batch's row count. The bound's ratio to batch 1 is
+what these kernels allow on this machine: batch 1 is memory-bound, so a batch whose multiplies
+take longer than the weights take to stream cannot scale with its rows.
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import time
 
 import torch
 
-from fastdia.bench import _machine
+from fastdia import roofline
+from fastdia.bench import _machine, read_bandwidth_now
 
 
 def dia2_runner(model: str, quantize: str | None):
     from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
     from fastdia.generation.dia2 import Dia2GenerationConfig
     from fastdia.generation.dia2_slots import Dia2SlotBatch
+
+    from fastdia.bench_dia2 import roofline_inputs_dia2, step_weight_bytes_dia2
 
     tts, _ = load_tts({"model": model, "device": "cpu", "dtype": "auto", "quantize": quantize})
     g = tts._generator
@@ -47,10 +56,14 @@ def dia2_runner(model: str, quantize: str | None):
             done += len(slots.step())
         return done / (time.perf_counter() - t0)
 
-    return run
+    def roof(batch: int) -> tuple[int, dict]:
+        return step_weight_bytes_dia2(tts.model)["dram"], roofline_inputs_dia2(tts.model, 2 * batch)
+
+    return run, roof
 
 
 def dia1_runner(model: str, quantize: str | None):
+    from fastdia.bench import roofline_inputs, step_weight_bytes
     from fastdia.checkpoints.dia1_load import load_model
     from fastdia.generation.dia1 import Dia1Generator
     from fastdia.generation.options import GenerationConfig
@@ -70,7 +83,10 @@ def dia1_runner(model: str, quantize: str | None):
             gen.step(state, cfg)
         return batch * steps / (time.perf_counter() - t0)
 
-    return run
+    def roof(batch: int) -> tuple[int, dict]:
+        return step_weight_bytes(loaded.model), roofline_inputs(loaded.model, 2 * batch)
+
+    return run, roof
 
 
 def main() -> None:
@@ -84,23 +100,43 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    run = (dia2_runner if args.family == "dia2" else dia1_runner)(args.model, args.quantize)
+    run, roof = (dia2_runner if args.family == "dia2" else dia1_runner)(args.model, args.quantize)
     rates: dict[int, list[float]] = {b: [] for b in batches}
+    probes: list[float] = []
     with torch.inference_mode():
         run(batches[0], 2)  # warm-up
         for r in range(args.rounds):
             for b in batches:
                 rates[b].append(run(b, args.steps))
-            print(f"round {r}: " + ", ".join(f"batch {b}: {rates[b][-1]:.2f}" for b in batches), flush=True)
+                if b == batches[0]:
+                    probes.append(read_bandwidth_now())
+            print(f"round {r}: " + ", ".join(f"batch {b}: {rates[b][-1]:.2f}" for b in batches)
+                  + f" (read bandwidth after batch {batches[0]}: {probes[-1]:.1f} GB/s)", flush=True)
+    bandwidth = statistics.median(probes)
     base = batches[0]
     summary = {b: {"aggregate_steps_per_s": statistics.median(rates[b]),
                    "vs_batch_1": statistics.median(x / y for x, y in zip(rates[b], rates[base])),
                    "rounds": rates[b]} for b in batches}
-    for b, s in summary.items():
-        print(f"batch {b}: {s['aggregate_steps_per_s']:.2f} script-steps/s, {s['vs_batch_1']:.2f}x batch {base}")
+    for b in batches:  # the roofline of each batch size, from this run's bandwidth and kernel rates
+        dram, inputs = roof(b)
+        bound = roofline.bound(dram, bandwidth * 1e9, inputs["macs_per_step"], inputs["kernel_rates"])
+        summary[b]["roofline"] = {**bound, "weight_bytes_per_step": dram, "rows": 2 * b,
+                                  "macs_per_step": inputs["macs_per_step"],
+                                  "kernel_macs_per_s": {f: v["macs_per_s"] for f, v in inputs["kernel_rates"].items()},
+                                  "bound_script_steps_per_s": b * bound["bound_steps_per_s"]}
+    for b in batches:
+        s, rf = summary[b], summary[b]["roofline"]
+        s["bound_vs_batch_1"] = rf["bound_script_steps_per_s"] / summary[base]["roofline"]["bound_script_steps_per_s"]
+        s["fraction_of_bound"] = s["aggregate_steps_per_s"] / rf["bound_script_steps_per_s"]
+        rates_txt = ", ".join(f"{f} {v / 1e9:.0f}" for f, v in rf["kernel_macs_per_s"].items())
+        print(f"batch {b}: {s['aggregate_steps_per_s']:.2f} script-steps/s, {s['vs_batch_1']:.2f}x batch {base}; "
+              f"roofline {rf['bound_script_steps_per_s']:.2f} ({rf['limit']}-bound: memory {rf['memory_ms']:.1f} ms, "
+              f"compute {rf['compute_ms']:.1f} ms at {rates_txt} GMAC/s), {s['bound_vs_batch_1']:.2f}x batch {base}; "
+              f"measured {100 * s['fraction_of_bound']:.0f}% of it")
     with open(args.out, "w") as f:
         json.dump({"family": args.family, "model": args.model, "quantize": args.quantize, "threads": torch.get_num_threads(),
-                   "machine": _machine(), "steps": args.steps, "batches": summary}, f, indent=1)
+                   "machine": _machine(), "steps": args.steps, "read_GBps_after_batch_1": probes,
+                   "read_GBps": bandwidth, "batches": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,44 @@ def test_tile_pairs_round_trip():
     assert torch.equal(formats.untile_pairs(tiled, 32)[:5], q)
 
 
+@pytest.mark.parametrize("n", [21, 16, 2])  # a last group of fewer pairs; whole groups; one pair
+def test_grouped_layout_round_trip(n):
+    """Long rows are held in chunk-major groups of pairs; every row range reads back."""
+    k = 3072
+    assert formats.grouped(k) and not formats.grouped(2048) and not formats.grouped(3000)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(n))
+    held = formats.kernel_layout(q, 32, k)
+    tiled = formats.tile_pairs(q, 32)
+    assert held.shape == tiled.shape and torch.equal(held, tiled) == (n == 2)  # one pair: nothing to regroup
+    # the first chunk of the first group: the first 1024 inputs of pair 0, then of pair 1
+    chunk = 2 * formats.GROUP_CHUNK
+    assert torch.equal(held.reshape(-1)[:chunk], tiled[0, :chunk])
+    if n > 2:
+        assert torch.equal(held.reshape(-1)[chunk:2 * chunk], tiled[1, :chunk])
+    for r0, r1 in ((0, n), (1, n), (2, min(n, 11)), (n - 1, n)):
+        assert torch.equal(formats.kernel_rows(held, 32, k, r0, r1), q[r0:r1])
+
+
+@pytest.mark.parametrize("k", [3072, 4096])
+def test_long_row_kernels(k):
+    """The grouped kernels: int8 and int4 against their dequantized weights, the prefill path and
+    the stored codes read back, and each row bitwise the same in any batch."""
+    if not cpu_kernels.available():
+        pytest.skip(cpu_kernels.unavailable_reason())
+    w = _weight(45, k)  # odd: a padded pair, and a last group of three pairs
+    for module, deq in ((quant.Int8Linear.from_float(w), lambda m: formats.dequantize_int8(m.int8_weight(), m.scales)),
+                        (quant.Int4Linear.from_float(w, 64), lambda m: formats.dequantize_int4(*m.int4_parts()))):
+        ref = deq(module)
+        assert _rel(ref, w) < 0.1
+        x = torch.randn(24, k, generator=torch.Generator().manual_seed(k))
+        batch = module(x[:24])
+        assert _rel(batch, F.linear(x, ref)) < 1e-3
+        for rows in (1, 2, 8, 9):
+            assert torch.equal(module(x[:rows]), batch[:rows])
+        many = torch.randn(cpu_kernels.MAX_ROWS + 3, k, generator=torch.Generator().manual_seed(1))
+        assert _rel(module(many), F.linear(many, ref)) < 1e-3  # prefill: dense blocks of rows
+
+
 def test_int4_search_beats_min_max():
     """The clipped, refit grid has lower error than plain min/max rounding (the old format)."""
     w = _weight(256, 512)

@@ -159,3 +159,50 @@ def untile_pairs(t: torch.Tensor, chunk: int) -> torch.Tensor:
     """Inverse of `tile_pairs` (padding row included)."""
     p, b2 = t.shape
     return t.view(p, b2 // (2 * chunk), 2, chunk).transpose(1, 2).reshape(2 * p, b2 // 2)
+
+
+# Long rows in chunk-major groups (csrc/wonly.c, "Long rows"): from K = 3072 inputs on, a kernel
+# pass over one row pair no longer finds its activations in L1, so the kernels run GROUP_PAIRS
+# pairs a chunk of GROUP_CHUNK inputs at a time, and the pair-tiled weights of each group are
+# stored chunk by chunk to keep that one sequential stream. The rule is the C kernels' own.
+GROUP_PAIRS = 4
+GROUP_CHUNK = 1024
+_WHOLE_ROWS = 2048
+
+
+def grouped(in_features: int) -> bool:
+    """Whether a weight with `in_features` inputs is held in chunk-major groups of pairs."""
+    return in_features > _WHOLE_ROWS and in_features % GROUP_CHUNK == 0
+
+
+def _regroup(t: torch.Tensor, in_features: int, inverse: bool) -> torch.Tensor:
+    p, b2 = t.shape
+    chunks = in_features // GROUP_CHUNK
+    flat = t.reshape(-1)
+    out = torch.empty_like(flat)
+    for g0 in range(0, p, GROUP_PAIRS):  # each group's bytes are its own: the last may hold fewer pairs
+        n = min(GROUP_PAIRS, p - g0)
+        src = flat[g0 * b2:(g0 + n) * b2]
+        shape = (chunks, n, b2 // chunks) if inverse else (n, chunks, b2 // chunks)
+        out[g0 * b2:(g0 + n) * b2] = src.view(shape).transpose(0, 1).reshape(-1)
+    return out.view(p, b2)
+
+
+def kernel_layout(q: torch.Tensor, chunk: int, in_features: int) -> torch.Tensor:
+    """`[N, B]` codes -> the kernels' layout: `tile_pairs`, then chunk-major groups of pairs for
+    long rows (`grouped`). `[ceil(N/2), 2B]`, as `tile_pairs`."""
+    t = tile_pairs(q, chunk)
+    return _regroup(t, in_features, inverse=False) if grouped(in_features) else t
+
+
+def kernel_rows(t: torch.Tensor, chunk: int, in_features: int, r0: int = 0, r1: int | None = None) -> torch.Tensor:
+    """Rows r0 .. r1 of the `[N, B]` codes held in the kernels' layout `t` (inverse of `kernel_layout`;
+    by default every row, the padding row of an odd N included)."""
+    p = t.shape[0]
+    r1 = 2 * p if r1 is None else r1
+    p0, p1 = r0 // 2, (r1 + 1) // 2
+    if grouped(in_features):  # whole groups around the pairs asked for
+        g0, g1 = p0 // GROUP_PAIRS * GROUP_PAIRS, min(p, -(-p1 // GROUP_PAIRS) * GROUP_PAIRS)
+        rows = untile_pairs(_regroup(t[g0:g1], in_features, inverse=True), chunk)
+        return rows[r0 - 2 * g0: r1 - 2 * g0]
+    return untile_pairs(t[p0:p1], chunk)[r0 - 2 * p0: r1 - 2 * p0]

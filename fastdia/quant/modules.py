@@ -44,9 +44,11 @@ from .formats import (
     int4_steps,
     quantize_int4,
     quantize_int8,
+    kernel_layout,
+    kernel_rows,
     tile_pairs,
-    unpack_int4,
     untile_pairs,
+    unpack_int4,
 )
 
 MODES = ("int8", "int4")
@@ -102,7 +104,7 @@ def _cpu_kernels():
 class Int8Linear(nn.Module):
     """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
 
-    With fastdia's kernels, the weight is held in row pairs (`tile_pairs`); decode-sized inputs
+    With fastdia's kernels, the weight is held in the kernels' layout (`kernel_layout`: row pairs); decode-sized inputs
     (at most `cpu_kernels.MAX_ROWS` rows) go through the VNNI kernel with float32 activations,
     larger ones (prefill) through `_dense_blocks`. Without the kernels the weight stays `[N, K]`
     for torch's `_weight_int8pack_mm` (bfloat16 activations).
@@ -112,7 +114,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.use_kernel = _kernels() and self.in_features % 32 == 0
-        self.register_buffer("qweight", tile_pairs(qweight, 32) if self.use_kernel else qweight.contiguous())
+        self.register_buffer("qweight", kernel_layout(qweight, 32, self.in_features) if self.use_kernel
+                             else qweight.contiguous())
         self.register_buffer("scales", scale.float().contiguous())
         self._scales_bf16 = None if self.use_kernel else self.scales.to(KERNEL_DTYPE)
 
@@ -128,11 +131,10 @@ class Int8Linear(nn.Module):
         """The `[N, K]` int8 codes (a new tensor when the weight is tiled)."""
         if not self.use_kernel:
             return self.qweight
-        return untile_pairs(self.qweight, 32)[: self.out_features]
+        return kernel_rows(self.qweight, 32, self.in_features, 0, self.out_features)
 
     def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
-        tile = untile_pairs(self.qweight[r0 // 2: (r1 + 1) // 2], 32)[: r1 - r0]
-        return dequantize_int8(tile, self.scales[r0:r1])
+        return dequantize_int8(kernel_rows(self.qweight, 32, self.in_features, r0, r1), self.scales[r0:r1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cpu_kernels = _cpu_kernels()
@@ -170,8 +172,8 @@ class Int4Linear(nn.Module):
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
         self.use_kernel = _kernels() and group_size in GROUP_SIZES  # the kernel shifts by log2(group)
-        if self.use_kernel:  # row pairs tiled (`tile_pairs`): 32-byte blocks of codes, single tscales
-            self.register_buffer("qweight", tile_pairs(packed, 32))
+        if self.use_kernel:  # the kernels' layout (`kernel_layout`) of 32-byte blocks of codes; tscales in pairs
+            self.register_buffer("qweight", kernel_layout(packed, 32, self.in_features))
             self.register_buffer("tscale", tile_pairs(tscale, 1))
             self.register_buffer("rscale", rscale.float().contiguous())
             self.register_buffer("offsets", offsets.to(torch.int8).contiguous())
@@ -222,13 +224,13 @@ class Int4Linear(nn.Module):
         if not self.use_kernel:
             raise RuntimeError("int4_parts() needs fastdia's kernel layout; this module holds torch's packing")
         n = self.out_features
-        return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets,
-                self.oscale)
+        return (kernel_rows(self.qweight, 32, self.in_features, 0, n), untile_pairs(self.tscale, 1)[:n], self.rscale,
+                self.offsets, self.oscale)
 
     def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
         p0, p1 = r0 // 2, (r1 + 1) // 2
-        packed = untile_pairs(self.qweight[p0:p1], 32)[: r1 - r0]
-        tscale = untile_pairs(self.tscale[p0:p1], 1)[: r1 - r0]
+        packed = kernel_rows(self.qweight, 32, self.in_features, r0, r1)
+        tscale = untile_pairs(self.tscale[p0:p1], 1)[r0 - 2 * p0: r1 - 2 * p0]
         return dequantize_int4(packed, tscale, self.rscale[r0:r1], self.offsets[r0:r1], self.oscale[r0:r1])
 
     def nbytes(self) -> int:

@@ -62,11 +62,10 @@ static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
    the rows, row 2p's chunk then row 2p+1's, so a pass reads one sequential stream. Reading two
    rows side by side instead halves the DRAM bandwidth of this CPU's hardware prefetchers
    (measured: 17 vs 35 GB/s on 2 Zen 4 cores). */
-INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t *out0, int32_t *out1) {
-    const int8_t *w0 = tile, *w1 = tile + 32;
-    __m512i a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_si512(); a1[m] = _mm512_setzero_si512(); }
-    for (int k = 0; k < K; k += 32) {
+INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, __m512i *a0, __m512i *a1) {
+    /* tile: the pair's weights from input k0 on */
+    const int8_t *w0 = tile - 2 * (int64_t)k0, *w1 = w0 + 32;
+    for (int k = k0; k < k1; k += 32) {
         _mm_prefetch((const char *)(w0 + 2 * k + PF), _MM_HINT_T1);
         __m512i v0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w0 + 2 * k)));
         __m512i v1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w1 + 2 * k)));
@@ -76,10 +75,56 @@ INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t
             DPWSSD(a1[m], xv, v1);
         }
     }
+}
+
+/* Rows of x against one row pair over all K, the sums returned reduced. */
+INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t *out0, int32_t *out1) {
+    __m512i a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_si512(); a1[m] = _mm512_setzero_si512(); }
+    q8_core(xq, K, 0, K, tile, M, a0, a1);
     for (int m = 0; m < M; m++) { out0[m] = _mm512_reduce_add_epi32(a0[m]); out1[m] = _mm512_reduce_add_epi32(a1[m]); }
 }
 
+/* The same over inputs k0 .. k1 (tile from k0 on), the accumulators kept in acc between calls
+   (long rows, below).
+   Through local arrays: accumulating into acc itself ran 8-14% slower. */
+INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, __m512i *acc) {
+    __m512i a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = acc[2 * m]; a1[m] = acc[2 * m + 1]; }
+    q8_core(xq, K, k0, k1, tile, M, a0, a1);
+    for (int m = 0; m < M; m++) { acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m]; }
+}
+
+/* Long rows. A pass over one row pair reads the block's whole int16 activation (rows x K x 2
+   bytes) while the weights stream through L1. From K = 3072 on it no longer stays there (8 rows
+   at K = 3072 are 48 KB; 2 rows at K = 8192 are 32 KB, all of L1): every pair re-reads it from
+   L2, and the weights stream slower. Measured on 2 Zen 4 cores: 2 rows of 2048 x 8192 (Dia-1's
+   MLP down-projection) 22-31 GB/s against 35-47 for 8192 x 2048; 8 rows of 256 x 6144 in cache
+   135-160 G MAC/s against 260-280 at K <= 2048.
+   So such a weight (`fastdia.quant.formats.grouped`) is held in groups of GROUP_PAIRS pairs,
+   each stored chunk-major: GROUP_CHUNK inputs of the group's first pair, of its second, ...,
+   then the next GROUP_CHUNK inputs. A call runs a group chunk by chunk, each chunk of the
+   activation (at most 8 x 1024 x 2 = 16 KB) serving the group's four pairs from L1, and still
+   reads one sequential stream. The pairs' accumulators wait in memory between chunks. Integer
+   sums are exact and int4's float flushes fall on the same inputs (GROUP_CHUNK is a multiple of
+   its 512), so the results are bitwise those of a whole-row pass. Measured against the pair
+   tiles, weights from DRAM: 2 rows 1.11-1.39x (K = 3072-8192), 8 rows 1.15-1.51x; at K <= 2048
+   the groups lost (0.77-0.98x) and are not used. */
+#define GROUP_PAIRS 4
+#define GROUP_CHUNK 1024
+#define WHOLE_ROWS 2048
+static inline int grouped(int K) { return K > WHOLE_ROWS && K % GROUP_CHUNK == 0; }
+
+/* Runs CASE (a switch over the block's row count mm) for every chunk of every pair of the group
+   [pa, pb), rows m0 .. m0 + mm. */
+#define GROUPED(CASE) \
+    for (int k0 = 0; k0 < K; k0 += GROUP_CHUNK) \
+        for (int q = pa; q < pb; q++) switch (mm) { CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) }
+
 #define Q8_CASE(MM) case MM: q8_rows(xq + (int64_t)m0 * K, K, tile, MM, o0 + m0, o1 + m0); break;
+/* a group's chunk k0 of pair q: after k0 / GROUP_CHUNK chunks of every pair of the group, and q - pa of this one */
+#define Q8_PART(MM) case MM: q8_part(xq + (int64_t)m0 * K, K, k0, k0 + GROUP_CHUNK, \
+                                     gw + ((int64_t)k0 * (pb - pa) + (int64_t)(q - pa) * GROUP_CHUNK) * 2, MM, acc[q - pa]); break;
 
 /* y is M rows of ldy floats (ldy >= N): a caller can write several projections of one input
    side by side into one buffer. */
@@ -87,16 +132,40 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
                 float *y, int ldy, int16_t *xq, int nthreads) {
     float sx[MAXROWS];
     quant_rows(x, M, K, xq, sx);
-    int pairs = (N + 1) / 2;
+    int pairs = (N + 1) / 2, groups = (pairs + GROUP_PAIRS - 1) / GROUP_PAIRS;
+    if (!grouped(K)) {
+        #pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int p = 0; p < pairs; p++) {
+            int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
+            const int8_t *tile = w + (int64_t)p * 2 * K;
+            int32_t o0[MAXROWS], o1[MAXROWS];
+            BLOCKS(Q8_CASE, Q8_BLOCK)
+            for (int m = 0; m < M; m++) {
+                y[(int64_t)m * ldy + n0] = (float)o0[m] * sx[m] * scale[n0];
+                if (n1 < N) y[(int64_t)m * ldy + n1] = (float)o1[m] * sx[m] * scale[n1];
+            }
+        }
+        return;
+    }
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = 0; p < pairs; p++) {
-        int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
-        const int8_t *tile = w + (int64_t)p * 2 * K;
-        int32_t o0[MAXROWS], o1[MAXROWS];
-        BLOCKS(Q8_CASE, Q8_BLOCK)
-        for (int m = 0; m < M; m++) {
-            y[(int64_t)m * ldy + n0] = (float)o0[m] * sx[m] * scale[n0];
-            if (n1 < N) y[(int64_t)m * ldy + n1] = (float)o1[m] * sx[m] * scale[n1];
+    for (int g = 0; g < groups; g++) {
+        int pa = g * GROUP_PAIRS, pb = pa + GROUP_PAIRS < pairs ? pa + GROUP_PAIRS : pairs;
+        const int8_t *gw = w + (int64_t)pa * 2 * K;
+        for (int m0 = 0; m0 < M; m0 += Q8_BLOCK) {
+            int mm = M - m0 < Q8_BLOCK ? M - m0 : Q8_BLOCK;
+            __m512i acc[GROUP_PAIRS][2 * MAXM];
+            for (int q = 0; q < pb - pa; q++)
+                for (int i = 0; i < 2 * mm; i++) acc[q][i] = _mm512_setzero_si512();
+            GROUPED(Q8_PART)
+            for (int q = pa; q < pb; q++) {
+                int n0 = 2 * q, n1 = 2 * q + 1; /* an odd N has a zero padding row at N */
+                for (int m = 0; m < mm; m++) {
+                    float s = sx[m0 + m];
+                    y[(int64_t)(m0 + m) * ldy + n0] = (float)_mm512_reduce_add_epi32(acc[q - pa][2 * m]) * s * scale[n0];
+                    if (n1 < N)
+                        y[(int64_t)(m0 + m) * ldy + n1] = (float)_mm512_reduce_add_epi32(acc[q - pa][2 * m + 1]) * s * scale[n1];
+                }
+            }
         }
     }
 }
@@ -109,19 +178,12 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
    float. The offsets contribute oscale[n] * sum_g offset[n, g] * (sum of x over group g), in
    float (offset int8). */
 #define Q4_FLUSH 8
-INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t *tt, int group_shift, int M,
-                    float *out0, float *out1) {
-    const uint8_t *w0 = tile, *w1 = tile + 32; /* row pairs tiled, as for int8 */
+INLINE void q4_core(const int16_t *xq, int K, int k0, int k1, const uint8_t *tile, const uint8_t *tt,
+                    int group_shift, int M, __m512i *a0, __m512i *a1, __m512 *f0, __m512 *f1) {
+    const uint8_t *w0 = tile - k0, *w1 = w0 + 32; /* row pairs tiled, as for int8; tile from input k0 on */
     const uint16_t *tpair = (const uint16_t *)tt;
     const __m512i lo_mask = _mm512_set1_epi16(0x0F), byte_mask = _mm512_set1_epi16(0xFF);
-    __m512i a0[MAXM], a1[MAXM];
-    __m512 f0[MAXM], f1[MAXM];
-    for (int m = 0; m < M; m++) {
-        a0[m] = a1[m] = _mm512_setzero_si512();
-        f0[m] = f1[m] = _mm512_setzero_ps();
-    }
-    int nblk = K / 64;
-    for (int blk = 0; blk < nblk; blk++) {
+    for (int blk = k0 / 64; blk < k1 / 64; blk++) {
         if (blk % Q4_FLUSH == 0 && blk) {
             for (int m = 0; m < M; m++) {
                 f0[m] = _mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])); a0[m] = _mm512_setzero_si512();
@@ -148,9 +210,36 @@ INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t
             DPWSSD(a1[m], xb, hi1);
         }
     }
+}
+
+INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t *tt, int group_shift, int M,
+                    float *out0, float *out1) {
+    __m512i a0[MAXM], a1[MAXM];
+    __m512 f0[MAXM], f1[MAXM];
+    for (int m = 0; m < M; m++) {
+        a0[m] = a1[m] = _mm512_setzero_si512();
+        f0[m] = f1[m] = _mm512_setzero_ps();
+    }
+    q4_core(xq, K, 0, K, tile, tt, group_shift, M, a0, a1, f0, f1);
     for (int m = 0; m < M; m++) {
         out0[m] = _mm512_reduce_add_ps(_mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])));
         out1[m] = _mm512_reduce_add_ps(_mm512_add_ps(f1[m], _mm512_cvtepi32_ps(a1[m])));
+    }
+}
+
+/* q4_rows over inputs k0 .. k1 (multiples of 512; tile from k0 on), as q8_part */
+INLINE void q4_part(const int16_t *xq, int K, int k0, int k1, const uint8_t *tile, const uint8_t *tt,
+                    int group_shift, int M, __m512i *acc, __m512 *facc) {
+    __m512i a0[MAXM], a1[MAXM];
+    __m512 f0[MAXM], f1[MAXM];
+    for (int m = 0; m < M; m++) {
+        a0[m] = acc[2 * m]; a1[m] = acc[2 * m + 1];
+        f0[m] = facc[2 * m]; f1[m] = facc[2 * m + 1];
+    }
+    q4_core(xq, K, k0, k1, tile, tt, group_shift, M, a0, a1, f0, f1);
+    for (int m = 0; m < M; m++) {
+        acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m];
+        facc[2 * m] = f0[m]; facc[2 * m + 1] = f1[m];
     }
 }
 
@@ -167,6 +256,9 @@ INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
 }
 
 #define Q4_CASE(MM) case MM: q4_rows(xq + (int64_t)m0 * K, K, tile, tt, group_shift, MM, o0 + m0, o1 + m0); break;
+#define Q4_PART(MM) case MM: q4_part(xq + (int64_t)m0 * K, K, k0, k0 + GROUP_CHUNK, \
+                                     gw + (int64_t)k0 * (pb - pa) + (int64_t)(q - pa) * GROUP_CHUNK, \
+                                     tscale + (int64_t)q * 2 * G, group_shift, MM, acc[q - pa], facc[q - pa]); break;
 
 void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
                 const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
@@ -182,19 +274,51 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
             for (int k = 0; k < group; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xg + k));
             xsum[m * G + g] = _mm512_reduce_add_ps(s);
         }
-    int pairs = (N + 1) / 2;
+    int pairs = (N + 1) / 2, groups = (pairs + GROUP_PAIRS - 1) / GROUP_PAIRS;
+    if (!grouped(K)) {
+        #pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int p = 0; p < pairs; p++) {
+            int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
+            const uint8_t *tile = w + (int64_t)p * K, *tt = tscale + (int64_t)p * 2 * G;
+            float o0[MAXROWS], o1[MAXROWS];
+            BLOCKS(Q4_CASE, Q4_BLOCK)
+            for (int m = 0; m < M; m++) {
+                y[(int64_t)m * ldy + n0] = o0[m] * sx[m] * rscale[n0]
+                                         + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
+                if (n1 < N)
+                    y[(int64_t)m * ldy + n1] = o1[m] * sx[m] * rscale[n1]
+                                             + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
+            }
+        }
+        return;
+    }
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = 0; p < pairs; p++) {
-        int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
-        const uint8_t *tile = w + (int64_t)p * K, *tt = tscale + (int64_t)p * 2 * G;
-        float o0[MAXROWS], o1[MAXROWS];
-        BLOCKS(Q4_CASE, Q4_BLOCK)
-        for (int m = 0; m < M; m++) {
-            y[(int64_t)m * ldy + n0] = o0[m] * sx[m] * rscale[n0]
-                                     + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
-            if (n1 < N)
-                y[(int64_t)m * ldy + n1] = o1[m] * sx[m] * rscale[n1]
-                                         + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
+    for (int gi = 0; gi < groups; gi++) {
+        int pa = gi * GROUP_PAIRS, pb = pa + GROUP_PAIRS < pairs ? pa + GROUP_PAIRS : pairs;
+        const uint8_t *gw = w + (int64_t)pa * K;
+        for (int m0 = 0; m0 < M; m0 += Q4_BLOCK) {
+            int mm = M - m0 < Q4_BLOCK ? M - m0 : Q4_BLOCK;
+            __m512i acc[GROUP_PAIRS][2 * MAXM];
+            __m512 facc[GROUP_PAIRS][2 * MAXM];
+            for (int q = 0; q < pb - pa; q++)
+                for (int i = 0; i < 2 * mm; i++) { acc[q][i] = _mm512_setzero_si512(); facc[q][i] = _mm512_setzero_ps(); }
+            GROUPED(Q4_PART)
+            for (int q = pa; q < pb; q++) {
+                int n0 = 2 * q, n1 = 2 * q + 1; /* an odd N has a zero padding row at N */
+                for (int m = 0; m < mm; m++) {
+                    const __m512i *a = acc[q - pa];
+                    const __m512 *f = facc[q - pa];
+                    const float *xs = xsum + (m0 + m) * G;
+                    float s = sx[m0 + m];
+                    y[(int64_t)(m0 + m) * ldy + n0] =
+                        _mm512_reduce_add_ps(_mm512_add_ps(f[2 * m], _mm512_cvtepi32_ps(a[2 * m]))) * s * rscale[n0]
+                        + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xs, G);
+                    if (n1 < N)
+                        y[(int64_t)(m0 + m) * ldy + n1] =
+                            _mm512_reduce_add_ps(_mm512_add_ps(f[2 * m + 1], _mm512_cvtepi32_ps(a[2 * m + 1]))) * s * rscale[n1]
+                            + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xs, G);
+                }
+            }
         }
     }
 }
