@@ -161,17 +161,18 @@ def untile_pairs(t: torch.Tensor, chunk: int) -> torch.Tensor:
     return t.view(p, b2 // (2 * chunk), 2, chunk).transpose(1, 2).reshape(2 * p, b2 // 2)
 
 
-# Long rows in chunk-major groups (csrc/wonly.c, "Long rows"): from K = 3072 inputs on, a kernel
-# pass over one row pair no longer finds its activations in L1, so the kernels run GROUP_PAIRS
-# pairs a chunk of GROUP_CHUNK inputs at a time, and the pair-tiled weights of each group are
-# stored chunk by chunk to keep that one sequential stream. The rule is the C kernels' own.
+# Long int8 rows in chunk-major groups (csrc/wonly.c, "Long int8 rows"): from K = 3072 inputs on,
+# a kernel pass over one row pair no longer finds its activations in L1, so the int8 kernel runs
+# GROUP_PAIRS pairs a chunk of GROUP_CHUNK inputs at a time, and the pair-tiled weights of each
+# group are stored chunk by chunk to keep one sequential stream. The rule is the C kernel's own;
+# int4 weights keep plain pair tiles.
 GROUP_PAIRS = 4
 GROUP_CHUNK = 1024
 _WHOLE_ROWS = 2048
 
 
 def grouped(in_features: int) -> bool:
-    """Whether a weight with `in_features` inputs is held in chunk-major groups of pairs."""
+    """Whether an int8 weight with `in_features` inputs is held in chunk-major groups of pairs."""
     return in_features > _WHOLE_ROWS and in_features % GROUP_CHUNK == 0
 
 

@@ -104,8 +104,9 @@ def _cpu_kernels():
 class Int8Linear(nn.Module):
     """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
 
-    With fastdia's kernels, the weight is held in the kernels' layout (`kernel_layout`: row pairs); decode-sized inputs
-    (at most `cpu_kernels.MAX_ROWS` rows) go through the VNNI kernel with float32 activations,
+    With fastdia's kernels, the weight is held in their layout (`kernel_layout`: row pairs, long
+    rows in groups of pairs); decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go
+    through the VNNI kernel with float32 activations,
     larger ones (prefill) through `_dense_blocks`. Without the kernels the weight stays `[N, K]`
     for torch's `_weight_int8pack_mm` (bfloat16 activations).
     """
@@ -172,8 +173,8 @@ class Int4Linear(nn.Module):
         n, half_k = packed.shape
         self.out_features, self.in_features, self.group_size = n, 2 * half_k, group_size
         self.use_kernel = _kernels() and group_size in GROUP_SIZES  # the kernel shifts by log2(group)
-        if self.use_kernel:  # the kernels' layout (`kernel_layout`) of 32-byte blocks of codes; tscales in pairs
-            self.register_buffer("qweight", kernel_layout(packed, 32, self.in_features))
+        if self.use_kernel:  # row pairs tiled (`tile_pairs`): 32-byte blocks of codes, single tscales
+            self.register_buffer("qweight", tile_pairs(packed, 32))
             self.register_buffer("tscale", tile_pairs(tscale, 1))
             self.register_buffer("rscale", rscale.float().contiguous())
             self.register_buffer("offsets", offsets.to(torch.int8).contiguous())
@@ -224,12 +225,12 @@ class Int4Linear(nn.Module):
         if not self.use_kernel:
             raise RuntimeError("int4_parts() needs fastdia's kernel layout; this module holds torch's packing")
         n = self.out_features
-        return (kernel_rows(self.qweight, 32, self.in_features, 0, n), untile_pairs(self.tscale, 1)[:n], self.rscale,
-                self.offsets, self.oscale)
+        return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets,
+                self.oscale)
 
     def _dense_rows(self, r0: int, r1: int) -> torch.Tensor:
         p0, p1 = r0 // 2, (r1 + 1) // 2
-        packed = kernel_rows(self.qweight, 32, self.in_features, r0, r1)
+        packed = untile_pairs(self.qweight[p0:p1], 32)[r0 - 2 * p0: r1 - 2 * p0]
         tscale = untile_pairs(self.tscale[p0:p1], 1)[r0 - 2 * p0: r1 - 2 * p0]
         return dequantize_int4(packed, tscale, self.rscale[r0:r1], self.offsets[r0:r1], self.oscale[r0:r1])
 

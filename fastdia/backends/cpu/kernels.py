@@ -7,7 +7,9 @@
   activations (at most a few rows) are quantized per row to 15-bit integers (relative error
   ~1e-4, far below bfloat16's), and `vpdpwssd` multiplies 32 int16 pairs per instruction
   against the sign/zero-extended weights, accumulating exactly in int32. Weights are stored in
-  row pairs (`fastdia.quant.formats.tile_pairs`) so each pass reads one sequential stream.
+  row pairs (`fastdia.quant.formats.tile_pairs`) so each pass reads one sequential stream; int8
+  weights of more than 2048 inputs in chunk-major groups of four pairs
+  (`fastdia.quant.formats.kernel_layout`), so a chunk of the activations serves four pairs from L1.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
   single-query attention, SiLU), used by fastdia.backends.cpu.decode.
 * `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
@@ -165,7 +167,7 @@ def _library() -> ctypes.CDLL:
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
     """`x (M, K) float32 @ (W (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS.
 
-    `w` is W in row pairs, `fastdia.quant.formats.tile_pairs(W, 32)`."""
+    `w` is W in the kernel's layout, `fastdia.quant.formats.kernel_layout(W, 32, K)`."""
     m, k = x.shape
     x = x.contiguous()
     y = torch.empty((m, n), dtype=torch.float32)

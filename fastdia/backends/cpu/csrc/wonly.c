@@ -95,21 +95,22 @@ INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile
     for (int m = 0; m < M; m++) { acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m]; }
 }
 
-/* Long rows. A pass over one row pair reads the block's whole int16 activation (rows x K x 2
+/* Long int8 rows. A pass over one row pair reads the block's whole int16 activation (rows x K x 2
    bytes) while the weights stream through L1. From K = 3072 on it no longer stays there (8 rows
    at K = 3072 are 48 KB; 2 rows at K = 8192 are 32 KB, all of L1): every pair re-reads it from
    L2, and the weights stream slower. Measured on 2 Zen 4 cores: 2 rows of 2048 x 8192 (Dia-1's
    MLP down-projection) 22-31 GB/s against 35-47 for 8192 x 2048; 8 rows of 256 x 6144 in cache
    135-160 G MAC/s against 260-280 at K <= 2048.
-   So such a weight (`fastdia.quant.formats.grouped`) is held in groups of GROUP_PAIRS pairs,
+   So such an int8 weight (`fastdia.quant.formats.grouped`) is held in groups of GROUP_PAIRS pairs,
    each stored chunk-major: GROUP_CHUNK inputs of the group's first pair, of its second, ...,
    then the next GROUP_CHUNK inputs. A call runs a group chunk by chunk, each chunk of the
    activation (at most 8 x 1024 x 2 = 16 KB) serving the group's four pairs from L1, and still
-   reads one sequential stream. The pairs' accumulators wait in memory between chunks. Integer
-   sums are exact and int4's float flushes fall on the same inputs (GROUP_CHUNK is a multiple of
-   its 512), so the results are bitwise those of a whole-row pass. Measured against the pair
-   tiles, weights from DRAM: 2 rows 1.11-1.39x (K = 3072-8192), 8 rows 1.15-1.51x; at K <= 2048
-   the groups lost (0.77-0.98x) and are not used. */
+   reads one sequential stream. The pairs' accumulators wait in memory between chunks; integer
+   sums are exact, so the results are bitwise those of a whole-row pass. Measured against the
+   pair tiles, weights from DRAM: 2 rows 1.06-1.25x (K = 3072-8192), 8 rows 1.47-1.63x; at
+   K <= 2048 groups lost (0.77-0.98x) and are not used. int4 keeps whole rows: at 2 rows its
+   kernel is bound by its multiplies, not by the stream, and groups (int and float accumulators
+   to keep between chunks) ran 0.82-0.93x, except 1.07x for 2048 x 8192. */
 #define GROUP_PAIRS 4
 #define GROUP_CHUNK 1024
 #define WHOLE_ROWS 2048
@@ -178,12 +179,19 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
    float. The offsets contribute oscale[n] * sum_g offset[n, g] * (sum of x over group g), in
    float (offset int8). */
 #define Q4_FLUSH 8
-INLINE void q4_core(const int16_t *xq, int K, int k0, int k1, const uint8_t *tile, const uint8_t *tt,
-                    int group_shift, int M, __m512i *a0, __m512i *a1, __m512 *f0, __m512 *f1) {
-    const uint8_t *w0 = tile - k0, *w1 = w0 + 32; /* row pairs tiled, as for int8; tile from input k0 on */
+INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t *tt, int group_shift, int M,
+                    float *out0, float *out1) {
+    const uint8_t *w0 = tile, *w1 = tile + 32; /* row pairs tiled, as for int8 */
     const uint16_t *tpair = (const uint16_t *)tt;
     const __m512i lo_mask = _mm512_set1_epi16(0x0F), byte_mask = _mm512_set1_epi16(0xFF);
-    for (int blk = k0 / 64; blk < k1 / 64; blk++) {
+    __m512i a0[MAXM], a1[MAXM];
+    __m512 f0[MAXM], f1[MAXM];
+    for (int m = 0; m < M; m++) {
+        a0[m] = a1[m] = _mm512_setzero_si512();
+        f0[m] = f1[m] = _mm512_setzero_ps();
+    }
+    int nblk = K / 64;
+    for (int blk = 0; blk < nblk; blk++) {
         if (blk % Q4_FLUSH == 0 && blk) {
             for (int m = 0; m < M; m++) {
                 f0[m] = _mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])); a0[m] = _mm512_setzero_si512();
@@ -210,36 +218,9 @@ INLINE void q4_core(const int16_t *xq, int K, int k0, int k1, const uint8_t *til
             DPWSSD(a1[m], xb, hi1);
         }
     }
-}
-
-INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t *tt, int group_shift, int M,
-                    float *out0, float *out1) {
-    __m512i a0[MAXM], a1[MAXM];
-    __m512 f0[MAXM], f1[MAXM];
-    for (int m = 0; m < M; m++) {
-        a0[m] = a1[m] = _mm512_setzero_si512();
-        f0[m] = f1[m] = _mm512_setzero_ps();
-    }
-    q4_core(xq, K, 0, K, tile, tt, group_shift, M, a0, a1, f0, f1);
     for (int m = 0; m < M; m++) {
         out0[m] = _mm512_reduce_add_ps(_mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])));
         out1[m] = _mm512_reduce_add_ps(_mm512_add_ps(f1[m], _mm512_cvtepi32_ps(a1[m])));
-    }
-}
-
-/* q4_rows over inputs k0 .. k1 (multiples of 512; tile from k0 on), as q8_part */
-INLINE void q4_part(const int16_t *xq, int K, int k0, int k1, const uint8_t *tile, const uint8_t *tt,
-                    int group_shift, int M, __m512i *acc, __m512 *facc) {
-    __m512i a0[MAXM], a1[MAXM];
-    __m512 f0[MAXM], f1[MAXM];
-    for (int m = 0; m < M; m++) {
-        a0[m] = acc[2 * m]; a1[m] = acc[2 * m + 1];
-        f0[m] = facc[2 * m]; f1[m] = facc[2 * m + 1];
-    }
-    q4_core(xq, K, k0, k1, tile, tt, group_shift, M, a0, a1, f0, f1);
-    for (int m = 0; m < M; m++) {
-        acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m];
-        facc[2 * m] = f0[m]; facc[2 * m + 1] = f1[m];
     }
 }
 
@@ -256,9 +237,6 @@ INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
 }
 
 #define Q4_CASE(MM) case MM: q4_rows(xq + (int64_t)m0 * K, K, tile, tt, group_shift, MM, o0 + m0, o1 + m0); break;
-#define Q4_PART(MM) case MM: q4_part(xq + (int64_t)m0 * K, K, k0, k0 + GROUP_CHUNK, \
-                                     gw + (int64_t)k0 * (pb - pa) + (int64_t)(q - pa) * GROUP_CHUNK, \
-                                     tscale + (int64_t)q * 2 * G, group_shift, MM, acc[q - pa], facc[q - pa]); break;
 
 void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
                 const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
@@ -274,51 +252,19 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
             for (int k = 0; k < group; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xg + k));
             xsum[m * G + g] = _mm512_reduce_add_ps(s);
         }
-    int pairs = (N + 1) / 2, groups = (pairs + GROUP_PAIRS - 1) / GROUP_PAIRS;
-    if (!grouped(K)) {
-        #pragma omp parallel for schedule(static) num_threads(nthreads)
-        for (int p = 0; p < pairs; p++) {
-            int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
-            const uint8_t *tile = w + (int64_t)p * K, *tt = tscale + (int64_t)p * 2 * G;
-            float o0[MAXROWS], o1[MAXROWS];
-            BLOCKS(Q4_CASE, Q4_BLOCK)
-            for (int m = 0; m < M; m++) {
-                y[(int64_t)m * ldy + n0] = o0[m] * sx[m] * rscale[n0]
-                                         + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
-                if (n1 < N)
-                    y[(int64_t)m * ldy + n1] = o1[m] * sx[m] * rscale[n1]
-                                             + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
-            }
-        }
-        return;
-    }
+    int pairs = (N + 1) / 2;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int gi = 0; gi < groups; gi++) {
-        int pa = gi * GROUP_PAIRS, pb = pa + GROUP_PAIRS < pairs ? pa + GROUP_PAIRS : pairs;
-        const uint8_t *gw = w + (int64_t)pa * K;
-        for (int m0 = 0; m0 < M; m0 += Q4_BLOCK) {
-            int mm = M - m0 < Q4_BLOCK ? M - m0 : Q4_BLOCK;
-            __m512i acc[GROUP_PAIRS][2 * MAXM];
-            __m512 facc[GROUP_PAIRS][2 * MAXM];
-            for (int q = 0; q < pb - pa; q++)
-                for (int i = 0; i < 2 * mm; i++) { acc[q][i] = _mm512_setzero_si512(); facc[q][i] = _mm512_setzero_ps(); }
-            GROUPED(Q4_PART)
-            for (int q = pa; q < pb; q++) {
-                int n0 = 2 * q, n1 = 2 * q + 1; /* an odd N has a zero padding row at N */
-                for (int m = 0; m < mm; m++) {
-                    const __m512i *a = acc[q - pa];
-                    const __m512 *f = facc[q - pa];
-                    const float *xs = xsum + (m0 + m) * G;
-                    float s = sx[m0 + m];
-                    y[(int64_t)(m0 + m) * ldy + n0] =
-                        _mm512_reduce_add_ps(_mm512_add_ps(f[2 * m], _mm512_cvtepi32_ps(a[2 * m]))) * s * rscale[n0]
-                        + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xs, G);
-                    if (n1 < N)
-                        y[(int64_t)(m0 + m) * ldy + n1] =
-                            _mm512_reduce_add_ps(_mm512_add_ps(f[2 * m + 1], _mm512_cvtepi32_ps(a[2 * m + 1]))) * s * rscale[n1]
-                            + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xs, G);
-                }
-            }
+    for (int p = 0; p < pairs; p++) {
+        int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
+        const uint8_t *tile = w + (int64_t)p * K, *tt = tscale + (int64_t)p * 2 * G;
+        float o0[MAXROWS], o1[MAXROWS];
+        BLOCKS(Q4_CASE, Q4_BLOCK)
+        for (int m = 0; m < M; m++) {
+            y[(int64_t)m * ldy + n0] = o0[m] * sx[m] * rscale[n0]
+                                     + oscale[n0] * offset_dot(offset + (int64_t)n0 * G, xsum + m * G, G);
+            if (n1 < N)
+                y[(int64_t)m * ldy + n1] = o1[m] * sx[m] * rscale[n1]
+                                         + oscale[n1] * offset_dot(offset + (int64_t)n1 * G, xsum + m * G, G);
         }
     }
 }
