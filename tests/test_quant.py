@@ -109,8 +109,8 @@ def test_tile_pairs_round_trip():
 @pytest.mark.parametrize("n", [21, 16, 2])  # a last group of fewer pairs; whole groups; one pair
 def test_grouped_layout_round_trip(n):
     """Long rows are held in chunk-major groups of pairs; every row range reads back."""
-    k = 3072
-    assert formats.grouped(k) and not formats.grouped(2048) and not formats.grouped(3000)
+    k = 4096
+    assert formats.grouped(k) and formats.grouped(8192) and not formats.grouped(3072) and not formats.grouped(4000)
     q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=torch.Generator().manual_seed(n))
     held = formats.kernel_layout(q, 32, k)
     tiled = formats.tile_pairs(q, 32)
@@ -124,7 +124,7 @@ def test_grouped_layout_round_trip(n):
         assert torch.equal(formats.kernel_rows(held, 32, k, r0, r1), q[r0:r1])
 
 
-@pytest.mark.parametrize("k", [3072, 4096])
+@pytest.mark.parametrize("k", [3072, 4096, 6144])
 def test_long_row_kernels(k):
     """Long rows (int8 in groups of pairs, int4 in pair tiles) against their dequantized weights,
     the prefill path and the stored codes read back, and each row bitwise the same in any batch."""

@@ -161,14 +161,14 @@ def untile_pairs(t: torch.Tensor, chunk: int) -> torch.Tensor:
     return t.view(p, b2 // (2 * chunk), 2, chunk).transpose(1, 2).reshape(2 * p, b2 // 2)
 
 
-# Long int8 rows in chunk-major groups (csrc/wonly.c, "Long int8 rows"): from K = 3072 inputs on,
+# Long int8 rows in chunk-major groups (csrc/wonly.c, "Long int8 rows"): from K = 4096 inputs on,
 # a kernel pass over one row pair no longer finds its activations in L1, so the int8 kernel runs
 # GROUP_PAIRS pairs a chunk of GROUP_CHUNK inputs at a time, and the pair-tiled weights of each
 # group are stored chunk by chunk to keep one sequential stream. The rule is the C kernel's own;
 # int4 weights keep plain pair tiles.
 GROUP_PAIRS = 4
 GROUP_CHUNK = 1024
-_WHOLE_ROWS = 2048
+_WHOLE_ROWS = 3072
 
 
 def grouped(in_features: int) -> bool:

@@ -96,24 +96,26 @@ INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile
 }
 
 /* Long int8 rows. A pass over one row pair reads the block's whole int16 activation (rows x K x 2
-   bytes) while the weights stream through L1. From K = 3072 on it no longer stays there (8 rows
-   at K = 3072 are 48 KB; 2 rows at K = 8192 are 32 KB, all of L1): every pair re-reads it from
-   L2, and the weights stream slower. Measured on 2 Zen 4 cores: 2 rows of 2048 x 8192 (Dia-1's
-   MLP down-projection) 22-31 GB/s against 35-47 for 8192 x 2048; 8 rows of 256 x 6144 in cache
+   bytes) while the weights stream through L1. At long rows it no longer stays there (8 rows at
+   K = 3072 are 48 KB; 2 rows at K = 8192 are 32 KB, all of L1): every pair re-reads it from L2,
+   and the weights stream slower. Measured on 2 Zen 4 cores: 2 rows of 2048 x 8192 (Dia-1's MLP
+   down-projection) 22-31 GB/s against 35-47 for 8192 x 2048; 8 rows of 256 x 6144 in cache
    135-160 G MAC/s against 260-280 at K <= 2048.
-   So such an int8 weight (`fastdia.quant.formats.grouped`) is held in groups of GROUP_PAIRS pairs,
-   each stored chunk-major: GROUP_CHUNK inputs of the group's first pair, of its second, ...,
-   then the next GROUP_CHUNK inputs. A call runs a group chunk by chunk, each chunk of the
-   activation (at most 8 x 1024 x 2 = 16 KB) serving the group's four pairs from L1, and still
-   reads one sequential stream. The pairs' accumulators wait in memory between chunks; integer
-   sums are exact, so the results are bitwise those of a whole-row pass. Measured against the
-   pair tiles, weights from DRAM: 2 rows 1.06-1.25x (K = 3072-8192), 8 rows 1.47-1.63x; at
-   K <= 2048 groups lost (0.77-0.98x) and are not used. int4 keeps whole rows: at 2 rows its
-   kernel is bound by its multiplies, not by the stream, and groups (int and float accumulators
-   to keep between chunks) ran 0.82-0.93x, except 1.07x for 2048 x 8192. */
+   So an int8 weight of K > 3072 (`fastdia.quant.formats.grouped`) is held in groups of
+   GROUP_PAIRS pairs, each stored chunk-major: GROUP_CHUNK inputs of the group's first pair, of
+   its second, ..., then the next GROUP_CHUNK inputs. A call runs a group chunk by chunk, each
+   chunk of the activation (at most 8 x 1024 x 2 = 16 KB) serving the group's four pairs from
+   L1, and still reads one sequential stream. The pairs' accumulators wait in memory between
+   chunks; integer sums are exact, so the results are bitwise those of a whole-row pass.
+   Measured against pair tiles in one process: from DRAM, 2 rows 1.13-1.25x at K = 6144-8192,
+   8 rows 1.6-1.9x. At K = 3072 (Dia2's depformer) 2 rows ran 0.87-0.90x with the weight in
+   cache (where it is compute-bound and the accumulators' round trips cost), so from 4096 on.
+   At K <= 2048 groups lost (0.77-0.98x). int4 keeps whole rows: at 2 rows its kernel is bound
+   by its multiplies, not by the stream, and groups (int and float accumulators to keep between
+   chunks) ran 0.82-0.93x, except 1.07x for 2048 x 8192. */
 #define GROUP_PAIRS 4
 #define GROUP_CHUNK 1024
-#define WHOLE_ROWS 2048
+#define WHOLE_ROWS 3072
 static inline int grouped(int K) { return K > WHOLE_ROWS && K % GROUP_CHUNK == 0; }
 
 /* Runs CASE (a switch over the block's row count mm) for every chunk of every pair of the group
