@@ -16,3 +16,11 @@ fastdia bench --threads 2 --steps 2 --dtype float32,bfloat16 --quantize none,int
     --json > "$out/quality-full-$host.json"
 fastdia bench --threads 2 --steps 2 --model tiny-random --dtype float32,bfloat16 --quantize none,int8,int4 \
     --quality --json > "$out/quality-tiny-$host.json"
+# 4. Dia2-2B: speed, memory, time to first audio, against fastdia's own plain-torch path
+fastdia bench --threads 2 --steps 10 --model dia2-2b-random --dtype float32 --quantize none,int8,int4 \
+    --compare plain --json > "$out/dia2-bench-$host.json"
+# 5. batches: aggregate script-steps/s at batch 1, 2, 4, 8 in one process, each with its roofline
+python benchmarks/batch_scaling.py --family dia1 --model dia-1.6b-random --quantize int8 \
+    --out "$out/batch-dia1-int8-$host.json"
+python benchmarks/batch_scaling.py --family dia2 --model dia2-2b-random --quantize int8 \
+    --out "$out/batch-dia2-int8-$host.json"
