@@ -32,11 +32,9 @@ from fastdia.bench import _machine, read_bandwidth_now
 
 
 def dia2_runner(model: str, quantize: str | None):
-    from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
+    from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts, roofline_inputs_dia2, step_weight_bytes_dia2
     from fastdia.generation.dia2 import Dia2GenerationConfig
     from fastdia.generation.dia2_slots import Dia2SlotBatch
-
-    from fastdia.bench_dia2 import roofline_inputs_dia2, step_weight_bytes_dia2
 
     tts, _ = load_tts({"model": model, "device": "cpu", "dtype": "auto", "quantize": quantize})
     g = tts._generator
