@@ -179,14 +179,14 @@ def grouped(in_features: int) -> bool:
 def _regroup(t: torch.Tensor, in_features: int, inverse: bool) -> torch.Tensor:
     p, b2 = t.shape
     chunks = in_features // GROUP_CHUNK
-    flat = t.reshape(-1)
-    out = torch.empty_like(flat)
-    for g0 in range(0, p, GROUP_PAIRS):  # each group's bytes are its own: the last may hold fewer pairs
-        n = min(GROUP_PAIRS, p - g0)
-        src = flat[g0 * b2:(g0 + n) * b2]
-        shape = (chunks, n, b2 // chunks) if inverse else (n, chunks, b2 // chunks)
-        out[g0 * b2:(g0 + n) * b2] = src.view(shape).transpose(0, 1).reshape(-1)
-    return out.view(p, b2)
+    out = torch.empty_like(t)
+    whole = p - p % GROUP_PAIRS
+    # the whole groups at once, then the last one, which may hold fewer pairs (its bytes are its own)
+    for g0, groups, size in ((0, whole // GROUP_PAIRS, GROUP_PAIRS), (whole, 1, p - whole)):
+        if groups and size:
+            shape = (groups, chunks, size, b2 // chunks) if inverse else (groups, size, chunks, b2 // chunks)
+            out[g0:g0 + groups * size] = t[g0:g0 + groups * size].reshape(shape).transpose(1, 2).reshape(-1, b2)
+    return out
 
 
 def kernel_layout(q: torch.Tensor, chunk: int, in_features: int) -> torch.Tensor:
