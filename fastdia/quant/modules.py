@@ -42,13 +42,13 @@ from .formats import (
     dequantize_int8,
     int4_offsets,
     int4_steps,
-    quantize_int4,
-    quantize_int8,
     kernel_layout,
     kernel_rows,
+    quantize_int4,
+    quantize_int8,
     tile_pairs,
-    untile_pairs,
     unpack_int4,
+    untile_pairs,
 )
 
 MODES = ("int8", "int4")
@@ -106,9 +106,9 @@ class Int8Linear(nn.Module):
 
     With fastdia's kernels, the weight is held in their layout (`kernel_layout`: row pairs, long
     rows in groups of pairs); decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go
-    through the VNNI kernel with float32 activations,
-    larger ones (prefill) through `_dense_blocks`. Without the kernels the weight stays `[N, K]`
-    for torch's `_weight_int8pack_mm` (bfloat16 activations).
+    through the VNNI kernel with float32 activations, larger ones (prefill) through
+    `_dense_blocks`. Without the kernels the weight stays `[N, K]` for torch's
+    `_weight_int8pack_mm` (bfloat16 activations).
     """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
