@@ -165,6 +165,18 @@ def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
         del first
         gc.collect()
         assert ref() is None
+    # A slot batch hands the step the same views of its stores every step: one plan, kept.
+    from fastdia.generation.dia1_slots import SlotBatch
+
+    batch = SlotBatch(gen, 2, 64)
+    for text in TEXTS[:2]:
+        batch.join(tokenize(text), None, gcfg)
+    with torch.inference_mode():
+        held = []
+        for _ in range(4):
+            batch.step()
+            held.append({id(p) for _, plans in gen.decode._plans.entries for p in plans.values()})
+    assert held[0] == held[-1] and len(held[0] - {id(None)}) >= 1
     float_model = load_model(directory, CPU, torch.float32).model
     float_gen = Dia1Generator(float_model, CPU, torch.float32)
     with torch.inference_mode():

@@ -165,11 +165,24 @@ def test_batch_rows_equal_single_rows(quantized):
     batch = Dia2SlotBatch(g, 2, 200)
     slots = [batch.join(gen, None, entries=tts._entries(s)) for s, gen in zip(scripts, gens)]
     runs = [batch.members[s].run for s in slots]
+    built = []
     with torch.inference_mode():
         while any(m is not None and not m.finished for m in batch.members):
             batch.step()
+            built.append(_prepared_plans(g, batch))
     for run, want in zip(runs, solo):
         assert torch.equal(g.finish(run).codes, want)
+    # The batch hands the backend the same cache views every step, so the C calls are prepared
+    # once (a decoder plan and one per depformer stage) and kept, not prepared again each step.
+    assert all(a <= b for a, b in zip(built[1:], built[2:]))
+    assert len(built[-1]) == 1 + g.model.config.n_stages
+
+
+def _prepared_plans(g, batch) -> set:
+    """The ids of the prepared layer plans the fused Dia2 step holds for the batch's caches."""
+    fused = g.transformer.__self__
+    return {id(p) for by_cache in fused._plans.values() for ref, plans in by_cache.entries
+            if any(ref() is view for view in batch._views.values()) for p in plans.values() if p is not None}
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

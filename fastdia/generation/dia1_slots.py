@@ -85,6 +85,10 @@ class SlotBatch:
         self.cache = KVCache(cfg, self.rows, self.max_len, generator.device, generator.dtype)
         self.cross: CrossState | None = None  # allocated at the first join, widened for longer texts
         self.members: list[SlotMember | None] = [None] * slots
+        # Views of the stores per row count, kept while the stores are: the CPU backend prepares
+        # its C calls once per cache and cross object (fastdia.backends.cpu.decode), so new views
+        # each step would re-prepare them each step.
+        self._views: dict = {}
 
     # ------------------------------------------------------------------ membership
     @property
@@ -158,12 +162,22 @@ class SlotBatch:
             st = self.members[s].state
             current[2 * s: 2 * s + 2, 0] = st.tokens[0, st.t]
             positions[2 * s: 2 * s + 2] = st.t
-        cross = CrossState([k[:rows] for k in self.cross.k], [v[:rows] for v in self.cross.v], self.cross.allowed[:rows])
-        logits = g.decode(current, positions, _CacheView(self.cache, rows), cross, kv_len=None)
+        cache, cross = self._views_of(rows)
+        logits = g.decode(current, positions, cache, cross, kv_len=None)
         logits = logits.view(rows // 2, 2, cfg.n_channels, -1)
         for s in occupied:
             m = self.members[s]
             g.advance(m.state, logits[s: s + 1], m.gen)
+
+    def _views_of(self, rows: int) -> tuple[_CacheView, CrossState]:
+        """The first `rows` rows of the KV cache and of the cross store (rebuilt after a widening)."""
+        held = self._views.get(rows)
+        if held is None or held[2] is not self.cross:
+            c = self.cross
+            held = self._views[rows] = (_CacheView(self.cache, rows),
+                                        CrossState([k[:rows] for k in c.k], [v[:rows] for v in c.v], c.allowed[:rows]),
+                                        c)
+        return held[0], held[1]
 
     def new_frames(self, slot: int) -> torch.Tensor:
         """The member's frames `(n, C)` that became final since the last call."""

@@ -93,6 +93,9 @@ class Dia2SlotBatch:
         self.cache = model.new_decoder_cache(self.rows, max_steps, dev)
         self.dep_cache = model.new_depformer_cache(self.rows, dev)
         self.members: list[Dia2Member | None] = [None] * slots
+        # One view per row count, kept: the CPU backend prepares its C calls once per cache object
+        # (fastdia.backends.cpu.layer_plan), so a new view each step would re-prepare them each step.
+        self._views: dict = {}
 
     @property
     def active(self) -> int:
@@ -156,7 +159,7 @@ class Dia2SlotBatch:
             else:
                 # Sitting out: write only where its next real step writes anyway.
                 tokens[r], pos[r], slots[r] = m.run.tokens, max(m.t, 0), m.run.slot
-        dec = g.transformer(tokens, pos, _CacheView(self.cache, rows), slots=slots, kv_len=None)
+        dec = g.transformer(tokens, pos, self._view("decoder", rows), slots=slots, kv_len=None)
 
         looping, stepped = [], []
         heads = {}
@@ -198,13 +201,19 @@ class Dia2SlotBatch:
             token[r] = tok
             if text is not None:
                 text[0][r], text[1][r] = txt
-        view = _CacheView(self.dep_cache, rows)
+        view = self._view("depformer", rows)
         for stage in range(g.n_codebooks - 1):
             logits = g.stage(stage, hidden, token, view, text if stage == 0 else None)
             token = token.clone()
             for s, m in looping:
                 r = slice(2 * s, 2 * s + 2)
                 token[r] = g.pick(m.run, m.t, stage + 1, logits[r])
+
+    def _view(self, part: str, rows: int) -> _CacheView:
+        key = (part, rows)
+        if key not in self._views:
+            self._views[key] = _CacheView(self.cache if part == "decoder" else self.dep_cache, rows)
+        return self._views[key]
 
     def _check_done(self, m: Dia2Member) -> None:
         run = m.run

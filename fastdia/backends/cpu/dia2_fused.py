@@ -104,14 +104,10 @@ class FusedDia2:
         b = x.shape[0]
         c, s_ = self._stage_rope[s]
         sa = dep.layers[0].self_attention
-        plan = self._plan("depformer", group, b, cache, lambda: [
-            layer_plan.LayerSpec(ly.pre_norm, (ly.self_attention.in_proj[group],), ly.self_attention.q_norm,
-                                 ly.self_attention.k_norm, ly.self_attention.out_proj[group], ly.post_norm, ly.mlp.wi,
-                                 ly.mlp.wo, ly.mlp.hidden)
-            for ly in dep.layers], dep.norm, sa.n_head, sa.n_head, sa.head_dim)
+        plan = self._stage_plan(s, group, b, cache)
         if plan is not None:
-            h = self._run_plan(plan, x, c, s_, s)
-            return dep.logits[s](h)[:, : dep.codebook_size].float()
+            plan.x.copy_(x)
+            return plan.run()[:, : dep.codebook_size].clone()  # the plan's buffer is reused next stage
         x = x.float().contiguous()
         cos, sin = c.expand(b, -1).contiguous(), s_.expand(b, -1).contiguous()
         slot = torch.full((b,), s, dtype=torch.long)
@@ -136,6 +132,32 @@ class FusedDia2:
         if group not in done:
             done[group] = self.model.depformer.depformer_in[group](hidden)
         return done[group]
+
+    def _stage_plan(self, s: int, group: str, rows: int, cache):
+        """Stage `s`'s prepared calls (layers, final norm, its head) for this cache and row count, or
+        None. One plan per stage, all of a row count in one set of buffers (`LayerPlan`'s `share`):
+        a stage's RoPE position, cache slot and head are bound once, so a call only copies its input."""
+        if not self.use_plans:
+            return None
+        plans = self._plans["depformer"].for_cache(cache)
+        threads = torch.get_num_threads()
+        key = (s, rows, threads)
+        if key not in plans:
+            dep = self.model.depformer
+            sa = dep.layers[0].self_attention
+            share = next((p for (_, r, n), p in plans.items() if (r, n) == (rows, threads) and p is not None), None)
+            specs = [layer_plan.LayerSpec(ly.pre_norm, (ly.self_attention.in_proj[group],), ly.self_attention.q_norm,
+                                          ly.self_attention.k_norm, ly.self_attention.out_proj[group], ly.post_norm,
+                                          ly.mlp.wi, ly.mlp.wo, ly.mlp.hidden) for ly in dep.layers]
+            plan = layer_plan.build(self.lib, specs, dep.norm, cache, rows, sa.n_head, sa.n_head, sa.head_dim, threads,
+                                    head=dep.logits[s], share=share)
+            if plan is not None:
+                c, s_ = self._stage_rope[s]
+                plan.cos.copy_(c.expand_as(plan.cos))
+                plan.sin.copy_(s_.expand_as(plan.sin))
+                plan.slot.fill_(s)
+            plans[key] = plan
+        return plans[key]
 
     # ------------------------------------------------------------------ shared
     def _plan(self, part: str, group, rows: int, cache, specs, final_norm, hq: int, hkv: int, d: int):
