@@ -154,3 +154,33 @@ def test_layer_plans_do_not_keep_a_finished_runs_cache_alive():
     del cache
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@torch.inference_mode()
+def test_int8_embedding_lookups_in_c_are_bitwise_torchs(quantize):
+    """The decoder's 32 codebook tables and each stage's table (int8 in quantized models) are
+    looked up and summed by one C call: the same floats as the modules' lookups and adds, and
+    an id out of range is an error, not a read past the table."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fastdia.load("dia2-tiny-random", quantize=quantize)._generator.model
+    fused = dia2_fused.FusedDia2(model)
+    assert fused._dec_tables is not None and all(t is not None for t in fused._stage_tables)
+    cfg, dec, dep = model.config, model.transformer, model.depformer
+    torch.manual_seed(3)
+    b = 6
+    tokens = torch.randint(0, cfg.data.audio_vocab_size, (b, 1, cfg.data.n_codebooks + 2))
+    tokens[..., :2] = torch.randint(0, 8, (b, 1, 2))
+    assert torch.equal(fused._embed(dec, tokens), dec.embed(tokens).reshape(b, -1))
+    base = torch.randn(b, dep.audio_embeds[0].embedding_dim)
+    ids = torch.randint(0, cfg.data.audio_vocab_size, (b,))
+    out = torch.empty_like(base)
+    fused._stage_tables[2].add(fused.lib, out, base, ids)
+    assert torch.equal(out, base + dep.audio_embeds[2](ids))
+    ids[1] = cfg.data.audio_vocab_size
+    with pytest.raises(ValueError, match="must lie in"):
+        fused._stage_tables[2].add(fused.lib, out, base, ids)
+    tokens[0, 0, 5] = -1
+    with pytest.raises(ValueError, match="must lie in"):
+        fused._embed(dec, tokens)

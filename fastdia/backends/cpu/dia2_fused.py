@@ -31,6 +31,41 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+class _Int8Tables:
+    """int8 embedding tables (fastdia.quant.modules.Int8Embedding, float32 output) whose rows one
+    `fd_embed_add` call looks up and adds in order; see csrc/decode.c. The tables' tensors are
+    held here, so the pointers stay valid whatever happens to the modules."""
+
+    def __init__(self, tables: list) -> None:
+        self.held = [(t.qweight, t.scales) for t in tables]
+        self.n, self.vocab, self.dim = len(tables), tables[0].num_embeddings, tables[0].embedding_dim
+        self.qptr = torch.tensor([q.data_ptr() for q, _ in self.held], dtype=torch.int64)
+        self.sptr = torch.tensor([s.data_ptr() for _, s in self.held], dtype=torch.int64)
+
+    @staticmethod
+    def of(tables) -> "_Int8Tables | None":
+        from ...quant.modules import Int8Embedding
+
+        tables = list(tables)
+        if not tables or not all(isinstance(t, Int8Embedding) and t.dtype == torch.float32 for t in tables):
+            return None
+        if len({(t.num_embeddings, t.embedding_dim) for t in tables}) != 1 \
+                or not all(t.qweight.is_contiguous() and t.scales.is_contiguous() for t in tables):
+            return None
+        return _Int8Tables(tables)
+
+    def add(self, lib, x: torch.Tensor, base: torch.Tensor | None, ids: torch.Tensor) -> None:
+        """x (B, D) = base (or x) + the tables' rows for ids (B, n), table i's at column i."""
+        if self.n == 1:
+            ids = ids.reshape(-1, 1)
+        ids = ids.contiguous()
+        if ids.dtype != torch.int64 or ids.shape != (x.shape[0], self.n):
+            raise ValueError(f"embedding ids must be int64 of shape {(x.shape[0], self.n)}")
+        if lib.fd_embed_add(x.data_ptr(), _ptr(base), self.n, self.qptr.data_ptr(), self.sptr.data_ptr(),
+                            ids.data_ptr(), self.n, x.shape[0], self.dim, self.vocab):
+            raise ValueError(f"embedding ids must lie in 0..{self.vocab - 1}")
+
+
 class FusedDia2:
     """`transformer(...)` and `stage(...)` with the signatures of the model's own."""
 
@@ -54,6 +89,9 @@ class FusedDia2:
         else:
             ones, zeros = torch.ones(1, d.head_dim // 2), torch.zeros(1, d.head_dim // 2)
             self._stage_rope = [(ones, zeros)] * model.config.n_stages
+        # int8 embedding tables looked up and added by one C call (None: torch's lookup).
+        self._dec_tables = _Int8Tables.of(model.transformer.audio_embeds)
+        self._stage_tables = [_Int8Tables.of([e]) for e in dep.audio_embeds]
 
     # ------------------------------------------------------------------ decoder
     def transformer(self, tokens: torch.Tensor, positions: torch.Tensor, cache, slots: torch.Tensor | None = None,
@@ -68,7 +106,7 @@ class FusedDia2:
         if int(slot.min()) < 0 or int(slot.max()) >= total:  # the C code writes the slot unchecked
             raise ValueError(f"decoder cache slots must lie in 0..{total - 1}")
         cos, sin = (t.reshape(b, -1).contiguous() for t in dec.rope.tables(positions))
-        x = dec.embed(tokens).reshape(b, -1).float().contiguous()
+        x = self._embed(dec, tokens)
         layer0 = dec.layers[0]
         att = layer0.attn
         d = att.q_norm.weight.shape[0]
@@ -84,6 +122,16 @@ class FusedDia2:
         hidden = hidden.view(b, 1, -1)
         return DecoderOutput(hidden, dec.action_head(hidden).float(), dec.cb0_head(hidden).float())
 
+    def _embed(self, dec, tokens: torch.Tensor) -> torch.Tensor:
+        """`dec.embed(tokens)` for one position per row, as (B, D) float32."""
+        b = tokens.shape[0]
+        if self._dec_tables is None:
+            return dec.embed(tokens).reshape(b, -1).float().contiguous()
+        x = dec.text_embed(tokens[..., 0], tokens[..., 1]).reshape(b, -1)
+        x = x.contiguous() if x.dtype == torch.float32 else x.float().contiguous()
+        self._dec_tables.add(self.lib, x, None, tokens[:, 0, 2:])
+        return x
+
     @staticmethod
     def _decoder_attention(layer, h):
         a = layer.attn
@@ -96,18 +144,25 @@ class FusedDia2:
         if cache.k[0].dtype != torch.float32:
             return dep.stage(s, hidden, prev_token, cache, text)
         group = dep.schedule[s]
-        x = self._depformer_in(s, group, hidden) + dep.audio_embeds[s](prev_token)
-        if s == 0 and dep.text_embed is not None:
-            if text is None:
-                raise ValueError("this depformer has a text embedding: stage 0 needs text=(main, second)")
-            x = x + dep.text_embed(text[0][:, None], text[1][:, None])[:, 0]
-        b = x.shape[0]
-        c, s_ = self._stage_rope[s]
-        sa = dep.layers[0].self_attention
+        if s == 0 and dep.text_embed is not None and text is None:
+            raise ValueError("this depformer has a text embedding: stage 0 needs text=(main, second)")
+        b = hidden.shape[0]
         plan = self._stage_plan(s, group, b, cache)
+        base = self._depformer_in(s, group, hidden)
+        tables = self._stage_tables[s]
+        if plan is not None and tables is not None and base.dtype == torch.float32:
+            tables.add(self.lib, plan.x, base.contiguous(), prev_token)  # plan.x = base + embedding
+            if s == 0 and dep.text_embed is not None:
+                plan.x.add_(dep.text_embed(text[0][:, None], text[1][:, None])[:, 0])
+            return plan.run()[:, : dep.codebook_size].clone()  # the plan's buffer is reused next stage
+        x = base + dep.audio_embeds[s](prev_token)
+        if s == 0 and dep.text_embed is not None:
+            x = x + dep.text_embed(text[0][:, None], text[1][:, None])[:, 0]
         if plan is not None:
             plan.x.copy_(x)
-            return plan.run()[:, : dep.codebook_size].clone()  # the plan's buffer is reused next stage
+            return plan.run()[:, : dep.codebook_size].clone()
+        c, s_ = self._stage_rope[s]
+        sa = dep.layers[0].self_attention
         x = x.float().contiguous()
         cos, sin = c.expand(b, -1).contiguous(), s_.expand(b, -1).contiguous()
         slot = torch.full((b,), s, dtype=torch.long)

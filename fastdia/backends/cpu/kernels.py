@@ -123,6 +123,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_qk_norm.restype = None
     lib.fd_rope.argtypes = [p, p, p, i, i, i]
     lib.fd_rope.restype = None
+    lib.fd_embed_add.argtypes = [p, p, i, p, p, p, i, i, i, i]
+    lib.fd_embed_add.restype = i
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
     if hasattr(lib, "fd_bf16_gemv"):

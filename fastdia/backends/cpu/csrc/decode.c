@@ -262,3 +262,35 @@ void fd_qk_norm(float *qkv, const float *qw, const float *kw, float eps, int B, 
             }
         }
 }
+
+/* Rows of int8 embedding tables (each row stored with one float scale), looked up and summed:
+   x[r] = base[r] (or x[r] when base is NULL) + t_0[ids[r, 0]] + t_1[ids[r, 1]] + ... in that order,
+   each looked-up row dequantized as q * scale first. Dia2 sums 32 such rows per decoder position
+   and adds one per depformer stage; through torch each table was ~6 ops. The multiply and the
+   add are rounded separately (no FMA), as torch's `table(ids)` then `x + rows` are: bitwise the
+   same sums. ids: rows x ld_ids, int64. Returns 0, or -1 (x untouched) when an id is outside
+   0 .. vocab - 1. */
+int fd_embed_add(float *x, const float *base, int ntab, const int64_t *qptr, const int64_t *sptr,
+                 const int64_t *ids, int ld_ids, int rows, int D, int vocab) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < ntab; c++)
+            if (ids[(int64_t)r * ld_ids + c] < 0 || ids[(int64_t)r * ld_ids + c] >= vocab) return -1;
+    for (int r = 0; r < rows; r++) {
+        float *xr = x + (int64_t)r * D;
+        const float *br = base ? base + (int64_t)r * D : xr;
+        for (int c = 0; c < ntab; c++) {
+            int64_t id = ids[(int64_t)r * ld_ids + c];
+            const int8_t *q = (const int8_t *)(intptr_t)qptr[c] + id * D;
+            __m512 s = _mm512_set1_ps(((const float *)(intptr_t)sptr[c])[id]);
+            const float *src = c == 0 ? br : xr;
+            for (int k = 0; k < D; k += 16) {
+                __mmask16 mk = tail_mask(D - k);
+                __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, q + k)));
+                __m512 t = _mm512_mul_round_ps(w, s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm512_mask_storeu_ps(xr + k, mk, _mm512_add_round_ps(_mm512_maskz_loadu_ps(mk, src + k), t,
+                                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+        }
+    }
+    return 0;
+}
