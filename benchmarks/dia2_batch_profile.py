@@ -4,7 +4,10 @@
 
 (a `fastdia convert --quantize int8` folder loads in seconds; give it with --quantize none).
 The generator's step functions are wrapped with timers; the decoder-only first steps are run
-untimed, then `--steps` full passes are timed.
+untimed, then `--steps` full passes are timed. With `--calls`, every C call of the prepared layer
+plans is timed on its own as well: per matrix shape and row count, its time per pass and the
+rate it ran at (G MAC/s, and GB/s of weights), then the norms, attention and activation calls,
+and the part of the pass spent outside the plans (embeddings, sampling, Python).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import warnings
 
 import torch
 
+from fastdia.backends.cpu import layer_plan
 from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
 from fastdia.generation.dia2 import Dia2GenerationConfig
 from fastdia.generation.dia2_slots import Dia2SlotBatch
@@ -26,6 +30,7 @@ def main() -> None:
     ap.add_argument("--quantize", default="int8")
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--calls", action="store_true", help="time every C call of the prepared plans")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     quantize = None if args.quantize == "none" else args.quantize
@@ -41,6 +46,9 @@ def main() -> None:
             return out
         return call
 
+    calls: dict = {}
+    if args.calls:
+        layer_plan.LayerPlan.run = _timed_run(calls)
     g.transformer, g.stage = timed("decoder", g.transformer), timed("stages", g.stage)
     g.pick, g.head = timed("sampling", g.pick), timed("head", g.head)
     entries = tts._entries(DEFAULT_TEXT_DIA2)
@@ -53,12 +61,51 @@ def main() -> None:
             for _ in range(warm):
                 slots.step()
             spent.update(dict.fromkeys(spent, 0.0))
+            calls.clear()
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 slots.step()
             total = time.perf_counter() - t0
         parts = ", ".join(f"{k} {v / args.steps * 1e3:.1f}" for k, v in spent.items())
         print(f"batch {batch}: pass {total / args.steps * 1e3:.1f} ms ({parts} ms)", flush=True)
+        if args.calls:
+            _print_calls(calls, args.steps, total)
+
+
+def _timed_run(calls: dict):
+    """LayerPlan.run with a timer around each call, summed per (function, shape) in `calls`."""
+    def run(plan):
+        for fn, a in plan.calls:
+            t0 = time.perf_counter()
+            fn(*a)
+            dt = time.perf_counter() - t0
+            name = fn.__name__
+            if name == "fd_q8_gemv":
+                key = (name, a[1], a[2], a[5])  # rows, in, out
+            elif name == "fd_q4_gemv":
+                key = (name, a[1], a[2], a[9])
+            else:
+                key = (name,)
+            held = calls.setdefault(key, [0.0, 0])
+            held[0] += dt
+            held[1] += 1
+        return plan.h if plan.logits is None else plan.logits
+    return run
+
+
+def _print_calls(calls: dict, steps: int, total: float) -> None:
+    inside = 0.0
+    for key, (t, n) in sorted(calls.items(), key=lambda kv: -kv[1][0]):
+        inside += t
+        line = f"  {key[0]:15s} {t / steps * 1e3:7.2f} ms/pass"
+        if len(key) == 4:
+            _, rows, k, n_out = key
+            per = t / n
+            wbytes = k * n_out * (1 if key[0] == "fd_q8_gemv" else 0.5)
+            line += (f"  {rows} x {k} -> {n_out}: {n // steps} calls/pass, {per * 1e6:7.1f} us each, "
+                     f"{rows * k * n_out / per / 1e9:6.1f} G MAC/s, {wbytes / per / 1e9:5.1f} GB/s of weights")
+        print(line)
+    print(f"  outside the plans {(total - inside) / steps * 1e3:.1f} ms/pass", flush=True)
 
 
 if __name__ == "__main__":
