@@ -126,8 +126,9 @@ def test_grouped_layout_round_trip(n):
 
 @pytest.mark.parametrize("k", [3072, 4096, 6144])
 def test_long_row_kernels(k):
-    """Long rows (int8 in groups of pairs, int4 in pair tiles) against their dequantized weights,
-    the prefill path and the stored codes read back, and each row bitwise the same in any batch."""
+    """Long rows (int8 in groups of pairs, int4 in pair tiles; at K = 3072, 6+ int8 rows run a
+    group of pair tiles chunk by chunk) against their dequantized weights, the prefill path and
+    the stored codes read back, and each row bitwise the same in any batch."""
     if not cpu_kernels.available():
         pytest.skip(cpu_kernels.unavailable_reason())
     w = _weight(45, k)  # odd: a padded pair, and a last group of three pairs
