@@ -303,3 +303,4 @@ def test_depformer_text_embedding_variant():
     torch.testing.assert_close(b[1], b[0], rtol=0, atol=0)
     with pytest.raises(ValueError):
         model.depformer.stage(0, hidden, prev, cache)
+

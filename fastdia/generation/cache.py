@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..config import DiaConfig
+from ..models.layers import zeroed
 
 
 class KVCache:
@@ -17,6 +18,5 @@ class KVCache:
 
     def __init__(self, cfg: DiaConfig, rows: int, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
         d = cfg.decoder
-        shape = (rows, d.n_kv_head, max_len, d.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(d.n_layer)]
+        kv = zeroed(2 * d.n_layer, (rows, d.n_kv_head, max_len, d.head_dim), dtype, device)
+        self.k, self.v = kv[:d.n_layer], kv[d.n_layer:]

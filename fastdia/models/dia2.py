@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config_dia2 import Dia2Config
-from .layers import Embedding, RMSNorm, Rope, attention, merge_heads, split_heads
+from .layers import Embedding, RMSNorm, Rope, attention, merge_heads, split_heads, zeroed
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -96,9 +96,8 @@ class Dia2KVCache:
 
     def __init__(self, n_layer: int, rows: int, n_kv_head: int, slots: int, head_dim: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        shape = (rows, n_kv_head, slots, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        kv = zeroed(2 * n_layer, (rows, n_kv_head, slots, head_dim), dtype, device)
+        self.k, self.v = kv[:n_layer], kv[n_layer:]
 
     @property
     def slots(self) -> int:
