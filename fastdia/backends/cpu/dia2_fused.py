@@ -74,7 +74,8 @@ class FusedDia2:
         self.lib = cpu_kernels._library()
         self._in_memo = None  # (hidden, {group: depformer_in[group](hidden)}) of the current frame
         # Prepared layer stacks (fastdia.backends.cpu.layer_plan) per part and KV cache:
-        # {"decoder" | "depformer": {(group, rows, threads): plan or None} per cache}.
+        # "decoder": {(None, rows, threads): plan or None}, "depformer": {(stage, rows, threads): ...},
+        # one dict per cache.
         self.use_plans = plans
         self._plans = {"decoder": layer_plan.PlansByCache(), "depformer": layer_plan.PlansByCache()}
         dep = model.depformer
