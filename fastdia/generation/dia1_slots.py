@@ -172,7 +172,10 @@ class SlotBatch:
     def _views_of(self, rows: int) -> tuple[_CacheView, CrossState]:
         """The first `rows` rows of the KV cache and of the cross store (rebuilt after a widening)."""
         held = self._views.get(rows)
-        if held is None or held[2] is not self.cross:
+        if held is not None and held[2] is not self.cross:
+            self._views.clear()  # a widened store: views of the old one would keep it alive
+            held = None
+        if held is None:
             c = self.cross
             held = self._views[rows] = (_CacheView(self.cache, rows),
                                         CrossState([k[:rows] for k in c.k], [v[:rows] for v in c.v], c.allowed[:rows]),

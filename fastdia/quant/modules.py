@@ -81,6 +81,8 @@ def _row_blocks(x: torch.Tensor, out_features: int, gemv) -> torch.Tensor:
     Zen 4 cores, with the decode steps' own arithmetic (activations rounded to 15 bits per row:
     ~1e-4 relative difference)."""
     step = _cpu_kernels().MAX_ROWS
+    if x.shape[0] <= step:
+        return gemv(x)
     y = torch.empty((x.shape[0], out_features), dtype=torch.float32)
     for r0 in range(0, x.shape[0], step):
         y[r0: r0 + step] = gemv(x[r0: r0 + step])

@@ -153,15 +153,15 @@ class FusedDia2:
         tables = self._stage_tables[s]
         if plan is not None and tables is not None and base.dtype == torch.float32:
             tables.add(self.lib, plan.x, base.contiguous(), prev_token)  # plan.x = base + embedding
-            if s == 0 and dep.text_embed is not None:
-                plan.x.add_(dep.text_embed(text[0][:, None], text[1][:, None])[:, 0])
-            return plan.run()[:, : dep.codebook_size].clone()  # the plan's buffer is reused next stage
-        x = base + dep.audio_embeds[s](prev_token)
+            x = plan.x
+        else:
+            x = base + dep.audio_embeds[s](prev_token)
         if s == 0 and dep.text_embed is not None:
             x = x + dep.text_embed(text[0][:, None], text[1][:, None])[:, 0]
         if plan is not None:
-            plan.x.copy_(x)
-            return plan.run()[:, : dep.codebook_size].clone()
+            if x is not plan.x:
+                plan.x.copy_(x)
+            return plan.run()[:, : dep.codebook_size].clone()  # the plan's buffer is reused next stage
         c, s_ = self._stage_rope[s]
         sa = dep.layers[0].self_attention
         x = x.float().contiguous()
