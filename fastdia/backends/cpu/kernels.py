@@ -10,6 +10,10 @@
   row pairs (`fastdia.quant.formats.tile_pairs`) so each pass reads one sequential stream; int8
   weights of more than 2048 inputs in chunk-major groups of four pairs
   (`fastdia.quant.formats.kernel_layout`), so a chunk of the activations serves four pairs from L1.
+* `csrc/amx.c`: the int8 and bfloat16 kernels on AMX tiles (Sapphire Rapids and later), for
+  calls of several activation rows (batches, prefill); int8 bit for bit the AVX-512 results.
+  Used where the CPU and the OS allow it and a self-check on first use passes (`amx_status`);
+  `FASTDIA_AMX=0` turns it off.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
   single-query attention, SiLU), used by fastdia.backends.cpu.decode.
 * `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
@@ -47,7 +51,8 @@ import torch
 MAX_ROWS = 64
 
 _SOURCE_DIR = Path(__file__).parent / "csrc"
-_SOURCES = ("wonly.c", "decode.c", "sample.c")  # weight-only GEMV kernels; decode-step glue; Dia2's draw
+# weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw
+_SOURCES = ("wonly.c", "amx.c", "decode.c", "sample.c")
 
 
 def _source() -> str:
@@ -130,6 +135,12 @@ def _build() -> ctypes.CDLL:
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
         lib.fd_bf16_gemv.restype = None
+    lib.fd_amx_probe.argtypes = []
+    lib.fd_amx_probe.restype = i
+    lib.fd_set_amx.argtypes = [i]
+    lib.fd_set_amx.restype = i
+    lib.fd_amx_emulated.argtypes = []
+    lib.fd_amx_emulated.restype = ctypes.c_long
     return lib
 
 
@@ -148,6 +159,8 @@ def available() -> bool:
             _lib = _build()
         except (RuntimeError, OSError) as exc:
             _error = str(exc)
+        else:
+            _init_amx()
     return _lib is not None
 
 
@@ -202,6 +215,87 @@ def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float,
         raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
     logits = logits.contiguous()
     return (_lib or _library()).fd_cfg_draw(logits.data_ptr(), logits.shape[-1], scale, cfg_k, temperature, top_k, u)
+
+
+# ---- AMX (csrc/amx.c) ----
+_AMX_MODES = {"off": 0, "on": 1, "emulate": 2}
+_amx_state = "not checked"
+
+
+def _init_amx() -> None:
+    """Turns AMX on where the CPU and the OS allow it and it computes what AVX-512 computes."""
+    global _amx_state
+    if os.environ.get("FASTDIA_AMX", "").strip().lower() in ("0", "off", "no", "false"):
+        _amx_state = "off (FASTDIA_AMX=0)"
+        return
+    if not has_bf16() or _lib.fd_amx_probe() != 3:
+        _amx_state = "not present"  # no AMX int8 + bf16, or a kernel that grants no tile state
+        return
+    _lib.fd_set_amx(1)
+    problem = amx_self_check()
+    if problem:
+        _lib.fd_set_amx(0)
+        _amx_state = f"off (self-check failed: {problem})"
+        import warnings
+
+        warnings.warn(f"fastdia: AMX kernels disagree with AVX-512 ({problem}); using AVX-512", RuntimeWarning,
+                      stacklevel=2)
+    else:
+        _amx_state = "on"
+
+
+def amx_status() -> str:
+    """"on", "not present", or "off (why)": whether the int8 and bfloat16 kernels use AMX."""
+    available()
+    return _amx_state if _lib is not None else "not present"
+
+
+def set_amx(mode: str) -> str:
+    """Switch the kernels' AMX path: "off", "on" (refused, returning the mode kept, where the CPU
+    has no AMX) or "emulate" (the tile instructions run in C, for tests on CPUs without AMX).
+    Returns the previous mode's name. Process-wide: for tests and benchmarks."""
+    lib = _library()
+    names = {v: k for k, v in _AMX_MODES.items()}
+    before = names[lib.fd_set_amx(-1)]  # an unknown mode changes nothing and reports the current one
+    now = names[lib.fd_set_amx(_AMX_MODES[mode])]
+    if now != mode:
+        raise RuntimeError(f"AMX mode {mode!r} refused here (AMX {amx_status()})")
+    return before
+
+
+def amx_self_check() -> str | None:
+    """Compares the kernels in the current AMX mode with the AVX-512 path on fixed random inputs:
+    int8 must agree bit for bit (csrc/amx.c computes the same integer sums), bfloat16 to float32
+    rounding. Returns None, or what differed."""
+    from fastdia.quant.formats import kernel_layout, quantize_int8
+
+    lib = _library()
+    gen = torch.Generator().manual_seed(12)
+    mode = lib.fd_set_amx(-1)
+    try:
+        for m, k, n in ((9, 128, 67), (5, 4096, 33), (20, 96, 40)):
+            q, scale = quantize_int8(torch.randn(n, k, generator=gen))
+            w = kernel_layout(q, 32, k)
+            x = torch.randn(m, k, generator=gen)
+            lib.fd_set_amx(mode)
+            got = q8_gemv(x, w, scale, n)
+            lib.fd_set_amx(0)
+            want = q8_gemv(x, w, scale, n)
+            if not torch.equal(got, want):
+                return f"int8 {m}x{k}x{n}: max difference {(got - want).abs().max().item():.3g}"
+        for m, k, n in ((2, 128, 40), (17, 64, 32)):
+            w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+            x = torch.randn(m, k, generator=gen)
+            lib.fd_set_amx(mode)
+            got = float_gemv(x, w)
+            lib.fd_set_amx(0)
+            want = float_gemv(x, w)
+            bound = 1e-4 * (x.to(torch.bfloat16).float().abs() @ w.float().abs().T) + 1e-6
+            if not bool(((got - want).abs() <= bound).all()):
+                return f"bfloat16 {m}x{k}x{n}: max difference {(got - want).abs().max().item():.3g}"
+    finally:
+        lib.fd_set_amx(mode)
+    return None
 
 
 def has_bf16() -> bool:

@@ -50,6 +50,14 @@ static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* AMX (csrc/amx.c): each does a leading part of the output and returns how much (0 when AMX is
+   off or the call is not one it takes); the AVX-512 code below does the rest. */
+static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t *w, const float *scale, int N,
+                  float *y, int ldy, int nthreads);
+#ifdef __AVX512BF16__
+static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads);
+#endif
+
 /* acc += dot products, in place. Through the intrinsics GCC copies each accumulator to a scratch
    register and back around every vpdpwssd (the instruction overwrites its accumulator) and, with
    16 accumulators, spills one to the stack inside the loop; the "+v" constraint keeps each in
@@ -152,9 +160,11 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
     quant_rows(x, M, K, xq, sx);
     int pairs = (N + 1) / 2, groups = (pairs + GROUP_PAIRS - 1) / GROUP_PAIRS;
     int split = split_rows(M, K);
+    int done = q8_amx(xq, sx, M, K, w, scale, N, y, ldy, nthreads); /* pairs [0, done): a multiple of GROUP_PAIRS */
+    if (done == pairs) return;
     if (!grouped(K) && !split) {
         #pragma omp parallel for schedule(static) num_threads(nthreads)
-        for (int p = 0; p < pairs; p++) {
+        for (int p = done; p < pairs; p++) {
             int n0 = 2 * p, n1 = 2 * p + 1; /* an odd N has a zero padding row at N */
             const int8_t *tile = w + (int64_t)p * 2 * K;
             int32_t o0[MAXROWS], o1[MAXROWS];
@@ -167,7 +177,7 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
         return;
     }
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int g = 0; g < groups; g++) {
+    for (int g = done / GROUP_PAIRS; g < groups; g++) {
         int pa = g * GROUP_PAIRS, pb = pa + GROUP_PAIRS < pairs ? pa + GROUP_PAIRS : pairs;
         const int8_t *gw = w + (int64_t)pa * 2 * K;
         for (int m0 = 0; m0 < M; m0 += Q8_BLOCK) {
@@ -350,9 +360,9 @@ INLINE void bf16_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16
 #define BF16_CASE(MM) case MM: bf16_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
 
 void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
-    int pairs = (N + 1) / 2;
+    int pairs = (N + 1) / 2, done = bf16_amx(x, M, K, w, N, y, nthreads) / 2; /* rows [0, 2 done) */
     #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = 0; p < pairs; p++) {
+    for (int p = done; p < pairs; p++) {
         int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
         const uint16_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
         float o0[MAXROWS], o1[MAXROWS];

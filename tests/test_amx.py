@@ -1,0 +1,100 @@
+"""The AMX kernels (csrc/amx.c) against the AVX-512 kernels.
+
+This machine kind has no AMX, so the tile instructions run in their C emulation
+(`set_amx("emulate")`): the tiling, the B-tile layouts, the gathered A tiles of grouped weights,
+the row and pair tails and the split of int16 activations into bytes are all checked bit for bit.
+On a CPU with AMX the same comparison (`amx_self_check`) runs the real instructions when the
+kernels load, and a test below checks that it passed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastdia.backends.cpu import kernels
+from fastdia.quant import formats
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=str(kernels.unavailable_reason()))
+
+
+@pytest.fixture
+def emulated():
+    before = kernels.set_amx("emulate")
+    yield kernels._library()
+    kernels.set_amx(before)
+
+
+def _q8(m: int, k: int, n: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    q, scale = formats.quantize_int8(torch.randn(n, k, generator=gen) / math.sqrt(k))
+    x = torch.randn(m, k, generator=gen)
+    x[0, : k // 2] *= 1e-3  # small and large activations: both bytes of the int16 codes matter
+    return x, formats.kernel_layout(q, 32, k), scale
+
+
+@pytest.mark.parametrize("m,k,n", [
+    (4, 64, 32),      # the fewest rows AMX takes; one tile of 16 pairs, no tail
+    (8, 96, 69),      # odd N: 35 pairs, two tiles and an AVX-512 tail with the padding row
+    (9, 128, 64),     # a second block of 8 rows with one row in it
+    (25, 64, 40),     # four blocks of rows: two passes over the accumulator tiles
+    (64, 32, 34),     # a prefill block
+    (6, 3072, 36),    # 6+ rows at K = 3072: the tail pairs take the split AVX-512 path
+    (12, 4096, 70),   # grouped weights: A tiles gathered from chunk-major groups
+])
+def test_int8_amx_is_bitwise_avx512(emulated, m, k, n):
+    x, w, scale = _q8(m, k, n, seed=m * k + n)
+    kernels.set_amx("off")
+    want = kernels.q8_gemv(x, w, scale, n)
+    kernels.set_amx("emulate")
+    before = emulated.fd_amx_emulated()
+    got = kernels.q8_gemv(x, w, scale, n)
+    tiles, chunks, row_blocks = (n + 1) // 2 // 16, k // 32, -(-m // 8)
+    assert emulated.fd_amx_emulated() - before == tiles * chunks * row_blocks * 2  # hi and lo bytes
+    assert torch.equal(got, want)
+
+
+def test_int8_amx_leaves_few_rows_to_avx512(emulated):
+    """One utterance (2 rows) streams its weights from DRAM either way: it stays on AVX-512."""
+    x, w, scale = _q8(2, 64, 64, seed=3)
+    before = emulated.fd_amx_emulated()
+    kernels.q8_gemv(x, w, scale, 64)
+    assert emulated.fd_amx_emulated() == before
+
+
+@pytest.mark.skipif(not kernels.has_bf16(), reason="the bfloat16 kernel needs AVX512-BF16")
+@pytest.mark.parametrize("m,k,n", [(1, 64, 32), (2, 96, 40), (17, 64, 48), (64, 32, 20)])
+def test_bf16_amx_matches_avx512(emulated, m, k, n):
+    gen = torch.Generator().manual_seed(m + k + n)
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(m, k, generator=gen)
+    kernels.set_amx("off")
+    want = kernels.float_gemv(x, w)
+    kernels.set_amx("emulate")
+    before = emulated.fd_amx_emulated()
+    got = kernels.float_gemv(x, w)
+    assert emulated.fd_amx_emulated() - before == (n // 16) * (k // 32) * -(-m // 16)
+    exact = x.to(torch.bfloat16).double() @ w.double().T
+    bound = 1e-5 * (x.to(torch.bfloat16).double().abs() @ w.double().abs().T)
+    assert bool(((got.double() - exact).abs() <= bound).all())
+    assert bool(((want.double() - exact).abs() <= bound).all())
+
+
+def test_self_check_passes_emulated(emulated):
+    assert kernels.amx_self_check() is None
+
+
+def test_amx_status_matches_the_cpu():
+    """Where the CPU lists AMX, the kernels took it (the self-check passed) unless turned off;
+    elsewhere the hardware mode is refused rather than run into an illegal instruction."""
+    flags = kernels._cpu_flags()
+    status = kernels.amx_status()
+    if {"amx_tile", "amx_int8", "amx_bf16", "avx512_bf16"} <= flags:
+        assert status == "on" or status.startswith("off (FASTDIA_AMX")
+    else:
+        assert status == "not present"
+        with pytest.raises(RuntimeError, match="refused"):
+            kernels.set_amx("on")
+        assert kernels.set_amx("off") == "off"
+
