@@ -236,3 +236,33 @@ def test_fast_modules_use_kernels():
     assert isinstance(fast.model.transformer.layers[0].attn.q_proj, GemvLinear)
     assert isinstance(_load(quantize="int4").model.depformer.layers[0].self_attention.in_proj["0"],
                       (Int8Linear, RowSplitLinear))
+
+
+def test_batch_on_amx_tiles_decodes_the_same_codes():
+    """A batch of two scripts (4 rows per call, what the int8 AMX path takes) decodes the same
+    codes with the AMX kernels as with AVX-512: csrc/amx.c's int8 sums are bitwise AVX-512's.
+    The tile instructions run in their C emulation here (no AMX on this machine kind)."""
+    if not cpu_kernels.available():
+        pytest.skip(cpu_kernels.unavailable_reason())
+    tts = _load(quantize="int8")
+    g = tts._generator
+    gen = Dia2GenerationConfig(temperature=0, text_temperature=0, max_steps=24)
+
+    def run() -> list[torch.Tensor]:
+        batch = Dia2SlotBatch(g, 2, 200)
+        slots = [batch.join(gen, None, entries=tts._entries(s)) for s in (SCRIPT, OTHER)]
+        runs = [batch.members[s].run for s in slots]
+        with torch.inference_mode():
+            while any(m is not None and not m.finished for m in batch.members):
+                batch.step()
+        return [g.finish(r).codes for r in runs]
+
+    want = run()
+    lib = cpu_kernels._library()
+    before, ops = cpu_kernels.set_amx("emulate"), lib.fd_amx_emulated()
+    try:
+        got = run()
+    finally:
+        cpu_kernels.set_amx(before)
+    assert lib.fd_amx_emulated() > ops
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
