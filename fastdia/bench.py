@@ -469,6 +469,8 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
     out = {"machine": _machine(), "python": platform.python_version(), "torch": _torch_version(),
            "config": {k: v for k, v in base.items() if k != "text"} | {"text_bytes": len(args.text.encode())},
            "bandwidth": bw, "results": []}
+    log(f"bench: {out['machine'].get('cpu', 'unknown CPU')}; kernels {out['machine']['kernels']}, "
+        f"AMX {out['machine']['amx']}")
 
     variants = [(d, check_mode(q) if q != "none" else None)
                 for d in _split(args.dtype, "auto") for q in _split(args.quantize, "none")]
@@ -571,6 +573,12 @@ def _machine() -> dict:
                        if f" {f}" in flags]
     except (OSError, StopIteration):
         pass
+    from .backends.cpu import kernels
+
+    # what the variants' matmuls run on: fastdia's C kernels (AVX-512 VNNI), on AMX tiles where
+    # the CPU has them (csrc/amx.c), else torch
+    info["kernels"] = "fastdia avx512-vnni" if kernels.available() else f"torch ({kernels.unavailable_reason()})"
+    info["amx"] = kernels.amx_status()
     return info
 
 

@@ -100,23 +100,26 @@ def test_amx_status_matches_the_cpu():
 
 
 
+@pytest.mark.filterwarnings("ignore:the audio prompt leaves")  # a short budget keeps the emulation quick
 def test_dia1_int8_prompt_and_batch_on_amx_tiles():
     """Dia-1 int8 with an audio prompt (the prefill runs the kernels on blocks of up to 64 rows) and
-    two texts at once: the same greedy codes with the AMX kernels (emulated) as with AVX-512."""
+    two texts at once: the same greedy codes with the int8 AMX kernel (emulated) as with AVX-512.
+    int8 mode keeps the encoder in bfloat16, whose AMX rounding is not vdpbf16ps's (checked to
+    float32 rounding above), so the bfloat16 kernel stays on AVX-512 here."""
     from fastdia import Dia
 
     tts = Dia.from_pretrained("tiny-random", device="cpu", quantize="int8")
     prompt = torch.randint(0, 1024, (12, 9), generator=torch.Generator().manual_seed(0))
 
     def run():
-        one = tts.generate_codes("[S1] Hello there.", audio_prompt=prompt, max_tokens=40, temperature=0)
+        one = tts.generate_codes("[S1] Hello there.", audio_prompt=prompt, max_tokens=80, temperature=0)
         two = tts.generate_codes(["[S1] Hello there.", "[S2] Something else (laughs)."], max_tokens=40,
                                  temperature=0)
         return [one, *two]
 
     want = run()
     lib = kernels._library()
-    before, ops = kernels.set_amx("emulate"), lib.fd_amx_emulated()
+    before, ops = kernels.set_amx("emulate", kinds=("int8",)), lib.fd_amx_emulated()
     try:
         got = run()
     finally:

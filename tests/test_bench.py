@@ -20,7 +20,7 @@ def test_bench_prints_the_fields():
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for field in ("memory read bandwidth", "steps/s", "realtime", "bandwidth ceiling", "first step",
-                  "peak RSS", "prefill ms", "GB/step", "roofline:", "GMAC/step"):
+                  "peak RSS", "prefill ms", "GB/step", "roofline:", "GMAC/step", "AMX"):
         assert field in out, (field, out)
     assert "fastdia float32" in out  # auto is float32 for a tiny model
 
@@ -31,6 +31,8 @@ def test_bench_json_variants_transformers_and_quality():
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)  # progress lines go to stderr, stdout is JSON only
     assert data["bandwidth"]["read_GBps"] > 0
+    assert data["machine"]["amx"] in ("on", "not present") or data["machine"]["amx"].startswith("off (")
+    assert "cpu" in data["machine"] and data["machine"]["kernels"]
     impls = [(x["impl"], x["dtype"], x["quantize"]) for x in data["results"]]
     assert impls == [("transformers", "float32", "none"), ("fastdia", "float32", "none"),
                      ("fastdia", "float32", "int8")]

@@ -137,7 +137,7 @@ def _build() -> ctypes.CDLL:
         lib.fd_bf16_gemv.restype = None
     lib.fd_amx_probe.argtypes = []
     lib.fd_amx_probe.restype = i
-    lib.fd_set_amx.argtypes = [i]
+    lib.fd_set_amx.argtypes = [i, i]
     lib.fd_set_amx.restype = i
     lib.fd_amx_emulated.argtypes = []
     lib.fd_amx_emulated.restype = ctypes.c_long
@@ -231,10 +231,10 @@ def _init_amx() -> None:
     if not has_bf16() or _lib.fd_amx_probe() != 3:
         _amx_state = "not present"  # no AMX int8 + bf16, or a kernel that grants no tile state
         return
-    _lib.fd_set_amx(1)
+    _lib.fd_set_amx(1, 3)
     problem = amx_self_check()
     if problem:
-        _lib.fd_set_amx(0)
+        _lib.fd_set_amx(0, -1)
         _amx_state = f"off (self-check failed: {problem})"
         import warnings
 
@@ -250,14 +250,16 @@ def amx_status() -> str:
     return _amx_state if _lib is not None else "not present"
 
 
-def set_amx(mode: str) -> str:
-    """Switch the kernels' AMX path: "off", "on" (refused, returning the mode kept, where the CPU
-    has no AMX) or "emulate" (the tile instructions run in C, for tests on CPUs without AMX).
-    Returns the previous mode's name. Process-wide: for tests and benchmarks."""
+def set_amx(mode: str, kinds: tuple[str, ...] = ("int8", "bf16")) -> str:
+    """Switch the kernels' AMX path: "off", "on" (refused with a RuntimeError where the CPU has no
+    AMX) or "emulate" (the tile instructions run in C, for tests on CPUs without AMX), for the
+    int8 and/or bfloat16 kernels. Returns the previous mode's name. Process-wide: for tests and
+    benchmarks."""
     lib = _library()
     names = {v: k for k, v in _AMX_MODES.items()}
-    before = names[lib.fd_set_amx(-1)]  # an unknown mode changes nothing and reports the current one
-    now = names[lib.fd_set_amx(_AMX_MODES[mode])]
+    mask = ("int8" in kinds) | ("bf16" in kinds) << 1
+    before = names[lib.fd_set_amx(-1, -1)]  # an unknown mode changes nothing and reports the current one
+    now = names[lib.fd_set_amx(_AMX_MODES[mode], mask)]
     if now != mode:
         raise RuntimeError(f"AMX mode {mode!r} refused here (AMX {amx_status()})")
     return before
@@ -271,30 +273,30 @@ def amx_self_check() -> str | None:
 
     lib = _library()
     gen = torch.Generator().manual_seed(12)
-    mode = lib.fd_set_amx(-1)
+    mode = lib.fd_set_amx(-1, -1)
     try:
         for m, k, n in ((9, 128, 67), (5, 4096, 33), (20, 96, 40)):
             q, scale = quantize_int8(torch.randn(n, k, generator=gen))
             w = kernel_layout(q, 32, k)
             x = torch.randn(m, k, generator=gen)
-            lib.fd_set_amx(mode)
+            lib.fd_set_amx(mode, -1)
             got = q8_gemv(x, w, scale, n)
-            lib.fd_set_amx(0)
+            lib.fd_set_amx(0, -1)
             want = q8_gemv(x, w, scale, n)
             if not torch.equal(got, want):
                 return f"int8 {m}x{k}x{n}: max difference {(got - want).abs().max().item():.3g}"
         for m, k, n in ((2, 128, 40), (17, 64, 32)):
             w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
             x = torch.randn(m, k, generator=gen)
-            lib.fd_set_amx(mode)
+            lib.fd_set_amx(mode, -1)
             got = float_gemv(x, w)
-            lib.fd_set_amx(0)
+            lib.fd_set_amx(0, -1)
             want = float_gemv(x, w)
             bound = 1e-4 * (x.to(torch.bfloat16).float().abs() @ w.float().abs().T) + 1e-6
             if not bool(((got - want).abs() <= bound).all()):
                 return f"bfloat16 {m}x{k}x{n}: max difference {(got - want).abs().max().item():.3g}"
     finally:
-        lib.fd_set_amx(mode)
+        lib.fd_set_amx(mode, -1)
     return None
 
 

@@ -41,6 +41,7 @@
 
 static int amx_mode; /* 0: off, 1: the instructions, 2: their emulation */
 static int amx_usable; /* fd_amx_probe's answer */
+static int amx_kinds = 3; /* bit 0: int8, bit 1: bfloat16 (tests hold one of them off) */
 
 struct tilecfg {
     uint8_t palette, start_row, reserved[14];
@@ -155,10 +156,11 @@ int fd_amx_probe(void) {
     return amx_usable = i8 | bf << 1;
 }
 
-/* 0 off, 1 the AMX instructions, 2 their emulation (tests). Returns the mode now in force: 1 is
-   refused (an illegal instruction otherwise) unless fd_amx_probe found both int8 and bfloat16. */
-int fd_set_amx(int mode) {
+/* 0 off, 1 the AMX instructions, 2 their emulation (tests), for the kinds in the mask (-1: keep
+   both as they are). Returns the mode now in force: 1 is refused (an illegal instruction otherwise) unless fd_amx_probe found both int8 and bfloat16. */
+int fd_set_amx(int mode, int kinds) {
     if (mode == 0 || mode == 2 || (mode == 1 && amx_usable == 3)) amx_mode = mode;
+    if (kinds >= 0) amx_kinds = kinds & 3;
     return amx_mode;
 }
 int fd_get_amx(void) { return amx_mode; }
@@ -166,25 +168,37 @@ int fd_get_amx(void) { return amx_mode; }
 /* ---- int8 ---- */
 
 /* B tiles of one call: for each block of 8 activation rows and each chunk of 32 inputs, hi then
-   lo, 1 KB each (layout in the comment at the top). */
+   lo, 1 KB each (layout in the comment at the top). Row m's 32 values are 8 dwords of 4 bytes
+   per tile; each goes to one row of column 2m (zeros below) and of column 2m + 1 (zeros above),
+   so every cell of a present row's columns is written and only absent rows' columns are zeroed.
+   Vectorised: this runs once per call for every row (64 rows x K in a prefill block). */
+static inline void put_dwords(uint8_t *tile, int col, const uint8_t *bytes) {
+    const uint32_t zero = 0;
+    for (int r = 0; r < 8; r++) {
+        memcpy(tile + r * 64 + 8 * col, bytes + 4 * r, 4);
+        memcpy(tile + (8 + r) * 64 + 8 * col, &zero, 4);
+        memcpy(tile + r * 64 + 8 * col + 4, &zero, 4);
+        memcpy(tile + (8 + r) * 64 + 8 * col + 4, bytes + 4 * r, 4);
+    }
+}
 static void q8_amx_b(const int16_t *xq, int M, int K, uint8_t *bt) {
     int chunks = K / 32, blocks = (M + 7) / 8;
-    memset(bt, 0, (size_t)blocks * chunks * 2048);
-    for (int m = 0; m < M; m++) {
-        int rb = m / 8, mi = m % 8;
+    for (int m = M; m < 8 * blocks; m++) /* absent rows of the last block */
+        for (int c = 0; c < chunks; c++)
+            for (int part = 0; part < 2; part++) {
+                uint8_t *t = bt + ((size_t)(m / 8) * chunks + c) * 2048 + part * 1024;
+                for (int r = 0; r < 16; r++) memset(t + r * 64 + 8 * (m % 8), 0, 8);
+            }
+    for (int m = 0; m < M; m++)
         for (int c = 0; c < chunks; c++) {
-            uint8_t *hi = bt + ((size_t)rb * chunks + c) * 2048, *lo = hi + 1024;
-            const int16_t *v = xq + (int64_t)m * K + 32 * c;
-            for (int h = 0; h < 2; h++)
-                for (int r = 0; r < 8; r++)
-                    for (int j = 0; j < 4; j++) {
-                        int16_t x = v[4 * r + j];
-                        int at = (8 * h + r) * 64 + (2 * mi + h) * 4 + j;
-                        hi[at] = (uint8_t)(int8_t)(x >> 8);
-                        lo[at] = (uint8_t)(x & 0xFF);
-                    }
+            uint8_t *hi = bt + ((size_t)(m / 8) * chunks + c) * 2048, *lo = hi + 1024;
+            __m512i v = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + 32 * c));
+            uint8_t hb[32], lb[32];
+            _mm256_storeu_si256((__m256i *)hb, _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+            _mm256_storeu_si256((__m256i *)lb, _mm512_cvtepi16_epi8(v)); /* truncation: the low byte */
+            put_dwords(hi, m % 8, hb);
+            put_dwords(lo, m % 8, lb);
         }
-    }
 }
 
 /* A tile of 16 pairs from p0 at chunk c: where the layout puts them 2K bytes apart it is read in
@@ -210,7 +224,7 @@ static const int8_t *q8_amx_a(const int8_t *w, int K, int p0, int c, int is_grou
 static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t *w, const float *scale, int N,
                   float *y, int ldy, int nthreads) {
     int pairs = (N + 1) / 2, blocks = pairs / AMX_PAIRS, chunks = K / 32, rbs = (M + 7) / 8;
-    if (!amx_mode || M < AMX_MIN_ROWS || blocks == 0 || K % 32) return 0;
+    if (!amx_mode || !(amx_kinds & 1) || M < AMX_MIN_ROWS || blocks == 0 || K % 32) return 0;
     uint8_t *bt = b_scratch((size_t)rbs * chunks * 2048);
     if (!bt) return 0;
     q8_amx_b(xq, M, K, bt);
@@ -264,26 +278,24 @@ static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t
 /* ---- bfloat16 ---- */
 #ifdef __AVX512BF16__
 /* B tiles: for each block of 16 activation rows and each chunk of 32 inputs, row r holds inputs
-   2r, 2r + 1 of the 16 rows side by side. */
+   2r, 2r + 1 of the 16 rows side by side (one dword each); absent rows' columns are zeroed. */
 static void bf16_amx_b(const uint16_t *x, int M, int K, uint16_t *bt) {
     int chunks = K / 32, blocks = (M + 15) / 16;
-    memset(bt, 0, (size_t)blocks * chunks * 1024);
-    for (int m = 0; m < M; m++) {
-        int rb = m / 16, mi = m % 16;
+    for (int m = 0; m < 16 * blocks; m++)
         for (int c = 0; c < chunks; c++) {
-            uint16_t *t = bt + ((size_t)rb * chunks + c) * 512;
+            uint8_t *t = (uint8_t *)(bt + ((size_t)(m / 16) * chunks + c) * 512) + 4 * (m % 16);
+            const uint8_t *v = (const uint8_t *)(x + (int64_t)m * K + 32 * c);
             for (int r = 0; r < 16; r++) {
-                t[r * 32 + 2 * mi] = x[(int64_t)m * K + 32 * c + 2 * r];
-                t[r * 32 + 2 * mi + 1] = x[(int64_t)m * K + 32 * c + 2 * r + 1];
+                if (m < M) memcpy(t + r * 64, v + 4 * r, 4);
+                else memset(t + r * 64, 0, 4);
             }
         }
-    }
 }
 
 /* Weight rows [0, 16 * (N / 16)) of fd_bf16_gemv on AMX; returns how many it did. */
 static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
     int blocks = N / 16, chunks = K / 32, rbs = (M + 15) / 16;
-    if (!amx_mode || blocks == 0 || K % 32 || rbs > AMX_C_TILES) return 0;
+    if (!amx_mode || !(amx_kinds & 2) || blocks == 0 || K % 32 || rbs > AMX_C_TILES) return 0;
     uint16_t *bt = (uint16_t *)b_scratch((size_t)rbs * chunks * 1024);
     if (!bt) return 0;
     bf16_amx_b(x, M, K, bt);
