@@ -228,8 +228,15 @@ def _init_amx() -> None:
     if os.environ.get("FASTDIA_AMX", "").strip().lower() in ("0", "off", "no", "false"):
         _amx_state = "off (FASTDIA_AMX=0)"
         return
-    if not has_bf16() or _lib.fd_amx_probe() != 3:
-        _amx_state = "not present"  # no AMX int8 + bf16, or a kernel that grants no tile state
+    probe = _lib.fd_amx_probe()
+    if probe == -1:
+        _amx_state = "off (the OS does not enable AMX tile state)"
+        return
+    if probe == -2:
+        _amx_state = "off (the OS refused AMX tile state to this process: Linux before 5.16, or a small signal stack)"
+        return
+    if probe != 3 or not has_bf16():
+        _amx_state = "not present"  # no AMX int8 + bf16 (every AMX CPU so far has both and AVX512-BF16)
         return
     _lib.fd_set_amx(1, 3)
     problem = amx_self_check()

@@ -142,17 +142,19 @@ static uint8_t *b_scratch(size_t bytes) {
 }
 
 /* Bits 0/1: AMX int8 / bfloat16 usable here: the CPU has them, the OS saves tile state (XCR0
-   bits 17-18) and grants this process the tile data (Linux's ARCH_REQ_XCOMP_PERM, 5.16 on). */
+   bits 17-18) and grants this process the tile data (Linux's ARCH_REQ_XCOMP_PERM, 5.16 on; it
+   refuses a process whose alternate signal stack is too small for the tiles). 0: no AMX in the
+   CPU; -1: the OS does not enable tile state; -2: the OS refused the permission. */
 int fd_amx_probe(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     int tile = d >> 24 & 1, i8 = d >> 25 & 1, bf = d >> 22 & 1;
     if (!tile) return 0;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return 0; /* OSXSAVE: xgetbv is there */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return -1; /* OSXSAVE: xgetbv is there */
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & (3u << 17)) != (3u << 17)) return 0;
-    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 0;
+    if ((lo & (3u << 17)) != (3u << 17)) return -1;
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return -2;
     return amx_usable = i8 | bf << 1;
 }
 
