@@ -1,5 +1,5 @@
-/* AMX (Sapphire Rapids and later) for the int8 and bfloat16 kernels of wonly.c; see
-   fastdia/backends/cpu/kernels.py (`amx`).
+/* AMX (Sapphire Rapids and later) for the int8 and bfloat16 kernels of wonly.c; switched by
+   fastdia/backends/cpu/kernels.py (`amx_status`, `set_amx`, `amx_self_check`).
 
    AMX multiplies tiles: A (up to 16 rows x 64 bytes) times B (16 rows x 64 bytes, each row
    four consecutive inputs of 16 columns) into C (16 x 16 int32 or float32). One TDPBSSD is
@@ -22,8 +22,8 @@
 
    bfloat16: weights [N, K] row-major are A tiles directly (16 rows, 32 inputs); B holds up to 16
    activation rows in pairs of inputs. Rounding differs from vdpbf16ps, so when AMX is on every
-   bfloat16 call of 16 or more weight rows uses it, whatever the row count (a row's numbers still
-   do not depend on the batch).
+   bfloat16 call runs its whole blocks of 16 weight rows on it, whatever the row count (a row's
+   numbers still do not depend on the batch); the last N % 16 weight rows stay on AVX-512.
 
    Every tile operation goes through the T_* macros below, which either run the AMX instruction or
    an emulation of it in C (fd_set_amx(2)): the kernels' tiling, layouts and tails are tested
