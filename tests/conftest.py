@@ -46,3 +46,17 @@ def dia2_fixtures() -> Path:
     if not path.exists() and os.environ.get("CI"):
         raise RuntimeError(f"the Dia2 fixtures are missing at {path}; CI needs them (shared/ beside the checkout)")
     return path
+
+
+def on_emulated_amx(fn, kinds=("int8",)):
+    """`fn()` with the kernels' AMX path on, its tile instructions emulated in C (csrc/amx.c), and
+    the number of emulated tile products it ran (so a test knows the AMX path was taken)."""
+    from fastdia.backends.cpu import kernels
+
+    lib = kernels._library()
+    before, ops = kernels.set_amx("emulate", kinds=kinds), lib.fd_amx_emulated()
+    try:
+        out = fn()
+    finally:
+        kernels.set_amx(before)
+    return out, lib.fd_amx_emulated() - ops

@@ -15,6 +15,7 @@ import torch
 
 from fastdia.backends.cpu import kernels
 from fastdia.quant import formats
+from tests.conftest import on_emulated_amx
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=str(kernels.unavailable_reason()))
 
@@ -119,11 +120,6 @@ def test_dia1_int8_prompt_and_batch_on_amx_tiles():
         return [one, *two]
 
     want = run()
-    lib = kernels._library()
-    before, ops = kernels.set_amx("emulate", kinds=("int8",)), lib.fd_amx_emulated()
-    try:
-        got = run()
-    finally:
-        kernels.set_amx(before)
-    assert lib.fd_amx_emulated() > ops
+    got, products = on_emulated_amx(run)
+    assert products > 0
     assert all(a.shape == b.shape and (a == b).all() for a, b in zip(got, want))

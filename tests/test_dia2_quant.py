@@ -32,7 +32,7 @@ from fastdia.generation.dia2_slots import Dia2SlotBatch
 from fastdia.models.dia2 import Dia2Model
 from fastdia.quant import dia2 as quant_dia2
 from fastdia.quant.modules import Int4Linear, Int8Embedding, Int8Linear, RowSplitLinear
-from tests.conftest import dia2_fixtures
+from tests.conftest import dia2_fixtures, on_emulated_amx
 
 PRESET = "dia2-tiny-random"
 GREEDY = dict(temperature=0, text_temperature=0, max_steps=80)
@@ -258,11 +258,6 @@ def test_batch_on_amx_tiles_decodes_the_same_codes():
         return [g.finish(r).codes for r in runs]
 
     want = run()
-    lib = cpu_kernels._library()
-    before, ops = cpu_kernels.set_amx("emulate", kinds=("int8",)), lib.fd_amx_emulated()
-    try:
-        got = run()
-    finally:
-        cpu_kernels.set_amx(before)
-    assert lib.fd_amx_emulated() > ops
+    got, products = on_emulated_amx(run)
+    assert products > 0
     assert all(torch.equal(a, b) for a, b in zip(got, want))
