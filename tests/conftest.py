@@ -48,13 +48,14 @@ def dia2_fixtures() -> Path:
     return path
 
 
-def on_emulated_amx(fn, kinds=("int8",)):
-    """`fn()` with the kernels' AMX path on, its tile instructions emulated in C (csrc/amx.c), and
-    the number of emulated tile products it ran (so a test knows the AMX path was taken)."""
+def with_amx(mode: str, fn, kinds=("int8",)):
+    """`fn()` with the kernels' AMX path in `mode` ("off": AVX-512 only; "emulate": the tile
+    instructions emulated in C, csrc/amx.c) for `kinds`, then the mode restored. Returns fn's result
+    and the number of emulated tile products it ran (so a test knows the AMX path was taken)."""
     from fastdia.backends.cpu import kernels
 
     lib = kernels._library()
-    before, ops = kernels.set_amx("emulate", kinds=kinds), lib.fd_amx_emulated()
+    before, ops = kernels.set_amx(mode, kinds=kinds), lib.fd_amx_emulated()
     try:
         out = fn()
     finally:

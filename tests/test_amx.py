@@ -15,16 +15,12 @@ import torch
 
 from fastdia.backends.cpu import kernels
 from fastdia.quant import formats
-from tests.conftest import on_emulated_amx
+from tests.conftest import with_amx
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=str(kernels.unavailable_reason()))
 
 
-@pytest.fixture
-def emulated():
-    before = kernels.set_amx("emulate")
-    yield kernels._library()
-    kernels.set_amx(before)
+BOTH = ("int8", "bf16")
 
 
 def _q8(m: int, k: int, n: int, seed: int):
@@ -44,46 +40,39 @@ def _q8(m: int, k: int, n: int, seed: int):
     (6, 3072, 36),    # 6+ rows at K = 3072: the tail pairs take the split AVX-512 path
     (12, 4096, 70),   # grouped weights: A tiles gathered from chunk-major groups
 ])
-def test_int8_amx_is_bitwise_avx512(emulated, m, k, n):
+def test_int8_amx_is_bitwise_avx512(m, k, n):
     x, w, scale = _q8(m, k, n, seed=m * k + n)
-    kernels.set_amx("off")
-    want = kernels.q8_gemv(x, w, scale, n)
-    kernels.set_amx("emulate")
-    before = emulated.fd_amx_emulated()
-    got = kernels.q8_gemv(x, w, scale, n)
+    want, _ = with_amx("off", lambda: kernels.q8_gemv(x, w, scale, n))
+    got, products = with_amx("emulate", lambda: kernels.q8_gemv(x, w, scale, n))
     tiles, chunks, row_blocks = (n + 1) // 2 // 16, k // 32, -(-m // 8)
-    assert emulated.fd_amx_emulated() - before == tiles * chunks * row_blocks * 2  # hi and lo bytes
+    assert products == tiles * chunks * row_blocks * 2  # hi and lo bytes
     assert torch.equal(got, want)
 
 
-def test_int8_amx_leaves_few_rows_to_avx512(emulated):
+def test_int8_amx_leaves_few_rows_to_avx512():
     """One utterance (2 rows) streams its weights from DRAM either way: it stays on AVX-512."""
     x, w, scale = _q8(2, 64, 64, seed=3)
-    before = emulated.fd_amx_emulated()
-    kernels.q8_gemv(x, w, scale, 64)
-    assert emulated.fd_amx_emulated() == before
+    _, products = with_amx("emulate", lambda: kernels.q8_gemv(x, w, scale, 64), BOTH)
+    assert products == 0
 
 
 @pytest.mark.skipif(not kernels.has_bf16(), reason="the bfloat16 kernel needs AVX512-BF16")
 @pytest.mark.parametrize("m,k,n", [(1, 64, 32), (2, 96, 40), (17, 64, 48), (64, 32, 20)])
-def test_bf16_amx_matches_avx512(emulated, m, k, n):
+def test_bf16_amx_matches_avx512(m, k, n):
     gen = torch.Generator().manual_seed(m + k + n)
     w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     x = torch.randn(m, k, generator=gen)
-    kernels.set_amx("off")
-    want = kernels.float_gemv(x, w)
-    kernels.set_amx("emulate")
-    before = emulated.fd_amx_emulated()
-    got = kernels.float_gemv(x, w)
-    assert emulated.fd_amx_emulated() - before == (n // 16) * (k // 32) * -(-m // 16)
+    want, _ = with_amx("off", lambda: kernels.float_gemv(x, w), BOTH)
+    got, products = with_amx("emulate", lambda: kernels.float_gemv(x, w), ("bf16",))
+    assert products == (n // 16) * (k // 32) * -(-m // 16)
     exact = x.to(torch.bfloat16).double() @ w.double().T
     bound = 1e-5 * (x.to(torch.bfloat16).double().abs() @ w.double().abs().T)
     assert bool(((got.double() - exact).abs() <= bound).all())
     assert bool(((want.double() - exact).abs() <= bound).all())
 
 
-def test_self_check_passes_emulated(emulated):
-    assert kernels.amx_self_check() is None
+def test_self_check_passes_emulated():
+    assert with_amx("emulate", kernels.amx_self_check, BOTH)[0] is None
 
 
 def test_amx_status_matches_the_cpu():
@@ -119,7 +108,7 @@ def test_dia1_int8_prompt_and_batch_on_amx_tiles():
                                  temperature=0)
         return [one, *two]
 
-    want = run()
-    got, products = on_emulated_amx(run)
+    want, _ = with_amx("off", run)
+    got, products = with_amx("emulate", run)
     assert products > 0
     assert all(a.shape == b.shape and (a == b).all() for a, b in zip(got, want))

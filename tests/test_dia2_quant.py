@@ -32,7 +32,7 @@ from fastdia.generation.dia2_slots import Dia2SlotBatch
 from fastdia.models.dia2 import Dia2Model
 from fastdia.quant import dia2 as quant_dia2
 from fastdia.quant.modules import Int4Linear, Int8Embedding, Int8Linear, RowSplitLinear
-from tests.conftest import dia2_fixtures, on_emulated_amx
+from tests.conftest import dia2_fixtures, with_amx
 
 PRESET = "dia2-tiny-random"
 GREEDY = dict(temperature=0, text_temperature=0, max_steps=80)
@@ -238,12 +238,11 @@ def test_fast_modules_use_kernels():
                       (Int8Linear, RowSplitLinear))
 
 
+@pytest.mark.skipif(not cpu_kernels.available(), reason="needs fastdia's CPU kernels")
 def test_batch_on_amx_tiles_decodes_the_same_codes():
     """A batch of two scripts (4 rows per call, what the int8 AMX path takes) decodes the same
     codes with the AMX kernels as with AVX-512: csrc/amx.c's int8 sums are bitwise AVX-512's.
     The tile instructions run in their C emulation here (no AMX on this machine kind)."""
-    if not cpu_kernels.available():
-        pytest.skip(cpu_kernels.unavailable_reason())
     tts = _load(quantize="int8")
     g = tts._generator
     gen = Dia2GenerationConfig(temperature=0, text_temperature=0, max_steps=24)
@@ -257,7 +256,7 @@ def test_batch_on_amx_tiles_decodes_the_same_codes():
                 batch.step()
         return [g.finish(r).codes for r in runs]
 
-    want = run()
-    got, products = on_emulated_amx(run)
+    want, _ = with_amx("off", run)
+    got, products = with_amx("emulate", run)
     assert products > 0
     assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -280,7 +280,7 @@ def amx_self_check() -> str | None:
 
     lib = _library()
     gen = torch.Generator().manual_seed(12)
-    mode = lib.fd_set_amx(-1, -1)
+    mode = lib.fd_set_amx(-1, -1)  # a query
     try:
         for m, k, n in ((9, 128, 67), (5, 4096, 33), (20, 96, 40)):
             q, scale = quantize_int8(torch.randn(n, k, generator=gen))

@@ -158,14 +158,17 @@ int fd_amx_probe(void) {
     return amx_usable = i8 | bf << 1;
 }
 
-/* 0 off, 1 the AMX instructions, 2 their emulation (tests), for the kinds in the mask (-1: keep
-   both as they are). Returns the mode now in force: 1 is refused (an illegal instruction otherwise) unless fd_amx_probe found both int8 and bfloat16. */
+/* 0 off, 1 the AMX instructions, 2 their emulation (tests), for the kinds in the mask (bit 0
+   int8, bit 1 bfloat16; -1 keeps them). Returns the mode now in force. 1 is refused (it would be
+   an illegal instruction) unless fd_amx_probe found both int8 and bfloat16; a refused or unknown
+   mode (-1: a query) changes nothing. */
 int fd_set_amx(int mode, int kinds) {
-    if (mode == 0 || mode == 2 || (mode == 1 && amx_usable == 3)) amx_mode = mode;
-    if (kinds >= 0) amx_kinds = kinds & 3;
+    if (mode == 0 || mode == 2 || (mode == 1 && amx_usable == 3)) {
+        amx_mode = mode;
+        if (kinds >= 0) amx_kinds = kinds & 3;
+    }
     return amx_mode;
 }
-int fd_get_amx(void) { return amx_mode; }
 
 /* ---- int8 ---- */
 
