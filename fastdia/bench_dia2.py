@@ -99,13 +99,17 @@ def stage_cache_timing(g, model, repeats: int = 15) -> dict:
 
     * warm: the stage called back to back, as the loop does;
     * cold: each call after a 256 MB read that evicts every cache level (DRAM speed);
-    * cache: one small projection of the stage (`out_proj`, ~1 MB) called back to back, so it
-      sits in L2 (cache speed).
+    * cache: the stage's projections of at most 8 MB (in int8: the MLP's and the attention's,
+      not its 2 MB head alone), each called back to back so it stays in cache; the fastest
+      sets the cache rate. (A 1 MB projection alone is bound by its call overhead: on a fast
+      day it read no faster than DRAM, and the estimate below meant nothing.)
 
     With `bytes / cold` the DRAM rate and `bytes / cache` the cache rate, the warm time is
     explained by a fraction f of the stage's bytes coming from cache:
     `warm = bytes * (f / cache_rate + (1 - f) / dram_rate)`. An estimate from timings, not a
     counter reading; f near 0 means the working set does not survive from one stage to the next.
+    When the cache rate is not clearly above the DRAM rate the two cannot be told apart, and the
+    fraction is None.
     """
     import torch
 
@@ -117,8 +121,10 @@ def stage_cache_timing(g, model, repeats: int = 15) -> dict:
     prev = torch.zeros(2, dtype=torch.long)
     cache = model.new_depformer_cache(2)
     flush = torch.ones(64 << 20)  # 256 MB: several times any last-level cache
-    small = dep.layers[0].self_attention.out_proj[group]
-    x_small = torch.randn(2, small.in_features)
+    layer = dep.layers[0]
+    small = [m for m in (layer.mlp.wi, layer.mlp.wo, layer.self_attention.in_proj[group],
+                         layer.self_attention.out_proj[group]) if roofline.nbytes(m) <= 8 << 20]
+    gen = torch.Generator().manual_seed(1)
 
     def timed(fn):
         t0 = time.perf_counter()
@@ -138,15 +144,20 @@ def stage_cache_timing(g, model, repeats: int = 15) -> dict:
             flush.sum()
             cold.append(timed(stage))
         cold = median(cold)
-        for _ in range(3):
-            small(x_small)
-        small_t = median([timed(lambda: small(x_small)) for _ in range(5 * repeats)])
+        cache_rate = 0.0
+        for m in small:
+            x = torch.randn(2, m.in_features, generator=gen)
+            for _ in range(3):
+                m(x)
+            cache_rate = max(cache_rate, roofline.nbytes(m) / median([timed(lambda: m(x)) for _ in range(3 * repeats)]))
     nbytes = step_weight_bytes_dia2(model)["per_stage_last"]
-    dram_rate, cache_rate = nbytes / cold, roofline.nbytes(small) / small_t
-    f = (nbytes / dram_rate - warm) / (nbytes / dram_rate - nbytes / cache_rate) if cache_rate > dram_rate else 0.0
+    dram_rate = nbytes / cold
+    f = None
+    if cache_rate > 1.2 * dram_rate:
+        f = min(max((nbytes / dram_rate - warm) / (nbytes / dram_rate - nbytes / cache_rate), 0.0), 1.0)
     return {"stage": s, "stage_bytes": nbytes, "cold_ms": cold * 1e3, "warm_ms": warm * 1e3,
             "cold_GBps": dram_rate / 1e9, "warm_GBps": nbytes / warm / 1e9, "cache_GBps": cache_rate / 1e9,
-            "cache_fraction": min(max(f, 0.0), 1.0)}
+            "cache_fraction": f}
 
 
 # ============================================================================================
@@ -463,9 +474,11 @@ def child_profile(spec: dict) -> dict:
     wb = step_weight_bytes_dia2(model)
     per = {k: v / n * 1e3 for k, v in phases.items()}
     cache = stage_cache_timing(g, model)
-    dep_dram = wb["depformer_dram"] * (1 - cache["cache_fraction"])
-    cache["step_bytes_from_dram"] = wb["decoder"] + dep_dram
-    cache["step_bytes_from_cache"] = wb["depformer_dram"] - dep_dram
+    cache["retention"] = roofline.cache_retention()
+    if cache["cache_fraction"] is not None:
+        dep_dram = wb["depformer_dram"] * (1 - cache["cache_fraction"])
+        cache["step_bytes_from_dram"] = wb["decoder"] + dep_dram
+        cache["step_bytes_from_cache"] = wb["depformer_dram"] - dep_dram
     scale = n2  # hook timers ran over the first step too: normalise per step of that pass
     return {
         "dtype": str(tts.dtype).removeprefix("torch."), "quantize": quantize or "none",
@@ -541,9 +554,12 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
             c = p["cache"]
             log(f"bench: depformer stage {c['stage']} ({c['stage_bytes'] / 1e6:.1f} MB of weights): cold cache "
                 f"{c['cold_ms']:.2f} ms ({c['cold_GBps']:.1f} GB/s), back to back {c['warm_ms']:.2f} ms "
-                f"({c['warm_GBps']:.1f} GB/s), a 1 MB projection from cache {c['cache_GBps']:.1f} GB/s: "
-                f"~{100 * c['cache_fraction']:.0f}% of the depformer's bytes from cache; per step "
-                f"~{c['step_bytes_from_dram'] / 1e9:.2f} GB from DRAM, ~{c['step_bytes_from_cache'] / 1e9:.2f} GB from cache")
+                f"({c['warm_GBps']:.1f} GB/s), its projections from cache {c['cache_GBps']:.1f} GB/s: "
+                + (f"~{100 * c['cache_fraction']:.0f}% of the depformer's bytes from cache; per step "
+                   f"~{c['step_bytes_from_dram'] / 1e9:.2f} GB from DRAM, ~{c['step_bytes_from_cache'] / 1e9:.2f} GB "
+                   "from cache" if c["cache_fraction"] is not None else
+                   "cache and DRAM rates too close in this run to split the bytes"))
+            log(f"bench: {roofline.describe_retention(c['retention'], bw['read_GBps'], c['warm_ms'])}")
     return out
 
 

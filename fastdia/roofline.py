@@ -145,3 +145,43 @@ def summary(label: str, r: dict) -> str | None:
     return (f"roofline {label}: bound {rf['bound_steps_per_s']:.2f} steps/s ({rf['limit']}-bound: memory "
             f"{rf['memory_ms']:.3g} ms, compute {rf['compute_ms']:.3g} ms per step), measured "
             f"{100 * r['steps_per_s'] / rf['bound_steps_per_s']:.0f}% of it")
+
+
+RETENTION_GAPS_MS = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+
+def cache_retention(mib: int = 8, gaps_ms=RETENTION_GAPS_MS, repeats: int = 25) -> dict:
+    """How long data read once stays in the last-level cache: the read rate of a `mib` MiB buffer
+    (well inside a 32 MB L3, far over L2) re-read after `gap` ms of doing nothing with memory
+    (a spin on the clock). At gap 0 it is the cache's rate; a rate that falls to the DRAM probe's
+    as the gap grows means the lines were evicted by something other than this process (on a VM,
+    the neighbours sharing the L3). Weights reused after that long come from DRAM whatever their
+    order or prefetch hints, which decides whether the depformer's per-stage working set can be
+    served from cache (`benchmarks/README.md`, "Can the depformer live in L3?")."""
+    import torch
+
+    buf = torch.ones((mib << 20) // 4)
+    rates = []
+    with torch.inference_mode():
+        for gap in gaps_ms:
+            ts = []
+            for i in range(repeats + 3):
+                t0 = time.perf_counter()
+                buf.sum()
+                t = time.perf_counter() - t0
+                if i >= 3:
+                    ts.append(t)
+                end = time.perf_counter() + gap / 1e3
+                while time.perf_counter() < end:
+                    pass
+            rates.append((mib << 20) / sorted(ts)[len(ts) // 2] / 1e9)
+    return {"buffer_MiB": mib, "gaps_ms": list(gaps_ms), "GBps": rates}
+
+
+def describe_retention(ret: dict, read_GBps: float, reuse_ms: float | None = None) -> str:
+    """One line for the bench log."""
+    gaps = " / ".join(f"{g:g}" for g in ret["gaps_ms"])
+    rates = " / ".join(f"{r:.0f}" for r in ret["GBps"])
+    reuse = "" if reuse_ms is None else f"; a depformer stage's shared weights are reused {reuse_ms:.1f} ms apart"
+    return (f"cache retention: a {ret['buffer_MiB']} MiB buffer re-read after {gaps} ms idle: {rates} GB/s "
+            f"(DRAM probe {read_GBps:.1f} GB/s){reuse}")

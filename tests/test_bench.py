@@ -78,7 +78,11 @@ def test_bench_dia2_report_with_roofline_profile_and_quality():
     assert "int8" in data["results"][2]["macs_per_step"]
     assert "roofline:" in r.stderr and "from DRAM" in r.stderr and "probe right after the run" in r.stderr
     for p in data["profile"]:  # where a step goes, and the depformer's cache estimate
-        assert p["ms_per_step"]["step"] > 0 and 0 <= p["cache"]["cache_fraction"] <= 1
+        f = p["cache"]["cache_fraction"]  # None when this run's cache and DRAM rates are too close to tell
+        assert p["ms_per_step"]["step"] > 0 and p["cache"]["cache_GBps"] > 0 and (f is None or 0 <= f <= 1)
+        ret = p["cache"]["retention"]  # the L3's hold over time: a rate per idle gap
+        assert len(ret["GBps"]) == len(ret["gaps_ms"]) and all(v > 0 for v in ret["GBps"])
+    assert "cache retention:" in r.stderr
     (q,) = data["quality"]
     assert q["quantize"] == "int8" and 0 < q["mean_codebook_top1"] <= 1 and 0 < q["action_top1"] <= 1
 
