@@ -184,3 +184,29 @@ def test_int8_embedding_lookups_in_c_are_bitwise_torchs(quantize):
     tokens[0, 0, 5] = -1
     with pytest.raises(ValueError, match="must lie in"):
         fused._embed(dec, tokens)
+
+
+def test_a_program_runs_its_calls_in_c_as_ctypes_would():
+    """layer_plan.Program: the calls of a plan as one table run by csrc/plan.c. A float argument
+    is rounded to a C float as ctypes rounds it, None is a NULL pointer; a function the table
+    cannot hold is refused when the program is built."""
+    from fastdia.backends.cpu import kernels
+    from fastdia.backends.cpu.layer_plan import Program
+
+    lib = kernels._library()
+    gen = torch.Generator().manual_seed(3)
+    x, w, d = (torch.randn(3, 96, generator=gen) for _ in range(3))
+    w = w[0].contiguous()
+    p = torch.Tensor.data_ptr
+    got, want = x.clone(), x.clone()
+    y_got, y_want = torch.empty(3, 96), torch.empty(3, 96)
+    eps = 1.0000000001e-5  # not a float32: both paths must round it the same way
+    for residual in (None, d):
+        lib.fd_add_rmsnorm(p(want), None if residual is None else p(residual), p(w), eps, 3, 96, p(y_want))
+        Program(lib, [(lib.fd_add_rmsnorm, (p(got), None if residual is None else p(residual), p(w), eps, 3, 96,
+                                            p(y_got)))]).run()
+        assert torch.equal(got, want) and torch.equal(y_got, y_want)
+    with pytest.raises(ValueError, match="cannot be a program call"):
+        Program(lib, [(lib.fd_cfg_draw, (p(x), 96, 1.0, 5, 1.0, 5, 0.5))])
+    with pytest.raises(ValueError, match="cannot be a program call"):
+        Program(lib, [(lib.fd_silu_mul, (p(x), 3, 48))])  # an argument short

@@ -23,7 +23,7 @@ import torch
 
 from ...models.dia1 import CrossState, Decoder
 from . import kernels as cpu_kernels
-from .layer_plan import PlansByCache, blocks, projection_calls
+from .layer_plan import PlansByCache, Program, blocks, projection_calls
 
 
 def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> bool:
@@ -219,14 +219,14 @@ class _StepPlan:
                                            p(h))))
         proj(head, h, self.logits)
         self.calls = calls
+        self.program = Program(lib, calls)
 
     def serves(self, cross: CrossState) -> bool:
         """Whether the calls point into this cross state's K/V."""
         return self._cross() is cross and cross.k[0].data_ptr() == self._cross_k0
 
     def run(self) -> torch.Tensor:
-        for fn, args in self.calls:
-            fn(*args)
+        self.program.run()
         return self.logits
 
 

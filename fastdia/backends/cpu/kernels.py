@@ -17,6 +17,8 @@
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
   single-query attention, SiLU), used by fastdia.backends.cpu.decode.
 * `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
+* `csrc/plan.c`: a prepared list of the calls above run by one call from Python
+  (fastdia.backends.cpu.layer_plan.Program).
 
 Weight formats (fastdia.quant.modules): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
 in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
@@ -51,8 +53,8 @@ import torch
 MAX_ROWS = 64
 
 _SOURCE_DIR = Path(__file__).parent / "csrc"
-# weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw
-_SOURCES = ("wonly.c", "amx.c", "decode.c", "sample.c")
+# weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw; prepared plans run in C
+_SOURCES = ("wonly.c", "amx.c", "decode.c", "sample.c", "plan.c")
 
 
 def _source() -> str:
@@ -132,6 +134,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_embed_add.restype = i
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
+    lib.fd_run_program.argtypes = [p, i]
+    lib.fd_run_program.restype = i
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
         lib.fd_bf16_gemv.restype = None

@@ -10,8 +10,8 @@ When every projection of a stack is one of fastdia's int8/int4 kernel modules, `
 everything once for a row count and a KV cache: the weights' pointers, buffers for the residual
 stream, the norms' output, QKV (the projections of one input write side by side into one buffer),
 the attention output and the MLP activations, and the scratch the kernels use. `LayerPlan.run()`
-is then a loop over (C function, arguments). The calls and their order are those of the
-unprepared path, so the results are bitwise the same.
+is then one C call that runs them all (`Program`, csrc/plan.c). The calls and their order are
+those of the unprepared path, so the results are bitwise the same.
 
 A depformer stage's plan also binds its RoPE position, cache slot and output head (`head`), and
 the 31 stage plans of one row count share their buffers (`share`). On an int8 2B model (2 Zen 4
@@ -22,6 +22,7 @@ leave ~9 ms, most of it sampling.
 
 from __future__ import annotations
 
+import struct
 import weakref
 from dataclasses import dataclass
 
@@ -66,6 +67,43 @@ class PlansByCache:
     def entries(self) -> list:
         """[(weakref to a cache, its plans)], oldest first."""
         return list(self._held)
+
+
+class Program:
+    """A list of (ctypes kernel function, arguments) as one table that `fd_run_program`
+    (csrc/plan.c) runs in C: one ctypes call instead of one per kernel call (~1-1.5 us each of
+    argument conversion; ~1,100 calls in a Dia2-2B step). The same functions with the same
+    arguments in the same order: bitwise the results of making the calls one by one.
+
+    An argument is an int (or a pointer as one), None (a NULL pointer), or a float, which the
+    kernels take as a C float: stored as a double, rounded to float in C as ctypes rounds it."""
+
+    WORDS = 16  # per call, as PROGRAM_WORDS in csrc/plan.c: the id and up to 15 arguments
+    OPS = {"fd_q8_gemv": 1, "fd_q4_gemv": 2, "fd_add_rmsnorm": 3, "fd_qk_norm": 4, "fd_self_attn": 5,
+           "fd_silu_mul": 6, "fd_cross_attn": 7, "fd_rope": 8}
+
+    def __init__(self, lib, calls: list) -> None:
+        table = torch.zeros(len(calls), self.WORDS, dtype=torch.int64)
+        for c, (fn, args) in enumerate(calls):
+            op = self.OPS.get(fn.__name__)
+            if op is None or len(args) != len(fn.argtypes) or len(args) >= self.WORDS:
+                raise ValueError(f"{fn.__name__} with {len(args)} arguments cannot be a program call")
+            words = [op]
+            for a in args:
+                if a is None:
+                    words.append(0)
+                elif isinstance(a, float):
+                    words.append(struct.unpack("<q", struct.pack("<d", a))[0])
+                else:
+                    words.append(int(a))
+            table[c, : len(words)] = torch.tensor(words, dtype=torch.int64)
+        self.table = table
+        self._run = lib.fd_run_program
+        self._args = (table.data_ptr(), len(calls))
+
+    def run(self) -> None:
+        if self._run(*self._args):
+            raise RuntimeError("a prepared program holds an unknown call")  # cannot happen: ids checked above
 
 
 def projection_calls(lib, modules, x: torch.Tensor, y: torch.Tensor, ldy: int, rows: int, xq: torch.Tensor,
@@ -179,11 +217,11 @@ class LayerPlan:
             self.logits = torch.empty(rows, n_out, dtype=f32)
             proj(head, self.h, self.logits, n_out)
         self._keep += [final_norm, *specs]
-        self.calls = calls
+        self.calls = calls  # kept for tools that time each call (benchmarks/dia2_batch_profile.py)
+        self.program = Program(lib, calls)
 
     def run(self) -> torch.Tensor:
-        for fn, args in self.calls:
-            fn(*args)
+        self.program.run()
         return self.h if self.logits is None else self.logits
 
 
