@@ -210,3 +210,58 @@ def test_a_program_runs_its_calls_in_c_as_ctypes_would():
         Program(lib, [(lib.fd_cfg_draw, (p(x), 96, 1.0, 5, 1.0, 5, 0.5))])
     with pytest.raises(ValueError, match="cannot be a program call"):
         Program(lib, [(lib.fd_silu_mul, (p(x), 3, 48))])  # an argument short
+
+
+@torch.inference_mode()
+def test_the_c_frame_samples_what_the_stage_loop_samples():
+    """FusedDia2.frame (csrc/plan.c: stages 1.. of a frame with their embeddings and draws in one
+    C call) against the stage-by-stage loop (`stage`, then `pick`): the same sampled codes for a
+    seeded run alone and for two scripts of other seeds and temperatures in one slot batch. A
+    greedy member keeps its batch on the loop (torch's argmax)."""
+    from fastdia.generation.dia2 import Dia2GenerationConfig
+    from fastdia.generation.dia2_slots import Dia2SlotBatch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tts = fastdia.load("dia2-tiny-random", quantize="int8")
+    g = tts._generator
+    real = g.frame
+    assert real is not None
+    ran = []
+
+    def counted(*args):
+        out = real(*args)
+        ran.append(out is not None)
+        return out
+
+    scripts = ["[S1] Hello there, how are you doing today. [S2] Fine thanks.",
+               "[S2] A different line (laughs). [S1] Okay then."]
+
+    def alone(frame) -> torch.Tensor:
+        g.frame = frame
+        gen = Dia2GenerationConfig(seed=7, max_steps=40)
+        return g.generate(tts._entries(scripts[0]), gen).extra["delayed"]
+
+    def batch(frame, configs) -> list[torch.Tensor]:
+        g.frame = frame
+        slots = Dia2SlotBatch(g, len(configs), 200)
+        runs = [slots.members[slots.join(c, None, entries=tts._entries(s))].run for c, s in zip(configs, scripts)]
+        while any(m is not None and not m.finished for m in slots.members):
+            slots.step()
+        return [g.finish(r).extra["delayed"] for r in runs]
+
+    try:
+        want = alone(None)
+        got = alone(counted)
+        assert ran and all(ran) and torch.equal(got, want)
+        sampled = [Dia2GenerationConfig(seed=1, max_steps=40),
+                   Dia2GenerationConfig(seed=2, temperature=1.3, top_k=9, cfg_scale=1.0, max_steps=40)]
+        ran.clear()
+        want = batch(None, sampled)
+        got = batch(counted, sampled)
+        assert ran and all(ran) and all(torch.equal(a, b) for a, b in zip(got, want))
+        ran.clear()
+        mixed = [sampled[0], Dia2GenerationConfig(seed=3, temperature=0, text_temperature=0, max_steps=40)]
+        assert all(torch.equal(a, b) for a, b in zip(batch(counted, mixed), batch(None, mixed))) and not ran
+    finally:
+        g.frame = real

@@ -178,11 +178,13 @@ class Dia2Generator:
         # else the model's own forward (same signatures), chosen once here.
         from ..backends.cpu import dia2_fused
 
+        # `frame`: stages 1.. of a frame with their draws in one call, where the fused path has it.
+        self.frame = None
         if hasattr(model, "step_functions"):  # an exported model (fastdia.onnx) brings its own
             self.transformer, self.stage = model.step_functions()
         elif dia2_fused.supported(model, device):
             fused = dia2_fused.FusedDia2(model)
-            self.transformer, self.stage = fused.transformer, fused.stage
+            self.transformer, self.stage, self.frame = fused.transformer, fused.stage, fused.frame
         else:
             self.transformer, self.stage = model.transformer, model.depformer.stage
 
@@ -338,10 +340,35 @@ class Dia2Generator:
             self.skip_stages(run, t)
             return out
         hidden = dec.hidden[:, 0]  # (2, D)
-        for s in range(self.n_codebooks - 1):
-            logits = self.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
-            token = self.pick(run, t, s + 1, logits)
+        token = self.pick(run, t, 1, self.stage(0, hidden, token.expand(2), run.dep_cache, text))
+        if self.rest_of_frame(hidden, token.reshape(1).expand(2).contiguous(), run.dep_cache, [(0, run, t)]):
+            return out
+        for s in range(1, self.n_codebooks - 1):
+            token = self.pick(run, t, s + 1, self.stage(s, hidden, token.expand(2), run.dep_cache))
         return out
+
+    def rest_of_frame(self, hidden: torch.Tensor, token: torch.Tensor, cache, members: list) -> bool:
+        """Depformer stages 1.. of a frame and their draws in one call, where the fused CPU path
+        has it (`FusedDia2.frame`) and every member samples (greedy decoding takes torch's argmax,
+        stage by stage). The same tokens as `stage` then `pick` per stage: the same C draw, fed the
+        same uniforms, since each member's 30 uniforms come from its generator in the order the
+        stage loop draws them. `token` (rows,): what each row's stage 1 reads (updated in place);
+        members: [(a member's first row, its run, its step t)]. False: nothing was done."""
+        if self.frame is None or self._c_draw is None or any(run.gen.temperature <= 0 for _, run, _ in members):
+            return False
+        stages = self.n_codebooks - 2
+
+        def uniforms() -> torch.Tensor:
+            return torch.stack([torch.rand(stages, generator=run.rng, dtype=torch.float64) for _, run, _ in members])
+
+        draws = [(row, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k)
+                 for row, run, _ in members]
+        tokens = self.frame(1, hidden, token, cache, draws, uniforms)
+        if tokens is None:
+            return False
+        for j, (_, run, t) in enumerate(members):
+            run.buffer[2:, t + 1] = tokens[j]
+        return True
 
     def head(self, run: "_Run", t: int, action_logits: torch.Tensor, cb0_logits: torch.Tensor):
         """From the decoder's `(2, V)` action and codebook-0 logits of step t: the action through

@@ -208,6 +208,8 @@ class Dia2SlotBatch:
             for s, m in looping:
                 r = slice(2 * s, 2 * s + 2)
                 token[r] = g.pick(m.run, m.t, stage + 1, logits[r])
+            if stage == 0 and g.rest_of_frame(hidden, token, view, [(2 * s, m.run, m.t) for s, m in looping]):
+                return
 
     def _view(self, part: str, rows: int) -> _CacheView:
         key = (part, rows)

@@ -18,7 +18,8 @@
   single-query attention, SiLU), used by fastdia.backends.cpu.decode.
 * `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
 * `csrc/plan.c`: a prepared list of the calls above run by one call from Python
-  (fastdia.backends.cpu.layer_plan.Program).
+  (fastdia.backends.cpu.layer_plan.Program), and a Dia2 depformer frame (stages, embeddings and
+  draws) in one call (fastdia.backends.cpu.dia2_fused.FusedDia2.frame).
 
 Weight formats (fastdia.quant.modules): int8 `[N, K]` with a float32 scale per row; int4 `[N, K/2]` uint8
 in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble and input
@@ -136,6 +137,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_cfg_draw.restype = i
     lib.fd_run_program.argtypes = [p, i]
     lib.fd_run_program.restype = i
+    lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
+    lib.fd_depformer_frame.restype = i
     if hasattr(lib, "fd_bf16_gemv"):
         lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
         lib.fd_bf16_gemv.restype = None
