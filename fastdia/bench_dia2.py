@@ -397,6 +397,10 @@ def child_profile(spec: dict) -> dict:
     Two passes over the same number of steps: one with plain timers around the loop's phases
     (the hooks off), one with forward hooks accumulating the time inside every projection
     (through the modules: prepared layer plans off for that pass).
+
+    Both passes run the depformer stage by stage (`stage`, then `pick`) to time its parts, not
+    in the one C call a real step makes (`FusedDia2.frame`), so their steps are slower than the
+    speed run's (`benchmarks/dia2_ab.py --switch frame` measures the difference).
     """
     import torch
 

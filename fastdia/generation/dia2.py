@@ -354,7 +354,8 @@ class Dia2Generator:
         same uniforms, since each member's 30 uniforms come from its generator in the order the
         stage loop draws them. `token` (rows,): what each row's stage 1 reads (updated in place);
         members: [(a member's first row, its run, its step t)]. False: nothing was done."""
-        if self.frame is None or self._c_draw is None or any(run.gen.temperature <= 0 for _, run, _ in members):
+        if not members or self.frame is None or self._c_draw is None \
+                or any(run.gen.temperature <= 0 for _, run, _ in members):
             return False
         stages = self.n_codebooks - 2
 
