@@ -190,7 +190,8 @@ class FusedDia2:
         dep = self.model.depformer
         rows = hidden.shape[0]
         last = self.model.config.n_stages
-        if not self.use_plans or cache.k[0].dtype != torch.float32 or first < 1 or first >= last or token.dtype != torch.int64:
+        if not self.use_plans or cache.k[0].dtype != torch.float32 or not 1 <= first < last \
+                or token.dtype != torch.int64:
             return None
         prepared = self._frame_plan(first, rows, cache)
         if prepared is None:
@@ -237,7 +238,8 @@ class FusedDia2:
             last = self.model.config.n_stages
             stage_plans = [self._stage_plan(s, dep.schedule[s], rows, cache) for s in range(first, last)]
             tables = self._stage_tables[first:last]
-            ok = all(sp is not None and sp.logits is not None for sp in stage_plans) and all(t is not None for t in tables)
+            ok = all(sp is not None and sp.logits is not None for sp in stage_plans) \
+                and all(t is not None for t in tables)
             if ok:
                 x, lg = stage_plans[0].x, stage_plans[0].logits
                 ok = all(sp.x is x and sp.logits.shape == lg.shape for sp in stage_plans) \
