@@ -8,6 +8,10 @@ untimed, then `--steps` full passes are timed. With `--calls`, every C call of t
 plans is timed on its own as well: per matrix shape and row count, its time per pass and the
 rate it ran at (G MAC/s, and GB/s of weights), then the norms, attention and activation calls,
 and the part of the pass spent outside the plans (embeddings, sampling, Python).
+
+The depformer runs stage by stage here (`stage`, then `pick`, each timed), not in the one C call
+a real pass makes (`FusedDia2.frame`), so passes are slower than in `fastdia bench`;
+`benchmarks/dia2_ab.py --switch frame` measures that difference.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def main() -> None:
     quantize = None if args.quantize == "none" else args.quantize
     tts, _ = load_tts({"model": args.model, "device": "cpu", "dtype": "auto", "quantize": quantize})
     g = tts._generator
+    g.frame = None  # every stage through the timed `stage` and `pick` (see the docstring)
     spent = {"decoder": 0.0, "stages": 0.0, "sampling": 0.0, "head": 0.0}
 
     def timed(part, fn):
