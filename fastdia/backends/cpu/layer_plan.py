@@ -17,7 +17,8 @@ A depformer stage's plan also binds its RoPE position, cache slot and output hea
 the 31 stage plans of one row count share their buffers (`share`). On an int8 2B model (2 Zen 4
 cores, ~90-120 ms steps) the Python around the plans took ~17 ms of a step; the head and
 position bound here, and the embedding lookups done in C (fastdia.backends.cpu.dia2_fused),
-leave ~9 ms, most of it sampling.
+leave ~9 ms, most of it sampling. `FusedDia2.frame` now runs stages 1..30 of a frame, their
+embeddings and draws, in one C call over these plans' programs (csrc/plan.c).
 """
 
 from __future__ import annotations
