@@ -75,7 +75,8 @@ def main() -> None:
     set_side(True)
     diff = [a - b for a, b in zip(times[True], times[False])]
     for on, label in ((True, args.switch), (False, "without")):
-        print(f"{label:>8}: " + " ".join(f"{t:.1f}" for t in times[on]) + f" ms/step (median {statistics.median(times[on]):.1f})")
+        series = " ".join(f"{t:.1f}" for t in times[on])
+        print(f"{label:>8}: {series} ms/step (median {statistics.median(times[on]):.1f})")
     print(f"{args.switch} - without, per round: mean {statistics.mean(diff):+.2f} ms, sd {statistics.stdev(diff):.2f}, "
           f"median {statistics.median(diff):+.2f} ({args.rounds} rounds)")
 
