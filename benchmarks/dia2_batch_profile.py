@@ -40,7 +40,6 @@ def main() -> None:
     quantize = None if args.quantize == "none" else args.quantize
     tts, _ = load_tts({"model": args.model, "device": "cpu", "dtype": "auto", "quantize": quantize})
     g = tts._generator
-    g.frame = None  # every stage through the timed `stage` and `pick` (see the docstring)
     spent = {"decoder": 0.0, "stages": 0.0, "sampling": 0.0, "head": 0.0}
 
     def timed(part, fn):
@@ -54,6 +53,7 @@ def main() -> None:
     calls: dict = {}
     if args.calls:
         layer_plan.LayerPlan.run = _timed_run(calls)
+    # a wrapped `stage` also turns the C frame off: every stage goes through these timers
     g.transformer, g.stage = timed("decoder", g.transformer), timed("stages", g.stage)
     g.pick, g.head = timed("sampling", g.pick), timed("head", g.head)
     entries = tts._entries(DEFAULT_TEXT_DIA2)

@@ -178,13 +178,15 @@ class Dia2Generator:
         # else the model's own forward (same signatures), chosen once here.
         from ..backends.cpu import dia2_fused
 
-        # `frame`: stages 1.. of a frame with their draws in one call, where the fused path has it.
-        self.frame = None
+        # `frame`: stages 1.. of a frame with their draws in one call, where the fused path has it;
+        # used only while `stage` is still that path's (a caller that swaps `stage` sees every stage).
+        self.frame = self._frame_stage = None
         if hasattr(model, "step_functions"):  # an exported model (fastdia.onnx) brings its own
             self.transformer, self.stage = model.step_functions()
         elif dia2_fused.supported(model, device):
             fused = dia2_fused.FusedDia2(model)
-            self.transformer, self.stage, self.frame = fused.transformer, fused.stage, fused.frame
+            self.transformer, self.stage = fused.transformer, fused.stage
+            self.frame, self._frame_stage = fused.frame, fused.stage
         else:
             self.transformer, self.stage = model.transformer, model.depformer.stage
 
@@ -349,12 +351,13 @@ class Dia2Generator:
 
     def rest_of_frame(self, hidden: torch.Tensor, token: torch.Tensor, cache, members: list) -> bool:
         """Depformer stages 1.. of a frame and their draws in one call, where the fused CPU path
-        has it (`FusedDia2.frame`) and every member samples (greedy decoding takes torch's argmax,
-        stage by stage). The same tokens as `stage` then `pick` per stage: the same C draw, fed the
-        same uniforms, since each member's 30 uniforms come from its generator in the order the
-        stage loop draws them. `token` (rows,): what each row's stage 1 reads (updated in place);
+        has it (`FusedDia2.frame`), `stage` is still that path's own (a caller that swaps it sees
+        every stage), and every member samples (greedy decoding takes torch's argmax, stage by
+        stage). The same tokens as `stage` then `pick` per stage: the same C draw, fed the same
+        uniforms, since each member's 30 uniforms come from its generator in the order the stage
+        loop draws them. `token` (rows,): what each row's stage 1 reads (updated in place);
         members: [(a member's first row, its run, its step t)]. False: nothing was done."""
-        if not members or self.frame is None or self._c_draw is None \
+        if not members or self.frame is None or self.stage != self._frame_stage or self._c_draw is None \
                 or any(run.gen.temperature <= 0 for _, run, _ in members):
             return False
         stages = self.n_codebooks - 2
