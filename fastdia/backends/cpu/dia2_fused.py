@@ -180,7 +180,8 @@ class FusedDia2:
     def frame(self, first: int, hidden: torch.Tensor, token: torch.Tensor, cache, draws: list, uniforms):
         """Stages `first`.. of this frame, each followed by its draws, in one C call
         (`fd_depformer_frame`, csrc/plan.c): what `stage` then a draw per script do, stage by
-        stage, without ~3 ms of Python per 2B step.
+        stage, without the Python around each stage (6-12 ms of a 2B int8 step in paired A/B
+        rounds, benchmarks/dia2_ab.py).
 
         `token` (rows,) int64: the token each row's first stage reads (updated in place). `draws`:
         per sampling script, (its first row, cfg_scale, cfg_filter_k, temperature > 0, top_k);

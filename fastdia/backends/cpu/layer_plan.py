@@ -72,8 +72,8 @@ class PlansByCache:
 
 class Program:
     """A list of (ctypes kernel function, arguments) as one table that `fd_run_program`
-    (csrc/plan.c) runs in C: one ctypes call instead of one per kernel call (~1-1.5 us each of
-    argument conversion; ~1,100 calls in a Dia2-2B step). The same functions with the same
+    (csrc/plan.c) runs in C: one ctypes call instead of one per kernel call (~0.5 us each of
+    argument conversion, measured; ~1,100 calls in a Dia2-2B step). The same functions with the same
     arguments in the same order: bitwise the results of making the calls one by one.
 
     An argument is an int (or a pointer as one), None (a NULL pointer), or a float, which the

@@ -1,8 +1,8 @@
 /* A prepared layer plan run by one C call (fastdia.backends.cpu.layer_plan.Program).
 
    A plan is ~9 kernel calls per layer: ~37 per Dia2 depformer stage, ~1,100 per 2B step. Made
-   one by one through ctypes, each cost ~1-1.5 us of argument conversion on top of the kernel
-   (2 Zen 4 cores), ~1.5 ms per step. Here the calls are a table of fixed-size records, built
+   one by one through ctypes, each cost ~0.5 us of argument conversion on top of the kernel
+   (measured on 2 Zen 4 cores; more for calls of many arguments), ~0.6 ms per step. Here the calls are a table of fixed-size records, built
    once per plan: the kernel's id, then its arguments as 64-bit words in their order (pointers and
    ints as integers, a float's value as a double's bits). The same functions run with the same
    arguments in the same order, so results are bitwise those of the calls made from Python. */
@@ -72,7 +72,8 @@ int fd_run_program(const int64_t *program, int n) {
    per drawing script from its two rows (cond, uncond) with the uniform u[j * S + s]: the
    script's token for the next stage, written to both its rows and to out[j * S + s]. Rows of
    scripts that do not draw keep their tokens. Per stage the Python loop made ~40 ctypes calls
-   and ~20 small tensor operations around them: ~3 ms of a 2B int8 step (2 Zen 4 cores).
+   and ~20 small tensor operations around them: ~3 ms of Python per 2B int8 step, and in paired
+   A/B rounds the whole step took 6-12 ms longer (benchmarks/dia2_ab.py; 2 Zen 4 cores).
    Returns 0, -1 for a token outside the embedding tables, -2 for a bad program, -3 out of memory. */
 int fd_depformer_frame(int S, int rows, int D, int vocab, int V, const int64_t *programs, const int *ncalls,
                        float *x, const int64_t *base, const int64_t *qptr, const int64_t *sptr,
