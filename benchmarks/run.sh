@@ -19,6 +19,12 @@ fastdia bench --threads 2 --steps 2 --model tiny-random --dtype float32,bfloat16
 # 4. Dia2-2B: speed, memory, time to first audio, against fastdia's own plain-torch path
 fastdia bench --threads 2 --steps 10 --model dia2-2b-random --dtype float32 --quantize none,int8,int4 \
     --compare plain --json > "$out/dia2-bench-$host.json"
+# 4b. Dia2-2B against the original Dia2 runtime (nari-labs/dia2) on the same weights, when it is
+#     installed (`pip install --no-deps git+https://github.com/nari-labs/dia2 && pip install sphn`)
+if python -c "import dia2.generation" 2>/dev/null; then
+    fastdia bench --threads 2 --steps 16 --model dia2-2b-random --dtype float32 --quantize none,int8,int4 \
+        --compare original,plain --json > "$out/dia2-original-$host.json"
+fi
 # 5. batches: aggregate script-steps/s at batch 1, 2, 4, 8 in one process, each with its roofline
 python benchmarks/batch_scaling.py --family dia1 --model dia-1.6b-random --quantize int8 \
     --out "$out/batch-dia1-int8-$host.json"

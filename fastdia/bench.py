@@ -464,6 +464,22 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
             "steps": args.steps, "text": args.text, "group_size": args.group_size}
     log(f"bench: {args.model}, {threads} threads, batch {args.batch} (x2 CFG rows), {args.steps} steps, "
         f"text {len(args.text.encode())} bytes")
+    compare = _split(args.compare, "")
+    bad = [c for c in compare if c not in ("transformers", "plain", "original")]
+    if bad:
+        raise RuntimeError(f"--compare takes transformers (Dia-1), plain and/or original (Dia2), got {', '.join(bad)}")
+    from .config_dia2 import is_dia2
+
+    dia2 = is_dia2(args.model)
+    if dia2 and "transformers" in compare:
+        raise RuntimeError("--compare transformers runs Dia-1 models; for Dia2 use plain and/or original")
+    if not dia2 and ("plain" in compare or "original" in compare or getattr(args, "profile", False)):
+        raise RuntimeError("--compare plain, --compare original and --profile are for Dia2 models")
+    if "original" in compare:
+        from .bench_original import INSTALL_HINT, original_available
+
+        if not original_available():  # before the probe: say so at once
+            raise RuntimeError(f"--compare original: {INSTALL_HINT}")
     bw = run_child({"kind": "bandwidth", "threads": threads, "mib": args.probe_mib})
     log(f"bench: memory read bandwidth {bw['read_GBps']:.1f} GB/s (copy {bw['copy_GBps']:.1f} GB/s)")
     out = {"machine": _machine(), "python": platform.python_version(), "torch": _torch_version(),
@@ -478,23 +494,19 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
     bad = [b for b in backends if b not in ("torch", "onnxruntime")]
     if bad:
         raise RuntimeError(f"--backend takes torch and/or onnxruntime, got {', '.join(bad)}")
-    from .config_dia2 import is_dia2
-
-    if is_dia2(args.model):
+    if dia2:
         from .bench_dia2 import run_bench_dia2
 
         if backends != ["torch"]:
             raise RuntimeError("--backend onnxruntime benchmarks Dia-1 models; Dia2 runs on torch")
 
         out["family"] = "dia2"
-        return run_bench_dia2(args, base, bw, out, variants, log)
-    if args.compare == "plain" or getattr(args, "profile", False):
-        raise RuntimeError("--compare plain and --profile are for Dia2 models")
+        return run_bench_dia2(args, base, bw, out, variants, log, compare)
     if args.quality and "onnxruntime" in backends:
         raise RuntimeError("--quality measures the PyTorch variants; the ONNX exports' agreement is "
                            "`fastdia export onnx --quantize ...`'s report")
     specs = []
-    if args.compare == "transformers":
+    if "transformers" in compare:
         specs.append(dict(base, kind="transformers"))
     for backend in backends:
         if backend == "torch":
@@ -640,9 +652,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="utterances decoded together (default: 1; Dia2: scripts in one Dia2SlotBatch)")
     p.add_argument("--steps", type=int, default=32, help="decode steps to time (default: %(default)s)")
     p.add_argument("--text", default=DEFAULT_TEXT, help="script to encode (default: a 150-byte dialogue)")
-    p.add_argument("--compare", choices=["transformers", "plain"], default=None,
-                   help="also run transformers' DiaForConditionalGeneration (float32, same weights); for Dia2, "
-                        "'plain': fastdia's float32 model in plain torch, without the CPU fast path")
+    p.add_argument("--compare", default=None,
+                   help="comma-separated references to run in the same bench: 'transformers' (Dia-1: "
+                        "transformers' DiaForConditionalGeneration, float32, same weights); for Dia2, 'plain' "
+                        "(fastdia's float32 model in plain torch, without the CPU fast path) and 'original' "
+                        "(the original nari-labs/dia2 runtime, float32, same weights, when it is installed)")
     p.add_argument("--backend", default="torch",
                    help="comma-separated backends to run each variant on: torch, onnxruntime (Dia-1; a model that "
                         "is not an ONNX export is exported once into the export cache; default: torch)")

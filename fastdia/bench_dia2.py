@@ -13,6 +13,9 @@ script, seeds 0..N-1 (aggregate steps/s). Then, in the same process, time to fir
 streaming path: `Dia2.stream(text)` to its first chunk through Mimi (the released architecture
 with random weights for the 2B preset), the codec loaded and warmed first.
 
+`--compare original` adds the original Dia2 runtime on the same weights (fastdia.bench_original),
+`--compare plain` fastdia's own float32 model in plain torch; each row's "vs" columns divide by them.
+
 `--quality` teacher-forces each variant over the inputs a greedy float32 run produced
 (`teacher_forced_dia2`) and reports the top-1 agreement of the CFG-guided logits with float32
 for the action, codebook 0 and every depformer stage (codebook s + 1).
@@ -498,7 +501,13 @@ def child_profile(spec: dict) -> dict:
     }
 
 
-CHILDREN = {"dia2": child_speed, "dia2_quality": child_quality, "dia2_profile": child_profile}
+def _children() -> dict:
+    from .bench_original import CHILDREN as ORIGINAL
+
+    return {"dia2": child_speed, "dia2_quality": child_quality, "dia2_profile": child_profile, **ORIGINAL}
+
+
+CHILDREN = _children()
 
 
 # ============================================================================================
@@ -506,23 +515,57 @@ CHILDREN = {"dia2": child_speed, "dia2_quality": child_quality, "dia2_profile": 
 
 
 def _label(r: dict) -> str:
+    if r.get("impl") == "dia2-original":
+        return "original Dia2 float32"
     q = r["quantize"]
     plain = " plain" if r.get("impl") == "fastdia-plain" else ""
     return f"fastdia {r['dtype']}{plain}" + ("" if q == "none" else f" {q}")
 
 
-def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -> dict:
-    """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report)."""
-    from .bench import run_child, set_after_run_fraction
+def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print, compare=()) -> dict:
+    """Speed (and quality, profile) of each variant, appended to `out` (fastdia.bench's report).
+
+    `compare` may hold "original" (the original runtime on the same weights, fastdia.bench_original)
+    and "plain" (fastdia's float32 model in plain torch); both run before the variants."""
+    import shutil
+
+    from . import bench_original
 
     text = args.text if args.text != _bench_default_text() else DEFAULT_TEXT_DIA2
     base = dict(base, text=text)
-    specs = []
-    if args.compare == "plain":
-        specs.append(dict(base, kind="dia2", dtype="float32", quantize=None, plain=True))
-    specs += [dict(base, kind="dia2", dtype=d, quantize=q) for d, q in variants]
+    if "original" in compare and base["batch"] != 1:
+        raise RuntimeError("--compare original times one script (--batch 1): the original runtime has no batches")
+    original = bench_original.prepare(base, log) if "original" in compare else None
+    try:
+        specs = []
+        if original is not None:
+            specs.append(dict(base, kind="dia2_original", directory=str(original[0])))
+        if "plain" in compare:
+            specs.append(dict(base, kind="dia2", dtype="float32", quantize=None, plain=True))
+        specs += [dict(base, kind="dia2", dtype=d, quantize=q) for d, q in variants]
+        _run_speed(specs, bw, out, log)
+    finally:
+        if original is not None and original[1] is not None:
+            shutil.rmtree(original[1], ignore_errors=True)
+    specs = [s for s in specs if s["kind"] == "dia2"]
+    for key, impl in (("vs_original", "dia2-original"), ("vs_plain", "fastdia-plain")):
+        ref = next((r for r in out["results"] if r.get("impl") == impl), None)
+        if ref and ref["steps_per_s"]:
+            for r in out["results"]:
+                r[key] = r["steps_per_s"] / ref["steps_per_s"]
+    if args.quality:
+        out["quality"] = run_quality_dia2(base, [(d, q) for d, q in variants if not _is_reference(base, d, q)], log)
+    if getattr(args, "profile", False):
+        _run_profiles(specs, bw, out, log)
+    return out
+
+
+def _run_speed(specs: list[dict], bw: dict, out: dict, log) -> None:
+    from .bench import run_child, set_after_run_fraction
+
     for spec in specs:
-        what = f"fastdia {spec['dtype']}{' plain' if spec.get('plain') else ''}" \
+        what = "the original Dia2 runtime, float32" if spec["kind"] == "dia2_original" else \
+            f"fastdia {spec['dtype']}{' plain' if spec.get('plain') else ''}" \
             f"{'' if spec.get('quantize') is None else ' ' + spec['quantize']}"
         log(f"bench: running {what} (Dia2, batch {spec['batch']}) ...")
         r = run_child(spec)
@@ -536,36 +579,34 @@ def run_bench_dia2(args, base: dict, bw: dict, out: dict, variants, log=print) -
             + f" (x{r['realtime_factor']:.3f} realtime; {100 * r['fraction_of_ceiling']:.0f}% of the "
             f"{r['ceiling_steps_per_s']:.2f} steps/s bandwidth ceiling if every weight comes from DRAM, "
             f"{r['ceiling_unique_steps_per_s']:.2f} if each is read once), first step {r['ttfs_ms']:.0f} ms, "
-            f"first audio {r['ttfa_s']:.2f} s, peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB"
-            f"{set_after_run_fraction(r)}")
-        r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
-                                       r["kernel_rates"])
-        log(f"bench: {'':30s} {roofline.describe(r, bw['read_GBps'])}")
-    ref = next((r for r in out["results"] if r.get("impl") == "fastdia-plain"), None)
-    if ref and ref["steps_per_s"]:
-        for r in out["results"]:
-            r["vs_plain"] = r["steps_per_s"] / ref["steps_per_s"]
-    if args.quality:
-        out["quality"] = run_quality_dia2(base, [(d, q) for d, q in variants if not _is_reference(base, d, q)], log)
-    if getattr(args, "profile", False):
-        out["profile"] = []
-        for spec in specs:
-            p = run_child(dict(spec, kind="dia2_profile", steps=min(spec["steps"], 8)))
-            out["profile"].append(p)
-            log(f"bench: profile {_label({**p, 'impl': 'fastdia-plain' if p['plain'] else 'fastdia'})}: "
-                + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_per_step"].items())
-                + f"; inside projections: decoder {p['matmul_ms_per_step']['decoder']:.1f} ms, "
-                f"depformer {p['matmul_ms_per_step']['depformer']:.1f} ms")
-            c = p["cache"]
-            log(f"bench: depformer stage {c['stage']} ({c['stage_bytes'] / 1e6:.1f} MB of weights): cold cache "
-                f"{c['cold_ms']:.2f} ms ({c['cold_GBps']:.1f} GB/s), back to back {c['warm_ms']:.2f} ms "
-                f"({c['warm_GBps']:.1f} GB/s), its projections from cache {c['cache_GBps']:.1f} GB/s: "
-                + (f"~{100 * c['cache_fraction']:.0f}% of the depformer's bytes from cache; per step "
-                   f"~{c['step_bytes_from_dram'] / 1e9:.2f} GB from DRAM, ~{c['step_bytes_from_cache'] / 1e9:.2f} GB "
-                   "from cache" if c["cache_fraction"] is not None else
-                   "cache and DRAM rates too close in this run to split the bytes"))
-            log(f"bench: {roofline.describe_retention(c['retention'], bw['read_GBps'], c['warm_ms'])}")
-    return out
+            + ("no streaming (no first audio)" if r["ttfa_s"] is None else f"first audio {r['ttfa_s']:.2f} s")
+            + f", peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB{set_after_run_fraction(r)}")
+        if "macs_per_step" in r:  # fastdia's rows: the roofline from its own kernels' measured rates
+            r["roofline"] = roofline.bound(r["weight_bytes_per_step"], bw["read_GBps"] * 1e9, r["macs_per_step"],
+                                           r["kernel_rates"])
+            log(f"bench: {'':30s} {roofline.describe(r, bw['read_GBps'])}")
+
+
+def _run_profiles(specs: list[dict], bw: dict, out: dict, log) -> None:
+    from .bench import run_child
+
+    out["profile"] = []
+    for spec in specs:
+        p = run_child(dict(spec, kind="dia2_profile", steps=min(spec["steps"], 8)))
+        out["profile"].append(p)
+        log(f"bench: profile {_label({**p, 'impl': 'fastdia-plain' if p['plain'] else 'fastdia'})}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms_per_step"].items())
+            + f"; inside projections: decoder {p['matmul_ms_per_step']['decoder']:.1f} ms, "
+            f"depformer {p['matmul_ms_per_step']['depformer']:.1f} ms")
+        c = p["cache"]
+        log(f"bench: depformer stage {c['stage']} ({c['stage_bytes'] / 1e6:.1f} MB of weights): cold cache "
+            f"{c['cold_ms']:.2f} ms ({c['cold_GBps']:.1f} GB/s), back to back {c['warm_ms']:.2f} ms "
+            f"({c['warm_GBps']:.1f} GB/s), its projections from cache {c['cache_GBps']:.1f} GB/s: "
+            + (f"~{100 * c['cache_fraction']:.0f}% of the depformer's bytes from cache; per step "
+               f"~{c['step_bytes_from_dram'] / 1e9:.2f} GB from DRAM, ~{c['step_bytes_from_cache'] / 1e9:.2f} GB "
+               "from cache" if c["cache_fraction"] is not None else
+               "cache and DRAM rates too close in this run to split the bytes"))
+        log(f"bench: {roofline.describe_retention(c['retention'], bw['read_GBps'], c['warm_ms'])}")
 
 
 def _is_reference(base: dict, dtype: str, quantize: str | None) -> bool:
@@ -618,17 +659,20 @@ def run_quality_dia2(base: dict, variants, log=print) -> list[dict]:
 def print_table_dia2(out: dict) -> None:
     from .bench import _pct
 
-    print(f"{'variant':32s} {'batch':>5s} {'steps/s':>8s} {'x realtime':>10s} {'vs plain':>8s} {'ceil DRAM':>9s} "
+    orig = any(r.get("impl") == "dia2-original" for r in out["results"])
+    print(f"{'variant':32s} {'batch':>5s} {'steps/s':>8s} {'x realtime':>10s} "
+          + (f"{'vs orig':>8s} " if orig else "") + f"{'vs plain':>8s} {'ceil DRAM':>9s} "
           f"{'ceil uniq':>9s} {'% ceil':>6s} {'% after':>7s} {'1st step ms':>11s} {'TTFA s':>6s} {'GB/step':>7s} "
           f"{'uniq GB':>7s} "
           f"{'peak RSS GB':>11s}")
     for r in out["results"]:
-        vs = r.get("vs_plain")
+        vs, vo = r.get("vs_plain"), r.get("vs_original")
         print(f"{_label(r):32s} {r['batch']:5d} {r['steps_per_s']:8.2f} {r['realtime_factor']:10.3f} "
-              f"{'-' if vs is None else f'{vs:.2f}x':>8s} {r['ceiling_steps_per_s']:9.2f} "
+              + (f"{'-' if vo is None else f'{vo:.2f}x':>8s} " if orig else "")
+              + f"{'-' if vs is None else f'{vs:.2f}x':>8s} {r['ceiling_steps_per_s']:9.2f} "
               f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% "
               f"{_pct(r.get('fraction_of_ceiling_after_run')):>7s} {r['ttfs_ms']:11.0f} "
-              f"{r['ttfa_s']:6.2f} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
+              f"{'-' if r['ttfa_s'] is None else format(r['ttfa_s'], '.2f'):>6s} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
               f"{r['peak_rss_bytes'] / 1e9:11.2f}")
     for r in out["results"]:
         line = roofline.summary(_label(r), r)

@@ -1,0 +1,185 @@
+"""`fastdia bench --compare original`: the original Dia2 runtime, timed on the same weights.
+
+The original runtime (nari-labs/dia2, the `dia2` package) is not on PyPI, and its own packaging
+pins CUDA builds of torch. Install it beside fastdia without its dependencies:
+
+    pip install --no-deps git+https://github.com/nari-labs/dia2 && pip install sphn
+
+It is imported only in the benchmark child below, and driven only through its public Python API
+(`Dia2.from_local`, `generate`) in float32 on the CPU, in eager mode, with its default sampling
+(the settings fastdia's own rows use). The time of one step is the time between two calls of
+the runtime's decoder step, which its generation loop makes once per step: in between it runs
+the 31 depformer stages and all sampling, so an interval is a full step, as in fastdia's rows.
+The loop is stopped after the steps asked for; the codec never runs, so there is no time to
+first audio (the original runtime returns audio only at the end).
+
+Weights: a preset is written, in a child of its own (so the export's memory stays out of the
+runtime's peak RSS), to a temporary folder in the reference layout: `convert_dia2` without
+quantization writes the reference's config.json, parameter names and a tokenizer.json, and the
+preset's Mimi codec goes beside it in transformers' layout. A local folder or cached hub id in
+the reference layout is read as it is; a folder `fastdia convert` quantized is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+INSTALL_HINT = ("the original Dia2 runtime is not installed; install it with "
+                "`pip install --no-deps git+https://github.com/nari-labs/dia2 && pip install sphn` "
+                "(--no-deps keeps the torch you have)")
+
+
+def original_available() -> bool:
+    """Whether the original runtime imports here (it needs `sphn` besides what fastdia has)."""
+    try:
+        import dia2  # noqa: F401
+        from dia2.generation import GenerationConfig  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Enough(Exception):
+    """Raised from inside the original generation loop once the steps asked for were timed."""
+
+
+# ============================================================================================
+# Children
+
+
+def child_export(spec: dict) -> dict:
+    """Write preset `spec["model"]` to `spec["out"]` in the reference layout, codec in `mimi/`."""
+    from .codecs.mimi import PRESETS, random_state_dict, save_transformers_layout
+    from .quant.dia2 import _PRESET_CODECS, convert_dia2
+
+    t0 = time.perf_counter()
+    out = Path(spec["out"])
+    convert_dia2(spec["model"], out)
+    codec = _PRESET_CODECS[spec["model"]]
+    save_transformers_layout(random_state_dict(PRESETS[codec]), PRESETS[codec], out / "mimi")
+    return {"directory": str(out), "codec": codec, "seconds": time.perf_counter() - t0}
+
+
+def child_original(spec: dict) -> dict:
+    """Steps per second of the original runtime on `spec["directory"]` (float32, CPU, eager)."""
+    import torch
+
+    from .bench import _peak_rss_bytes, read_bandwidth_now
+    from .bench_dia2 import step_weight_bytes_dia2
+    from .config_dia2 import load_dia2_config
+    from .models.dia2 import Dia2Model
+
+    import dia2
+    from dia2.generation import GenerationConfig
+
+    directory = Path(spec["directory"])
+    mimi = directory / "mimi"
+    t0 = time.perf_counter()
+    model = dia2.Dia2.from_local(directory / "config.json", directory / "model.safetensors", device="cpu",
+                                 dtype="float32", tokenizer_id=str(directory),
+                                 mimi_id=str(mimi) if mimi.is_dir() else None)
+    runtime = model._ensure_runtime()  # loads weights, tokenizer and codec, as generate() would
+    load_s = time.perf_counter() - t0
+    steps = spec["steps"]
+    stamps: list[float] = []
+    step = runtime.transformer_step
+
+    def timed_step(*args, **kwargs):
+        stamps.append(time.perf_counter())
+        if len(stamps) > steps + 1:  # steps + 1 full intervals; the first one is the warm-up
+            raise _Enough
+        return step(*args, **kwargs)
+
+    runtime.transformer_step = timed_step  # read by the loop at its start (runtime.context)
+    torch.manual_seed(0)
+    t1 = time.perf_counter()
+    try:
+        model.generate(spec["text"], config=GenerationConfig())
+    except _Enough:
+        pass
+    finally:
+        runtime.transformer_step = step
+    per_step = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    steady = per_step[1:] or per_step
+    peak_rss = _peak_rss_bytes()
+    bw_after = read_bandwidth_now()
+    with torch.device("meta"):
+        ours = Dia2Model(load_dia2_config(directory / "config.json"))
+    wb = step_weight_bytes_dia2(ours)
+    return {
+        "impl": "dia2-original",
+        "family": "dia2",
+        "dtype": "float32",
+        "quantize": "none",
+        "batch": 1,
+        "fused_step": False,
+        "load_s": load_s,
+        "steps_timed": len(steady),
+        "decoder_only_steps": 0,  # the original runs every stage from the first step
+        "ttfs_ms": ((stamps[1] if len(stamps) > 1 else time.perf_counter()) - t1) * 1e3,
+        "steps_per_s": len(steady) / sum(steady) if steady else None,
+        "aggregate_steps_per_s": len(steady) / sum(steady) if steady else None,
+        "median_step_ms": sorted(steady)[len(steady) // 2] * 1e3 if steady else None,
+        "weight_bytes_per_step": wb["dram"],
+        "weight_bytes_unique": wb["unique"],
+        "weight_bytes": wb,
+        "parameters_bytes": sum(p.numel() * 4 for p in ours.parameters()),
+        "peak_rss_bytes": peak_rss,
+        "bandwidth_after_run_GBps": bw_after,
+        "ttfa_s": None,
+        "ttfa_chunk_s": None,
+        "codec": "mimi/ beside the model" if mimi.is_dir() else "the config's assets.mimi",  # never decoded
+        "runtime": "nari-labs/dia2 " + _version(),
+    }
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dia2")
+    except metadata.PackageNotFoundError:  # importable from a checkout on the path, not installed
+        return "(no version)"
+
+
+CHILDREN = {"dia2_export": child_export, "dia2_original": child_original}
+
+
+# ============================================================================================
+# Parent side
+
+
+def prepare(base: dict, log=print) -> tuple[Path, Path | None]:
+    """The folder the original runtime reads for `base["model"]`, and a temporary folder to remove
+    afterwards (None when the model's own folder is used).
+
+    Raises:
+        RuntimeError: the runtime is missing, or the model is not in the reference layout.
+    """
+    from .bench import run_child
+    from .checkpoints.dia2_load import _choose_files
+    from .checkpoints.hub import resolve_dir
+    from .config_dia2 import DIA2_PRESETS
+    from .quant.dia2 import stored_dia2_quantization
+
+    name = str(base["model"])
+    if name not in DIA2_PRESETS:
+        directory = resolve_dir(name, _choose_files, what="Dia2 model")
+        if stored_dia2_quantization(directory / "config.json") is not None:
+            raise RuntimeError(f"--compare original: {directory} was written by fastdia convert; the original "
+                               "runtime reads the original checkpoint (pass that as --model)")
+    if not original_available():
+        raise RuntimeError(f"--compare original: {INSTALL_HINT}")
+    if name not in DIA2_PRESETS:
+        return directory, None
+    tmp = Path(tempfile.mkdtemp(prefix="fastdia-original-"))
+    log(f"bench: writing {name} in the reference layout for the original runtime ...")
+    try:
+        run_child({"kind": "dia2_export", "threads": base["threads"], "model": name, "out": str(tmp / "model")})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp / "model", tmp
