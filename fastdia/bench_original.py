@@ -136,6 +136,60 @@ def child_original(spec: dict) -> dict:
     }
 
 
+def child_original_quality(spec: dict) -> dict:
+    """The original runtime's CFG-guided logits, teacher-forced on fastdia's recorded greedy float32
+    inputs (`spec["ref"]`, fastdia.bench_dia2_quality.child_quality), saved to `spec["out"]` in the layout
+    of fastdia.bench_dia2_quality.teacher_forced_dia2, so the two float32 implementations compare directly.
+
+    The decoder gets each recorded step's tokens and position; stage s of the depformer gets the
+    recorded code of codebook s (the frame's), its cache reset each step as the original's loop does.
+    """
+    import torch
+
+    import dia2
+
+    directory = Path(spec["directory"])
+    mimi = directory / "mimi"
+    model = dia2.Dia2.from_local(directory / "config.json", directory / "model.safetensors", device="cpu",
+                                 dtype="float32", tokenizer_id=str(directory),
+                                 mimi_id=str(mimi) if mimi.is_dir() else None)
+    runtime = model._ensure_runtime()
+    net = runtime.model
+    rec = torch.load(spec["ref"])
+    inputs, buffer = rec["inputs"], rec["buffer"]
+    steps = min(spec["steps"], len(inputs) - 1)
+    size = runtime.config.data.audio_vocab_size - 2  # codes 0..2047; BOS and PAD above
+
+    def guided(x):
+        x = x.reshape(2, -1).float()
+        return torch.lerp(x[1], x[0], 2.0)  # the scale fastdia's teacher_forced_dia2 uses
+
+    state = net.init_state(2, torch.device("cpu"), int(inputs[steps][2].max()) + 2)
+    action, cb0, stages = [], [], []
+    with torch.inference_mode():
+        for i in range(steps):
+            tokens, pos, _slots = inputs[i]
+            t = int(pos[0, 0])
+            hidden, act, c0, state.transformer = net.transformer.forward_step(
+                tokens.transpose(1, 2).contiguous(), pos, state.transformer)
+            action.append(guided(act))
+            cb0.append(guided(c0)[:size])
+            state.depformer.reset()
+            nxt = inputs[i + 1][0]
+            main, second = nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2)
+            row = []
+            for s in range(net.depformer.num_depth):
+                logits, state.depformer = net.depformer.forward_step(
+                    prev_audio=buffer[s, t + 1].expand(2), transformer_out=hidden, stage_index=s,
+                    cache=state.depformer, main_text=main, second_text=second)
+                row.append(guided(logits))
+            stages.append(torch.stack(row))
+    logits = {"action": torch.stack(action), "cb0": torch.stack(cb0), "stages": torch.stack(stages)}
+    torch.save({"logits": logits}, spec["out"])
+    return {"out": spec["out"], "dtype": "float32", "quantize": "none", "steps": steps,
+            "runtime": "nari-labs/dia2 " + _version()}
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -145,7 +199,8 @@ def _version() -> str:
         return "(no version)"
 
 
-CHILDREN = {"dia2_export": child_export, "dia2_original": child_original}
+CHILDREN = {"dia2_export": child_export, "dia2_original": child_original,
+            "dia2_original_quality": child_original_quality}
 
 
 # ============================================================================================

@@ -17,12 +17,8 @@ import fastdia
 from fastdia import Dia2
 from fastdia.backends.cpu import kernels as cpu_kernels
 from fastdia.backends.cpu.packed import GemvLinear, PackedLinear
-from fastdia.bench_dia2 import (
-    compare_dia2,
-    record_greedy,
-    step_weight_bytes_dia2,
-    teacher_forced_dia2,
-)
+from fastdia.bench_dia2 import step_weight_bytes_dia2
+from fastdia.bench_dia2_quality import compare_dia2, record_greedy, teacher_forced_dia2
 from fastdia.checkpoints.convert import convert
 from fastdia.checkpoints.dia2_load import load_dia2
 from fastdia.config_dia2 import DIA2_PRESETS
