@@ -1,7 +1,7 @@
 """A/B of one switch of Dia2's CPU fast path, in one process, rounds alternating (the order swapped
 every round), so that this VM's bandwidth drift falls on both sides alike.
 
-    python benchmarks/dia2_ab.py --switch frame|program [--model M] [--rounds 16] [--steps 6]
+    python benchmarks/dia2_ab.py --switch frame|program [--model M] [--rounds 16] [--steps 6] [--greedy]
 
 * `frame`: the depformer's stages 1.. with their draws in one C call (`FusedDia2.frame`), against
   the stage-by-stage loop (`stage`, then `pick`, from Python).
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--quantize", default="none", help="none for a converted folder, else int8 or int4")
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6, help="full steps timed per side and round")
+    ap.add_argument("--greedy", action="store_true", help="decode at temperature 0 (greedy picks) instead of sampling")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     quantize = None if args.quantize == "none" else args.quantize
@@ -58,12 +59,13 @@ def main() -> None:
 
     print(f"CPU: {_machine().get('cpu', '?')}, {torch.get_num_threads()} threads; "
           f"read bandwidth {measure_bandwidth()['read_GBps']:.1f} GB/s")
+    sampling = {"temperature": 0, "text_temperature": 0} if args.greedy else {}
     times: dict[bool, list[float]] = {True: [], False: []}
     with torch.inference_mode():
         for r in range(args.rounds):
             for on in ((True, False) if r % 2 == 0 else (False, True)):
                 set_side(on)
-                run = g.start(Dia2GenerationConfig(seed=0, max_steps=g.dep_from + args.steps + 8), None,
+                run = g.start(Dia2GenerationConfig(seed=0, max_steps=g.dep_from + args.steps + 8, **sampling), None,
                               entries=entries)
                 steps = g.steps(run)
                 for _ in range(g.dep_from + 2):  # the decoder-only steps, and one full step untimed

@@ -46,3 +46,35 @@ def test_inverse_cdf_ends_and_nothing_to_draw():
     assert cpu_kernels.cfg_draw(dead, 2.0, 2, 1.0, 2, 0.5) == 0
     with pytest.raises(ValueError):
         cpu_kernels.cfg_draw(logits, 2.0, 2, 0.0, 2, 0.5)
+
+
+def test_the_greedy_pick_is_torchs_argmax_bit_for_bit():
+    """fd_cfg_greedy against argmax(cfg_filter(...)) on inputs built to split hairs: ties (logits on
+    a coarse grid), rows a few ulps apart (so the guided values crowd the cut), NaNs in either
+    row, CFG scales below and above lerp's 0.5 switch and non-powers of two (where a separate
+    multiply and add would round differently from torch's fused one), and lengths with a tail
+    after the last full vector."""
+    gen = torch.Generator().manual_seed(0)
+    trials = 0
+    for V in (2048, 2050, 37, 5):
+        for scale in (1.0, 2.0, 3.0, 2.5, 0.3, 0.49, 0.5, 1.7, 4.13, -0.7):
+            for k in (1, 2, 50, V, V + 3):
+                for kind in range(6):
+                    x = torch.randn(2, V, generator=gen)
+                    if kind == 1:
+                        x = (x * 4).round() / 4
+                    elif kind == 2:
+                        x[1] = x[0] + 1e-7 * torch.randn(V, generator=gen)
+                    elif kind == 3:
+                        x[0, 3] = float("nan")
+                    elif kind == 4:
+                        x[1, 1:4] = float("nan")
+                    elif kind == 5:
+                        x = x * 1e4
+                    if scale != 1.0:  # the filter's input, bit for bit (at 1.0 cfg_filter does not lerp)
+                        guided = cpu_kernels.cfg_guided(x, scale).view(torch.int32)
+                        assert torch.equal(guided, torch.lerp(x[1], x[0], scale).view(torch.int32))
+                    want = int(cfg_filter(x, scale, k).argmax())
+                    assert cpu_kernels.cfg_greedy(x, scale, k) == want, (V, scale, k, kind)
+                    trials += 1
+    assert trials == 4 * 10 * 5 * 6

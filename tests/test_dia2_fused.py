@@ -213,11 +213,11 @@ def test_a_program_runs_its_calls_in_c_as_ctypes_would():
 
 
 @torch.inference_mode()
-def test_the_c_frame_samples_what_the_stage_loop_samples():
+def test_the_c_frame_picks_what_the_stage_loop_picks():
     """FusedDia2.frame (csrc/plan.c: stages 1.. of a frame with their embeddings and draws in one
     C call) against the stage-by-stage loop (`stage`, then `pick`): the same sampled codes for a
-    seeded run alone and for two scripts of other seeds and temperatures in one slot batch. A
-    greedy member keeps its batch on the loop (torch's argmax)."""
+    seeded run alone and for two scripts of other seeds and temperatures in one slot batch; the
+    same greedy codes (the C pick against torch's argmax) alone and beside a sampling script."""
     from fastdia.generation.dia2 import Dia2GenerationConfig
     from fastdia.generation.dia2_slots import Dia2SlotBatch
 
@@ -237,9 +237,9 @@ def test_the_c_frame_samples_what_the_stage_loop_samples():
     scripts = ["[S1] Hello there, how are you doing today. [S2] Fine thanks.",
                "[S2] A different line (laughs). [S1] Okay then."]
 
-    def alone(frame) -> torch.Tensor:
+    def alone(frame, **options) -> torch.Tensor:
         g.frame = frame
-        gen = Dia2GenerationConfig(seed=7, max_steps=40)
+        gen = Dia2GenerationConfig(**({"seed": 7, "max_steps": 40} | options))
         return g.generate(tts._entries(scripts[0]), gen).extra["delayed"]
 
     def batch(frame, configs) -> list[torch.Tensor]:
@@ -262,8 +262,15 @@ def test_the_c_frame_samples_what_the_stage_loop_samples():
         got = batch(counted, sampled)
         assert ran and all(ran) and all(torch.equal(a, b) for a, b in zip(got, want))
         ran.clear()
-        mixed = [sampled[0], Dia2GenerationConfig(seed=3, temperature=0, text_temperature=0, max_steps=40)]
-        assert all(torch.equal(a, b) for a, b in zip(batch(counted, mixed), batch(None, mixed))) and not ran
+        greedy = {"temperature": 0, "text_temperature": 0}
+        for options in (greedy, greedy | {"cfg_scale": 2.7, "cfg_filter_k": 3}, greedy | {"cfg_scale": 1.0}):
+            ran.clear()
+            assert torch.equal(alone(counted, **options), alone(None, **options)) and ran and all(ran), options
+        ran.clear()
+        mixed = [sampled[0], Dia2GenerationConfig(seed=3, max_steps=40, **greedy)]
+        want = batch(None, mixed)
+        assert all(torch.equal(a, b) for a, b in zip(batch(counted, mixed), want)) and ran and all(ran)
+        ran.clear()
         g.stage = lambda *args: stage(*args)  # a caller's own stage function sees every stage
         assert torch.equal(alone(counted), want_alone) and not ran
     finally:

@@ -170,7 +170,8 @@ class Dia2Generator:
         # audio, word or step, and takes most of the time to first audio off.
         self.dep_from = min(self.delay[1:], default=0) - 1  # first loop step whose stages are used
         # Sampled depformer codebooks: one C call on a CPU with fastdia's kernels (the torch
-        # sampler's distribution), else torch. Greedy decoding always takes torch's argmax.
+        # sampler's distribution), else torch. Greedy decoding takes torch's argmax stage by
+        # stage, and inside the C frame (rest_of_frame) a C pick equal to it bit for bit.
         from ..backends.cpu import kernels as cpu_kernels
 
         self._c_draw = cpu_kernels.cfg_draw if device.type == "cpu" and cpu_kernels.available() else None
@@ -350,20 +351,21 @@ class Dia2Generator:
         return out
 
     def rest_of_frame(self, hidden: torch.Tensor, token: torch.Tensor, cache, members: list) -> bool:
-        """Depformer stages 1.. of a frame and their draws in one call, where the fused CPU path
-        has it (`FusedDia2.frame`), `stage` is still that path's own (a caller that swaps it sees
-        every stage), and every member samples (greedy decoding takes torch's argmax, stage by
-        stage). The same tokens as `stage` then `pick` per stage: the same C draw, fed the same
-        uniforms, since each member's 30 uniforms come from its generator in the order the stage
-        loop draws them. `token` (rows,): what each row's stage 1 reads (updated in place);
-        members: [(a member's first row, its run, its step t)]. False: nothing was done."""
-        if not members or self.frame is None or self.stage != self._frame_stage or self._c_draw is None \
-                or any(run.gen.temperature <= 0 for _, run, _ in members):
+        """Depformer stages 1.. of a frame and their picks in one call, where the fused CPU path
+        has it (`FusedDia2.frame`) and `stage` is still that path's own (a caller that swaps it
+        sees every stage). The same tokens as `stage` then `pick` per stage: a sampling member
+        gets the same C draw fed the same uniforms (its 30 uniforms come from its generator in
+        the order the stage loop draws them); a greedy one the C pick that equals torch's argmax
+        bit for bit, and draws nothing from its generator, as `pick` does not. `token` (rows,):
+        what each row's stage 1 reads (updated in place); members: [(a member's first row, its
+        run, its step t)]. False: nothing was done."""
+        if not members or self.frame is None or self.stage != self._frame_stage or self._c_draw is None:
             return False
         stages = self.n_codebooks - 2
 
         def uniforms() -> torch.Tensor:
-            return torch.stack([torch.rand(stages, generator=run.rng, dtype=torch.float64) for _, run, _ in members])
+            return torch.stack([torch.rand(stages, generator=run.rng, dtype=torch.float64) if run.gen.temperature > 0
+                                else torch.zeros(stages, dtype=torch.float64) for _, run, _ in members])
 
         draws = [(row, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k)
                  for row, run, _ in members]

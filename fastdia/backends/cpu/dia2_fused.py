@@ -184,9 +184,10 @@ class FusedDia2:
         rounds, benchmarks/dia2_ab.py).
 
         `token` (rows,) int64: the token each row's first stage reads (updated in place). `draws`:
-        per sampling script, (its first row, cfg_scale, cfg_filter_k, temperature > 0, top_k);
-        `uniforms()` gives their (len(draws), stages) float64 uniforms and is called only when
-        the C frame runs. Returns the drawn tokens (len(draws), stages), or None where this setup
+        per script, (its first row, cfg_scale, cfg_filter_k, temperature, top_k); temperature 0
+        takes the greedy pick (csrc/sample.c fd_cfg_greedy: torch's argmax, bit for bit).
+        `uniforms()` gives their (len(draws), stages) float64 uniforms (a greedy script's row is
+        unused) and is called only when the C frame runs. Returns the drawn tokens (len(draws), stages), or None where this setup
         has no C frame (nothing was computed or drawn; the caller runs the stages one by one)."""
         dep = self.model.depformer
         rows = hidden.shape[0]
@@ -210,8 +211,8 @@ class FusedDia2:
         cfg_k = torch.tensor([d[2] for d in draws], dtype=torch.int32)
         temperature = torch.tensor([d[3] for d in draws], dtype=torch.float32)
         top_k = torch.tensor([d[4] for d in draws], dtype=torch.int32)
-        if bool((temperature <= 0).any()) or bool(((draw_rows < 0) | (draw_rows + 1 >= rows)).any()):
-            raise ValueError("frame draws sample (temperature > 0) from a script's two rows")
+        if bool(((draw_rows < 0) | (draw_rows + 1 >= rows)).any()):
+            raise ValueError("frame draws pick from a script's two rows")
         out = torch.empty(len(draws), stages, dtype=torch.int64)
         base_ptr = torch.tensor([b.data_ptr() for b in bases], dtype=torch.int64)
         p = torch.Tensor.data_ptr

@@ -135,6 +135,10 @@ def _build() -> ctypes.CDLL:
     lib.fd_embed_add.restype = i
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
+    lib.fd_cfg_greedy.argtypes = [p, i, ctypes.c_float, i]
+    lib.fd_cfg_greedy.restype = i
+    lib.fd_cfg_guided.argtypes = [p, i, ctypes.c_float, p]
+    lib.fd_cfg_guided.restype = None
     lib.fd_run_program.argtypes = [p, i]
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
@@ -222,6 +226,26 @@ def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float,
         raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
     logits = logits.contiguous()
     return (_lib or _library()).fd_cfg_draw(logits.data_ptr(), logits.shape[-1], scale, cfg_k, temperature, top_k, u)
+
+
+def cfg_greedy(logits: torch.Tensor, scale: float, cfg_k: int) -> int:
+    """The greedy pick from `(2, V)` float32 CFG logits (cond, uncond): csrc/sample.c, the index
+    `argmax(cfg_filter(logits, scale, cfg_k))` gives in torch (fastdia.generation.dia2), bit for bit."""
+    logits = logits.contiguous()
+    if logits.dtype != torch.float32 or logits.dim() != 2 or logits.shape[0] != 2:
+        raise ValueError(f"cfg_greedy takes (2, V) float32 logits, got {tuple(logits.shape)} {logits.dtype}")
+    token = (_lib or _library()).fd_cfg_greedy(logits.data_ptr(), logits.shape[-1], scale, cfg_k)
+    if token < 0:
+        raise MemoryError("cfg_greedy: out of memory")
+    return token
+
+
+def cfg_guided(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """The guided row fd_cfg_greedy filters by: torch.lerp(uncond, cond, scale) as ATen computes it."""
+    logits = logits.contiguous()
+    out = torch.empty(logits.shape[-1], dtype=torch.float32)
+    (_lib or _library()).fd_cfg_guided(logits.data_ptr(), logits.shape[-1], scale, out.data_ptr())
+    return out
 
 
 # ---- AMX (csrc/amx.c) ----

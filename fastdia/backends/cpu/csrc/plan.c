@@ -69,7 +69,8 @@ int fd_run_program(const int64_t *program, int n) {
 /* Stages first .. first + S - 1 of a Dia2 depformer frame in one call (FusedDia2.frame): per stage
    s, the input x = base[s] + the stage's embedding of each row's token (fd_embed_add), the stage's
    prepared program (layers, final norm, head into logits[s], rows of ld floats), then one draw
-   per drawing script from its two rows (cond, uncond) with the uniform u[j * S + s]: the
+   per drawing script from its two rows (cond, uncond) with the uniform u[j * S + s], or its
+   greedy pick at temperature 0 (fd_cfg_greedy, torch's argmax bit for bit; u unused): the
    script's token for the next stage, written to both its rows and to out[j * S + s]. Rows of
    scripts that do not draw keep their tokens. Per stage the Python loop made ~40 ctypes calls
    and ~20 small tensor operations around them: ~3 ms of Python per 2B int8 step, and in paired
@@ -97,7 +98,13 @@ int fd_depformer_frame(int S, int rows, int D, int vocab, int V, const int64_t *
             int r = draw_rows[j];
             memcpy(pair, lg + (int64_t)r * ld, sizeof(float) * V);
             memcpy(pair + V, lg + (int64_t)(r + 1) * ld, sizeof(float) * V);
-            int token = fd_cfg_draw(pair, V, scale[j], cfg_k[j], temperature[j], top_k[j], u[(int64_t)j * S + s]);
+            int token = temperature[j] > 0.0f
+                ? fd_cfg_draw(pair, V, scale[j], cfg_k[j], temperature[j], top_k[j], u[(int64_t)j * S + s])
+                : fd_cfg_greedy(pair, V, scale[j], cfg_k[j]);
+            if (token < 0) {
+                status = -3;
+                break;
+            }
             out[(int64_t)j * S + s] = token;
             ids[r] = ids[r + 1] = token;
         }

@@ -9,7 +9,7 @@
    the conditional row restricted to the cfg_k best entries of the guided row
    `uncond + scale * (cond - uncond)` (all at scale 1; ties at the cut stay in), then to its
    top_k best, softmax at `temperature`, drawn by inverse CDF in index order with the uniform `u`.
-   Greedy decoding (temperature 0) does not come here. */
+   Greedy decoding (temperature 0) is fd_cfg_greedy below. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -73,4 +73,55 @@ int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temper
     }
     free(m);
     return last;
+}
+
+/* The greedy pick from a pair of CFG logits rows (cond, uncond), bit for bit what the torch path
+   picks: argmax(cfg_filter(logits, scale, cfg_k)) (fastdia.generation.dia2). A greedy frame is
+   only reproducible if every stage picks exactly torch's token, so each step follows torch:
+   - guided = torch.lerp(uncond, cond, scale), which ATen's vectorised CPU kernel computes as one
+     fused multiply-add: fma(scale - 1, cond - uncond, cond) for |scale| >= 0.5, else
+     fma(scale, cond - uncond, uncond) (ATen/native/Lerp.h, lerp_vec);
+   - the cut is the cfg_k-th largest guided value, NaN ordered above everything as in topk;
+     entries with guided < cut are dropped (so ties at the cut stay in, and a NaN cut keeps all);
+   - the answer is the first index of the largest kept cond value, or the first kept NaN
+     (torch's argmax). At scale 1 nothing is filtered.
+   Returns the index, or -1 out of memory. fd_cfg_guided writes the guided row alone (tests
+   compare it with torch.lerp bit for bit). */
+void fd_cfg_guided(const float *logits, int V, float scale, float *out) {
+    const float *cond = logits, *unc = logits + V;
+    int small = fabsf(scale) < 0.5f;
+    float coeff = small ? scale : scale - 1.0f;
+    for (int i = 0; i < V; i++) out[i] = fmaf(coeff, cond[i] - unc[i], small ? unc[i] : cond[i]);
+}
+
+int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
+    const float *cond = logits, *unc = logits + V;
+    float *m = NULL;
+    int cfg = scale != 1.0f;
+    float cut = -INFINITY;
+    if (cfg) {
+        m = malloc(sizeof(float) * 2 * (size_t)V);
+        if (!m) return -1;
+        float *tmp = m + V;
+        int nans = 0, n = 0;
+        fd_cfg_guided(logits, V, scale, m);
+        for (int i = 0; i < V; i++) {
+            if (m[i] != m[i]) nans++;
+            else tmp[n++] = m[i];
+        }
+        int k = cfg_k < V ? cfg_k : V;
+        if (k < 1) k = V;  /* no candidates asked for: configs refuse it; keep everything */
+        if (k <= nans) cut = NAN;  /* the k-th largest is a NaN: `guided < NaN` drops nothing */
+        else cut = kth_largest(tmp, n, k - nans, tmp);
+    }
+    int best = -1;
+    float top = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        if (cfg && m[i] < cut) continue;  /* NaN guided is never below the cut: kept, as in torch */
+        float c = cond[i];
+        if (c != c) { best = i; break; }  /* a NaN wins argmax at its first index */
+        if (best < 0 || c > top) { best = i; top = c; }
+    }
+    free(m);
+    return best < 0 ? 0 : best;
 }
