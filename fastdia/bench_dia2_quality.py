@@ -159,5 +159,5 @@ def run_quality_dia2(base: dict, variants, log=print, original=None) -> list[dic
 def _log_quality(r: dict, what: str, log) -> None:
     log(f"bench: quality {what}: top-1 agreement action {100 * r['action_top1']:.1f}%, "
         f"codebook 0 {100 * r['cb0_top1']:.1f}%, codebooks mean {100 * r['mean_codebook_top1']:.1f}% "
-        f"(min {100 * r['min_codebook_top1']:.1f}%), relative logit error cb0 {r['rel_error_cb0']:.4f}, "
-        f"stages {r['rel_error_stages']:.4f}")
+        f"(min {100 * r['min_codebook_top1']:.1f}%), relative logit error cb0 {r['rel_error_cb0']:.3g}, "
+        f"stages {r['rel_error_stages']:.3g}")

@@ -63,6 +63,18 @@ def child_export(spec: dict) -> dict:
     return {"directory": str(out), "codec": codec, "seconds": time.perf_counter() - t0}
 
 
+def _load(directory: Path):
+    """The original runtime's `Dia2` for `directory` (float32, CPU) and its runtime context, built
+    as its `generate()` would build it: weights, tokenizer and codec (`mimi/` when there is one)."""
+    import dia2
+
+    mimi = directory / "mimi"
+    model = dia2.Dia2.from_local(directory / "config.json", directory / "model.safetensors", device="cpu",
+                                 dtype="float32", tokenizer_id=str(directory),
+                                 mimi_id=str(mimi) if mimi.is_dir() else None)
+    return model, model._ensure_runtime()
+
+
 def child_original(spec: dict) -> dict:
     """Steps per second of the original runtime on `spec["directory"]` (float32, CPU, eager)."""
     import torch
@@ -72,16 +84,12 @@ def child_original(spec: dict) -> dict:
     from .config_dia2 import load_dia2_config
     from .models.dia2 import Dia2Model
 
-    import dia2
     from dia2.generation import GenerationConfig
 
     directory = Path(spec["directory"])
     mimi = directory / "mimi"
     t0 = time.perf_counter()
-    model = dia2.Dia2.from_local(directory / "config.json", directory / "model.safetensors", device="cpu",
-                                 dtype="float32", tokenizer_id=str(directory),
-                                 mimi_id=str(mimi) if mimi.is_dir() else None)
-    runtime = model._ensure_runtime()  # loads weights, tokenizer and codec, as generate() would
+    model, runtime = _load(directory)
     load_s = time.perf_counter() - t0
     steps = spec["steps"]
     stamps: list[float] = []
@@ -146,14 +154,7 @@ def child_original_quality(spec: dict) -> dict:
     """
     import torch
 
-    import dia2
-
-    directory = Path(spec["directory"])
-    mimi = directory / "mimi"
-    model = dia2.Dia2.from_local(directory / "config.json", directory / "model.safetensors", device="cpu",
-                                 dtype="float32", tokenizer_id=str(directory),
-                                 mimi_id=str(mimi) if mimi.is_dir() else None)
-    runtime = model._ensure_runtime()
+    _, runtime = _load(Path(spec["directory"]))
     net = runtime.model
     rec = torch.load(spec["ref"])
     inputs, buffer = rec["inputs"], rec["buffer"]
