@@ -187,8 +187,9 @@ class FusedDia2:
         per script, (its first row, cfg_scale, cfg_filter_k, temperature, top_k); temperature 0
         takes the greedy pick (csrc/sample.c fd_cfg_greedy: torch's argmax, bit for bit).
         `uniforms()` gives their (len(draws), stages) float64 uniforms (a greedy script's row is
-        unused) and is called only when the C frame runs. Returns the drawn tokens (len(draws), stages), or None where this setup
-        has no C frame (nothing was computed or drawn; the caller runs the stages one by one)."""
+        unused) and is called only when the C frame runs. Returns the picked tokens
+        (len(draws), stages), or None where this setup has no C frame (nothing was computed or
+        drawn; the caller runs the stages one by one)."""
         dep = self.model.depformer
         rows = hidden.shape[0]
         last = self.model.config.n_stages
