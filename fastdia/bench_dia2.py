@@ -542,14 +542,16 @@ def print_table_dia2(out: dict) -> None:
               + f"{'-' if vs is None else f'{vs:.2f}x':>8s} {r['ceiling_steps_per_s']:9.2f} "
               f"{r['ceiling_unique_steps_per_s']:9.2f} {100 * r['fraction_of_ceiling']:5.0f}% "
               f"{_pct(r.get('fraction_of_ceiling_after_run')):>7s} {r['ttfs_ms']:11.0f} "
-              f"{'-' if r['ttfa_s'] is None else format(r['ttfa_s'], '.2f'):>6s} {r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
+              f"{'-' if r['ttfa_s'] is None else format(r['ttfa_s'], '.2f'):>6s} "
+              f"{r['weight_bytes_per_step'] / 1e9:7.2f} {r['weight_bytes_unique'] / 1e9:7.2f} "
               f"{r['peak_rss_bytes'] / 1e9:11.2f}")
     for r in out["results"]:
         line = roofline.summary(_label(r), r)
         if line:
             print(line)
     for q in out.get("quality", []):
-        print(f"quality {'original runtime ' if q.get('impl') == 'dia2-original' else ''}{q['dtype']} {q['quantize']}: top-1 agreement over {q['steps']} teacher-forced steps: action "
+        who = "original runtime " if q.get("impl") == "dia2-original" else ""
+        print(f"quality {who}{q['dtype']} {q['quantize']}: top-1 agreement over {q['steps']} teacher-forced steps: action "
               f"{100 * q['action_top1']:.1f}%, codebook 0 {100 * q['cb0_top1']:.1f}%, all codebooks mean "
               f"{100 * q['mean_codebook_top1']:.1f}% (min {100 * q['min_codebook_top1']:.1f}%)")
     for p in out.get("profile", []):
