@@ -47,7 +47,8 @@ def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float = 2.
     the depformer fed the recorded codes of each frame (stage s reads codebook s of column t+1).
 
     Returns {"action": (T, 2), "cb0": (T, 2048), "stages": (T, S, 2048)} float32 CPU tensors,
-    guided = uncond + cfg_scale * (cond - uncond).
+    guided = uncond + cfg_scale * (cond - uncond), and under "pairs" the same parts' raw (cond,
+    uncond) rows, (T, 2, 2), (T, 2, 2048) and (T, S, 2, 2048), for the samplers' distributions.
     """
     import torch
 
@@ -62,25 +63,70 @@ def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float = 2.
     def guided(x):
         return torch.lerp(x[1].float(), x[0].float(), cfg_scale)
 
-    action, cb0, stages = [], [], []
+    parts = Parts()
     with torch.inference_mode():
         for i in range(steps):
             tokens, pos, slots = inputs[i]
             t = int(pos[0, 0])
             dec = model.transformer(tokens, pos, cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
-            action.append(guided(dec.action_logits[:, 0]).cpu())
-            cb0.append(guided(dec.cb0_logits[:, 0])[:size].cpu())
+            parts.add("action", dec.action_logits[:, 0], cfg_scale)
+            parts.add("cb0", dec.cb0_logits[:, 0, :size], cfg_scale)
             hidden = dec.hidden[:, 0]
             text = None
             if dep.text_embed is not None:  # the text the state machine chose at step t (next input)
                 nxt = inputs[i + 1][0]
                 text = (nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2))
-            row = []
-            for s in range(cfg.n_stages):
-                prev = buffer[s, t + 1].expand(2)
-                row.append(guided(dep.stage(s, hidden, prev, dep_cache, text if s == 0 else None)).cpu())
-            stages.append(torch.stack(row))
-    return {"action": torch.stack(action), "cb0": torch.stack(cb0), "stages": torch.stack(stages)}
+            parts.add_stages([dep.stage(s, hidden, buffer[s, t + 1].expand(2), dep_cache, text if s == 0 else None)
+                              for s in range(cfg.n_stages)], cfg_scale)
+    return parts.result()
+
+
+class Parts:
+    """Collects the guided logits and raw (cond, uncond) rows of teacher-forced steps, as
+    `teacher_forced_dia2` returns them (fastdia.bench_original feeds it the original's logits)."""
+
+    def __init__(self) -> None:
+        self.guided: dict[str, list] = {"action": [], "cb0": [], "stages": []}
+        self.pairs: dict[str, list] = {"action": [], "cb0": [], "stages": []}
+
+    def add(self, part: str, pair, scale: float) -> None:
+        import torch
+
+        pair = pair.reshape(2, -1).float().cpu()
+        self.guided[part].append(torch.lerp(pair[1], pair[0], scale))
+        self.pairs[part].append(pair.clone())
+
+    def add_stages(self, pairs: list, scale: float) -> None:
+        import torch
+
+        pairs = torch.stack([p.reshape(2, -1).float().cpu() for p in pairs])  # (S, 2, V)
+        self.guided["stages"].append(torch.lerp(pairs[:, 1], pairs[:, 0], scale))
+        self.pairs["stages"].append(pairs)
+
+    def result(self) -> dict:
+        import torch
+
+        out = {k: torch.stack(v) for k, v in self.guided.items()}
+        out["pairs"] = {k: torch.stack(v) for k, v in self.pairs.items()}
+        return out
+
+
+def sampler_probs(pairs, scale: float, cfg_k: int, temperature: float, top_k: int):
+    """The distribution Dia2's sampler draws from, for (..., 2, V) (cond, uncond) rows: the cond
+    logits restricted to the cfg_k best guided entries, softmax at `temperature`, restricted to
+    its top_k (ties at either cut kept), renormalised (fastdia.generation.dia2 cfg_filter + sample)."""
+    import torch
+
+    cond, unc = pairs[..., 0, :].double(), pairs[..., 1, :].double()
+    V = cond.shape[-1]
+    if scale != 1.0:
+        guided = torch.lerp(unc, cond, scale)
+        cut = guided.topk(min(cfg_k, V), dim=-1).values[..., -1:]
+        cond = cond.masked_fill(guided < cut, float("-inf"))
+    p = torch.softmax(cond / temperature, dim=-1)
+    if 0 < top_k < V:
+        p = p.masked_fill(p < p.topk(top_k, dim=-1).values[..., -1:], 0.0)
+    return p / p.sum(-1, keepdim=True)
 
 
 def compare_dia2(test: dict, ref: dict) -> dict:
@@ -94,10 +140,31 @@ def compare_dia2(test: dict, ref: dict) -> dict:
 
     per_stage = [agree(test["stages"][:, s], ref["stages"][:, s]) for s in range(ref["stages"].shape[1])]
     codebooks = [agree(test["cb0"], ref["cb0"])] + per_stage
-    return {"action_top1": agree(test["action"], ref["action"]), "cb0_top1": codebooks[0],
-            "codebook_top1": codebooks, "mean_codebook_top1": sum(codebooks) / len(codebooks),
-            "min_codebook_top1": min(codebooks), "rel_error_cb0": rel(test["cb0"], ref["cb0"]),
-            "rel_error_stages": rel(test["stages"], ref["stages"]), "rel_error_action": rel(test["action"], ref["action"])}
+    out = {"action_top1": agree(test["action"], ref["action"]), "cb0_top1": codebooks[0],
+           "codebook_top1": codebooks, "mean_codebook_top1": sum(codebooks) / len(codebooks),
+           "min_codebook_top1": min(codebooks), "rel_error_cb0": rel(test["cb0"], ref["cb0"]),
+           "rel_error_stages": rel(test["stages"], ref["stages"]), "rel_error_action": rel(test["action"], ref["action"])}
+    if "pairs" in test and "pairs" in ref:
+        out |= sampling_distance(test["pairs"], ref["pairs"])
+    return out
+
+
+def sampling_distance(test: dict, ref: dict, scale: float = 2.0, cfg_k: int = 50, temperature: float = 0.8,
+                      text_temperature: float = 0.6, top_k: int = 50) -> dict:
+    """How far each part's sampling distribution moved (default generation settings): the total
+    variation distance 0.5 * sum |p - q| between the sampler's distributions (`sampler_probs`), the
+    mean over the steps, for the action and every codebook. 0: the same draws; 1: disjoint.
+    Top-1 agreement counts a near-tie that flips as a miss; this counts it by how much
+    probability actually moved, which is what a sampling decoder hears."""
+    def tv(a, b, temp):
+        p, q = sampler_probs(a, scale, cfg_k, temp, top_k), sampler_probs(b, scale, cfg_k, temp, top_k)
+        return 0.5 * (p - q).abs().sum(-1)
+
+    stages = tv(test["stages"], ref["stages"], temperature).mean(0)  # (S,)
+    codebooks = [tv(test["cb0"], ref["cb0"], temperature).mean().item()] + stages.tolist()
+    return {"action_tv": tv(test["action"], ref["action"], text_temperature).mean().item(),
+            "codebook_tv": codebooks, "mean_codebook_tv": sum(codebooks) / len(codebooks),
+            "max_codebook_tv": max(codebooks)}
 
 
 def child_quality(spec: dict) -> dict:
@@ -160,4 +227,6 @@ def _log_quality(r: dict, what: str, log) -> None:
     log(f"bench: quality {what}: top-1 agreement action {100 * r['action_top1']:.1f}%, "
         f"codebook 0 {100 * r['cb0_top1']:.1f}%, codebooks mean {100 * r['mean_codebook_top1']:.1f}% "
         f"(min {100 * r['min_codebook_top1']:.1f}%), relative logit error cb0 {r['rel_error_cb0']:.3g}, "
-        f"stages {r['rel_error_stages']:.3g}")
+        f"stages {r['rel_error_stages']:.3g}"
+        + (f"; sampling distributions moved (total variation) by {r['mean_codebook_tv']:.3f} on average, "
+           f"{r['max_codebook_tv']:.3f} at most over codebooks, action {r['action_tv']:.3f}" if "action_tv" in r else ""))

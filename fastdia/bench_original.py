@@ -161,20 +161,19 @@ def child_original_quality(spec: dict) -> dict:
     steps = min(spec["steps"], len(inputs) - 1)
     size = runtime.config.data.audio_vocab_size - 2  # codes 0..2047; BOS and PAD above
 
-    def guided(x):
-        x = x.reshape(2, -1).float()
-        return torch.lerp(x[1], x[0], 2.0)  # the scale fastdia's teacher_forced_dia2 uses
+    from .bench_dia2_quality import Parts
 
+    scale = 2.0  # the scale fastdia's teacher_forced_dia2 uses
     state = net.init_state(2, torch.device("cpu"), int(inputs[steps][2].max()) + 2)
-    action, cb0, stages = [], [], []
+    parts = Parts()
     with torch.inference_mode():
         for i in range(steps):
             tokens, pos, _slots = inputs[i]
             t = int(pos[0, 0])
             hidden, act, c0, state.transformer = net.transformer.forward_step(
                 tokens.transpose(1, 2).contiguous(), pos, state.transformer)
-            action.append(guided(act))
-            cb0.append(guided(c0)[:size])
+            parts.add("action", act, scale)
+            parts.add("cb0", c0.reshape(2, -1)[:, :size], scale)
             state.depformer.reset()
             nxt = inputs[i + 1][0]
             main, second = nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2)
@@ -183,10 +182,9 @@ def child_original_quality(spec: dict) -> dict:
                 logits, state.depformer = net.depformer.forward_step(
                     prev_audio=buffer[s, t + 1].expand(2), transformer_out=hidden, stage_index=s,
                     cache=state.depformer, main_text=main, second_text=second)
-                row.append(guided(logits))
-            stages.append(torch.stack(row))
-    logits = {"action": torch.stack(action), "cb0": torch.stack(cb0), "stages": torch.stack(stages)}
-    torch.save({"logits": logits}, spec["out"])
+                row.append(logits)
+            parts.add_stages(row, scale)
+    torch.save({"logits": parts.result()}, spec["out"])
     return {"out": spec["out"], "dtype": "float32", "quantize": "none", "steps": steps,
             "runtime": "nari-labs/dia2 " + _version()}
 

@@ -130,8 +130,37 @@ def test_quantized_agrees_with_float(quantized, reference):
     assert r["action_top1"] >= floor[0] and r["mean_codebook_top1"] >= floor[1], r
     assert r["min_codebook_top1"] >= floor[2], r
     assert r["rel_error_cb0"] < (0.03 if mode == "int8" else 0.1), r
+    assert 0 < r["mean_codebook_tv"] <= r["max_codebook_tv"] < (0.05 if mode == "int8" else 0.15), r
     codes = tts.generate_codes(SCRIPT, **GREEDY)
     assert codes.ndim == 2 and codes.shape[1] == 8 and codes.shape[0] > 0
+
+
+def test_sampler_probs_are_the_distribution_the_sampler_draws_from():
+    """bench_dia2_quality.sampler_probs (batched, for --quality's distances) against the sampler
+    itself: cfg_filter, then softmax at the temperature restricted to the top_k, row by row; and
+    sampling_distance is 0 for the same logits, and 1 for rows whose candidates are disjoint."""
+    from fastdia.bench_dia2_quality import sampler_probs, sampling_distance
+    from fastdia.generation.dia2 import cfg_filter
+
+    gen = torch.Generator().manual_seed(3)
+    pairs = torch.randn(5, 3, 2, 300, generator=gen)
+    for scale, cfg_k, temperature, top_k in ((2.0, 50, 0.8, 50), (1.0, 50, 1.3, 9), (3.0, 7, 0.6, 100)):
+        got = sampler_probs(pairs, scale, cfg_k, temperature, top_k)
+        for i in range(5):
+            for j in range(3):
+                p = torch.softmax(cfg_filter(pairs[i, j].double(), scale, cfg_k) / temperature, -1)
+                if top_k < p.shape[-1]:
+                    top = p.topk(top_k)
+                    p = torch.zeros_like(p).scatter(0, top.indices, top.values)
+                assert torch.allclose(got[i, j], p / p.sum(), atol=1e-12)
+    parts = {"action": pairs[:, 0, :, :2], "cb0": pairs[:, 0], "stages": pairs}
+    same = sampling_distance(parts, parts)
+    assert same["mean_codebook_tv"] == 0 and same["action_tv"] == 0 and len(same["codebook_tv"]) == 4
+    far = {k: v.clone() for k, v in parts.items()}
+    far["cb0"][..., :150] -= 1e4  # every candidate of the copy lies in the other half
+    ref = {k: v.clone() for k, v in parts.items()}
+    ref["cb0"][..., 150:] -= 1e4
+    assert sampling_distance(far, ref)["codebook_tv"][0] == pytest.approx(1.0)
 
 
 def test_quantize_after_load_equals_build(quantized):
