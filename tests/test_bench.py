@@ -85,6 +85,7 @@ def test_bench_dia2_report_with_roofline_profile_and_quality():
     assert "cache retention:" in r.stderr
     (q,) = data["quality"]
     assert q["quantize"] == "int8" and 0 < q["mean_codebook_top1"] <= 1 and 0 < q["action_top1"] <= 1
+    assert 0 <= q["mean_codebook_tv"] <= q["max_codebook_tv"] <= 1 and len(q["codebook_tv"]) == 8
 
 
 def test_bench_bad_flag_is_a_usage_error():
