@@ -42,13 +42,14 @@ def record_greedy(tts, text: str, steps: int):
     return inputs, run.buffer.clone()
 
 
-def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float = 2.0) -> dict:
+def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float | None = None) -> dict:
     """CFG-guided logits of `steps` teacher-forced steps: the decoder fed the recorded `inputs`,
     the depformer fed the recorded codes of each frame (stage s reads codebook s of column t+1).
 
     Returns {"action": (T, 2), "cb0": (T, 2048), "stages": (T, S, 2048)} float32 CPU tensors,
-    guided = uncond + cfg_scale * (cond - uncond), and under "pairs" the same parts' raw (cond,
-    uncond) rows, (T, 2, 2), (T, 2, 2048) and (T, S, 2, 2048), for the samplers' distributions.
+    guided = uncond + cfg_scale * (cond - uncond) (default: Dia2GenerationConfig's scale), and
+    under "pairs" the same parts' raw (cond, uncond) rows, (T, 2, 2), (T, 2, 2048) and
+    (T, S, 2, 2048), for the samplers' distributions.
     """
     import torch
 
@@ -60,54 +61,49 @@ def teacher_forced_dia2(model, inputs, buffer, steps: int, cfg_scale: float = 2.
     dep_cache = model.new_depformer_cache(2)
     dep = model.depformer
 
-    def guided(x):
-        return torch.lerp(x[1].float(), x[0].float(), cfg_scale)
-
-    parts = Parts()
+    parts = Parts(cfg_scale)
     with torch.inference_mode():
         for i in range(steps):
             tokens, pos, slots = inputs[i]
             t = int(pos[0, 0])
             dec = model.transformer(tokens, pos, cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
-            parts.add("action", dec.action_logits[:, 0], cfg_scale)
-            parts.add("cb0", dec.cb0_logits[:, 0, :size], cfg_scale)
+            parts.add("action", dec.action_logits[:, 0])
+            parts.add("cb0", dec.cb0_logits[:, 0, :size])
             hidden = dec.hidden[:, 0]
             text = None
             if dep.text_embed is not None:  # the text the state machine chose at step t (next input)
                 nxt = inputs[i + 1][0]
                 text = (nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2))
             parts.add_stages([dep.stage(s, hidden, buffer[s, t + 1].expand(2), dep_cache, text if s == 0 else None)
-                              for s in range(cfg.n_stages)], cfg_scale)
+                              for s in range(cfg.n_stages)])
     return parts.result()
 
 
 class Parts:
-    """Collects the guided logits and raw (cond, uncond) rows of teacher-forced steps, as
-    `teacher_forced_dia2` returns them (fastdia.bench_original feeds it the original's logits)."""
+    """Collects the raw (cond, uncond) logits rows of teacher-forced steps and returns them as
+    `teacher_forced_dia2` does, with the guided logits derived from them at `scale` (default:
+    Dia2GenerationConfig's). fastdia.bench_original feeds it the original runtime's logits."""
 
-    def __init__(self) -> None:
-        self.guided: dict[str, list] = {"action": [], "cb0": [], "stages": []}
+    def __init__(self, scale: float | None = None) -> None:
+        from .generation.dia2 import Dia2GenerationConfig
+
+        self.scale = Dia2GenerationConfig().cfg_scale if scale is None else scale
         self.pairs: dict[str, list] = {"action": [], "cb0": [], "stages": []}
 
-    def add(self, part: str, pair, scale: float) -> None:
+    def add(self, part: str, pair) -> None:
+        self.pairs[part].append(pair.reshape(2, -1).float().cpu().clone())
+
+    def add_stages(self, pairs: list) -> None:
         import torch
 
-        pair = pair.reshape(2, -1).float().cpu()
-        self.guided[part].append(torch.lerp(pair[1], pair[0], scale))
-        self.pairs[part].append(pair.clone())
-
-    def add_stages(self, pairs: list, scale: float) -> None:
-        import torch
-
-        pairs = torch.stack([p.reshape(2, -1).float().cpu() for p in pairs])  # (S, 2, V)
-        self.guided["stages"].append(torch.lerp(pairs[:, 1], pairs[:, 0], scale))
-        self.pairs["stages"].append(pairs)
+        self.pairs["stages"].append(torch.stack([p.reshape(2, -1).float().cpu() for p in pairs]))  # (S, 2, V)
 
     def result(self) -> dict:
         import torch
 
-        out = {k: torch.stack(v) for k, v in self.guided.items()}
-        out["pairs"] = {k: torch.stack(v) for k, v in self.pairs.items()}
+        pairs = {k: torch.stack(v) for k, v in self.pairs.items()}
+        out = {k: torch.lerp(v[..., 1, :], v[..., 0, :], self.scale) for k, v in pairs.items()}
+        out["pairs"] = pairs
         return out
 
 
@@ -149,20 +145,25 @@ def compare_dia2(test: dict, ref: dict) -> dict:
     return out
 
 
-def sampling_distance(test: dict, ref: dict, scale: float = 2.0, cfg_k: int = 50, temperature: float = 0.8,
-                      text_temperature: float = 0.6, top_k: int = 50) -> dict:
-    """How far each part's sampling distribution moved (default generation settings): the total
+def sampling_distance(test: dict, ref: dict, gen=None) -> dict:
+    """How far each part's sampling distribution moved under `gen`'s sampler settings (default:
+    Dia2GenerationConfig's, what a plain generation samples with): the total
     variation distance 0.5 * sum |p - q| between the sampler's distributions (`sampler_probs`), the
     mean over the steps, for the action and every codebook. 0: the same draws; 1: disjoint.
     Top-1 agreement counts a near-tie that flips as a miss; this counts it by how much
     probability actually moved, which is what a sampling decoder hears."""
+    from .generation.dia2 import Dia2GenerationConfig
+
+    gen = gen or Dia2GenerationConfig()
+
     def tv(a, b, temp):
-        p, q = sampler_probs(a, scale, cfg_k, temp, top_k), sampler_probs(b, scale, cfg_k, temp, top_k)
+        p = sampler_probs(a, gen.cfg_scale, gen.cfg_filter_k, temp, gen.top_k)
+        q = sampler_probs(b, gen.cfg_scale, gen.cfg_filter_k, temp, gen.top_k)
         return 0.5 * (p - q).abs().sum(-1)
 
-    stages = tv(test["stages"], ref["stages"], temperature).mean(0)  # (S,)
-    codebooks = [tv(test["cb0"], ref["cb0"], temperature).mean().item()] + stages.tolist()
-    return {"action_tv": tv(test["action"], ref["action"], text_temperature).mean().item(),
+    stages = tv(test["stages"], ref["stages"], gen.temperature).mean(0)  # (S,)
+    codebooks = [tv(test["cb0"], ref["cb0"], gen.temperature).mean().item()] + stages.tolist()
+    return {"action_tv": tv(test["action"], ref["action"], gen.text_temperature).mean().item(),
             "codebook_tv": codebooks, "mean_codebook_tv": sum(codebooks) / len(codebooks),
             "max_codebook_tv": max(codebooks)}
 

@@ -154,26 +154,24 @@ def child_original_quality(spec: dict) -> dict:
     """
     import torch
 
+    from .bench_dia2_quality import Parts
+
     _, runtime = _load(Path(spec["directory"]))
     net = runtime.model
     rec = torch.load(spec["ref"])
     inputs, buffer = rec["inputs"], rec["buffer"]
     steps = min(spec["steps"], len(inputs) - 1)
     size = runtime.config.data.audio_vocab_size - 2  # codes 0..2047; BOS and PAD above
-
-    from .bench_dia2_quality import Parts
-
-    scale = 2.0  # the scale fastdia's teacher_forced_dia2 uses
     state = net.init_state(2, torch.device("cpu"), int(inputs[steps][2].max()) + 2)
-    parts = Parts()
+    parts = Parts()  # the guidance scale teacher_forced_dia2 uses
     with torch.inference_mode():
         for i in range(steps):
             tokens, pos, _slots = inputs[i]
             t = int(pos[0, 0])
             hidden, act, c0, state.transformer = net.transformer.forward_step(
                 tokens.transpose(1, 2).contiguous(), pos, state.transformer)
-            parts.add("action", act, scale)
-            parts.add("cb0", c0.reshape(2, -1)[:, :size], scale)
+            parts.add("action", act)
+            parts.add("cb0", c0.reshape(2, -1)[:, :size])
             state.depformer.reset()
             nxt = inputs[i + 1][0]
             main, second = nxt[0, 0, 0].expand(2), nxt[0, 0, 1].expand(2)
@@ -183,7 +181,7 @@ def child_original_quality(spec: dict) -> dict:
                     prev_audio=buffer[s, t + 1].expand(2), transformer_out=hidden, stage_index=s,
                     cache=state.depformer, main_text=main, second_text=second)
                 row.append(logits)
-            parts.add_stages(row, scale)
+            parts.add_stages(row)
     torch.save({"logits": parts.result()}, spec["out"])
     return {"out": spec["out"], "dtype": "float32", "quantize": "none", "steps": steps,
             "runtime": "nari-labs/dia2 " + _version()}
@@ -220,14 +218,13 @@ def prepare(base: dict, log=print) -> tuple[Path, Path | None]:
     from .quant.dia2 import stored_dia2_quantization
 
     name = str(base["model"])
-    if name not in DIA2_PRESETS:
-        directory = resolve_dir(name, _choose_files, what="Dia2 model")
-        if stored_dia2_quantization(directory / "config.json") is not None:
-            raise RuntimeError(f"--compare original: {directory} was written by fastdia convert; the original "
-                               "runtime reads the original checkpoint (pass that as --model)")
+    directory = None if name in DIA2_PRESETS else resolve_dir(name, _choose_files, what="Dia2 model")
+    if directory is not None and stored_dia2_quantization(directory / "config.json") is not None:
+        raise RuntimeError(f"--compare original: {directory} was written by fastdia convert; the original "
+                           "runtime reads the original checkpoint (pass that as --model)")
     if not original_available():
         raise RuntimeError(f"--compare original: {INSTALL_HINT}")
-    if name not in DIA2_PRESETS:
+    if directory is not None:
         return directory, None
     tmp = Path(tempfile.mkdtemp(prefix="fastdia-original-"))
     log(f"bench: writing {name} in the reference layout for the original runtime ...")
