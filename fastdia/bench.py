@@ -574,24 +574,15 @@ def _torch_version() -> str:
 def _machine() -> dict:
     import platform
 
-    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
-                       if f" {f}" in flags]
-    except (OSError, StopIteration):
-        pass
-    from .backends.cpu import kernels
+    from .backends.cpu.report import cpu_report
 
-    # what the variants' matmuls run on: fastdia's C kernels (AVX-512 VNNI), on AMX tiles where
-    # the CPU has them (csrc/amx.c), else torch
-    info["kernels"] = "fastdia avx512-vnni" if kernels.available() else f"torch ({kernels.unavailable_reason()})"
-    info["amx"] = kernels.amx_status()
-    return info
+    # the CPU, its features and what each variant's matmuls run on here (fastdia's C kernels, on
+    # AMX tiles where the CPU has them, or a torch fallback): the same report `fastdia info` prints
+    report = cpu_report()
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": report["cpu"], "isa": report["features"],
+            "kernels": report["kernels"] + (f" ({report['kernels_off_because']})" if report["kernels_off_because"]
+                                            else ""),
+            "amx": report["amx"], "variants": report["variants"], "features_emulated": report["features_emulated"]}
 
 
 def print_table(out: dict) -> None:

@@ -18,7 +18,7 @@ EXIT_USAGE = 2
 
 def _add_model_flags(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
-        p.add_argument("model", help="hub id, local directory, or preset (tiny-random, dia-1.6b-random, "
+        p.add_argument("model", nargs="?", help="(optional) ""hub id, local directory, or preset (tiny-random, dia-1.6b-random, "
                                      "dia2-tiny-random, dia2-2b-random)")
     else:
         p.add_argument("--model", default="nari-labs/Dia-1.6B-0626",
@@ -37,7 +37,7 @@ def _info_dia2(args: argparse.Namespace) -> int:
     cfg = tts.config
     info = {"model": args.model, "family": "dia2", "parameters": tts.num_parameters(), "device": str(tts.device),
             "dtype": str(tts.dtype).removeprefix("torch."), "codec": str(tts.codec_source),
-            "config": dataclasses.asdict(cfg)}
+            "config": dataclasses.asdict(cfg), "system": _system()}
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -53,13 +53,33 @@ def _info_dia2(args: argparse.Namespace) -> int:
     print(f"text               vocab {data.text_vocab_size}, second stream {data.second_stream_ahead} words ahead")
     print(f"context            {cfg.runtime.max_context_steps} steps ({cfg.runtime.max_context_steps / 12.5:.0f} s)")
     print(f"codec              {info['codec']}")
+    _print_system(info["system"])
     return 0
+
+
+def _system() -> dict:
+    from .backends.cpu.report import cpu_report
+
+    return cpu_report()
+
+
+def _print_system(report: dict) -> None:
+    from .backends.cpu.report import report_lines
+
+    print("\n".join(report_lines(report)))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from . import Dia
     from .config_dia2 import is_dia2
 
+    if args.model is None:  # the machine alone: CPU, features, what each variant runs on, versions
+        report = _system()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_system(report)
+        return 0
     if is_dia2(args.model):
         return _info_dia2(args)
     tts = Dia.from_pretrained(args.model, device=args.device, dtype=args.dtype)
@@ -73,6 +93,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "dtype": str(tts.dtype).removeprefix("torch."),
         "cross_attention_rope": cfg.cross_attn_rope,
         "config": cfg.to_dict(),
+        "system": _system(),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -92,6 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"tokens             BOS {cfg.bos_id}, EOS {cfg.eos_id}, PAD {cfg.pad_id}; "
           f"delay pattern {list(cfg.delay_pattern)}")
     print(f"norm eps / RoPE    {cfg.norm_eps} / base {cfg.rope_theta:g}")
+    _print_system(info["system"])
     return 0
 
 
@@ -481,7 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("info", help="show a model's resolved config, size, checkpoint layout and dtype")
+    p = sub.add_parser("info", help="show this machine's CPU paths, and a model's config, size, layout and dtype",
+                       description="Without MODEL: the CPU, its ISA features, the kernel set and fallback each "
+                                   "variant (float32, bfloat16, int8, int4) uses here, and library versions. "
+                                   "With MODEL: its resolved config, size, checkpoint layout and dtype too.")
     _add_model_flags(p, positional=True)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)

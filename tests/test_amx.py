@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fastdia.backends.cpu import kernels
+from fastdia.backends.cpu.features import cpu_features
 from fastdia.quant import formats
 from tests.conftest import with_amx
 
@@ -79,7 +80,7 @@ def test_amx_status_matches_the_cpu():
     """Where the CPU lists AMX, the kernels took it (the self-check passed) unless it was turned off
     or the OS withholds tile state (the status says which); elsewhere the hardware mode is refused
     rather than run into an illegal instruction."""
-    flags = kernels._cpu_flags()
+    flags = cpu_features().flags
     status = kernels.amx_status()
     if {"amx_tile", "amx_int8", "amx_bf16", "avx512_bf16"} <= flags:
         assert status == "on" or (status.startswith("off (") and "self-check" not in status)

@@ -6,7 +6,8 @@ WhisperForConditionalGeneration converted with CTranslate2, plus a byte-level to
 Whisper's special tokens. Random weights say nothing useful, so the decoder is wired to say one
 thing whatever it hears: token embeddings are zero and every residual branch of the decoder is
 zero, so each position's hidden state is its (one-hot) position embedding, and the output
-projection maps position p to the p-th token of "<|0.00|> hello world<|1.00|><|endoftext|>".
+projection maps position p to the p-th token of "<|0.00|> hello world<|1.00|><|endoftext|>", with
+a margin that survives int8 arithmetic on every CPU kind (see `_build_tiny_whisper`).
 The encoder and cross-attention stay random, so the word times come from real DTW alignment.
 """
 
@@ -52,7 +53,7 @@ def _build_tiny_whisper(folder) -> str:
     tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
     eot = len(vocab)
     ts0 = eot + len(specials)  # <|notimestamps|> + 1: the converter appends the 1501 timestamp tokens
-    d_model, positions = 64, 448
+    d_model, positions = 128, 448
 
     torch.manual_seed(0)
     cfg = WhisperConfig(vocab_size=ts0 + 1501, num_mel_bins=80, d_model=d_model, encoder_layers=2,
@@ -72,8 +73,12 @@ def _build_tiny_whisper(folder) -> str:
                 proj.bias.zero_()
         dec.layer_norm.weight.fill_(1.0)
         dec.layer_norm.bias.zero_()
+        # Position p is hot at index 2p (mod d_model), never at an odd one: an int8 GEMM on an AVX2
+        # CPU without VNNI (CTranslate2 int8 through vpmaddubsw) sums adjacent pairs of products in
+        # saturating int16, so two hot indices side by side in one output row (a token said at two
+        # neighbouring positions, the "ll" of "hello") would saturate and lose that token.
         one_hot = torch.zeros(positions, d_model)
-        one_hot[torch.arange(positions), torch.arange(positions) % d_model] = 1.0
+        one_hot[torch.arange(positions), (2 * torch.arange(positions)) % d_model] = 1.0
         dec.embed_positions.weight.copy_(one_hot)
         normed = torch.nn.functional.layer_norm(one_hot, (d_model,))
         model.proj_out.weight.zero_()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import FastDiaError
+from .cpu.features import cpu_features
 
 _DTYPES = {
     "float32": torch.float32,
@@ -38,15 +39,7 @@ BF16_MIN_PARAMETERS = 100_000_000
 
 def cpu_has_native_bf16() -> bool:
     """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (bfloat16 matmuls in hardware)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+    return cpu_features().native_bf16
 
 
 def resolve_dtype(

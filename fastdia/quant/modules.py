@@ -320,9 +320,9 @@ def plan(name: str, in_features: int, mode: str, group_size: int) -> str | None:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Module paths of every projection (and embedding table) a quantization may replace."""
-    from ..backends.cpu.packed import GemvLinear, PackedLinear
+    from ..backends.cpu.packed import FLOAT_LINEARS
 
-    kinds = (nn.Linear, PackedLinear, GemvLinear, nn.Embedding)
+    kinds = (nn.Linear, nn.Embedding, *FLOAT_LINEARS)
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
@@ -359,11 +359,9 @@ def make_module(fmt: str | None, weight: torch.Tensor, group_size: int,
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor:
-    from ..backends.cpu.packed import GemvLinear, PackedLinear
+    from ..backends.cpu.packed import dense_weight
 
-    if isinstance(module, (PackedLinear, GemvLinear)):
-        return module.dense_weight()
-    return module.weight
+    return dense_weight(module)
 
 
 @torch.no_grad()

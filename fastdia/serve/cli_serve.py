@@ -122,7 +122,7 @@ def _announce(server, args: argparse.Namespace) -> None:
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("fastdia.access", "fastdia.serve"):
+    for name in ("fastdia.access", "fastdia.serve", "fastdia.cpu"):
         logger = logging.getLogger(name)
         logger.setLevel(level.upper())
         logger.addHandler(handler)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .packed import fast_float_linear
+from .packed import DenseLinear, fast_float_linear
 
 # The GEMV kernels step through the input dimension 32 floats at a time (wonly.c).
 _K_MULTIPLE = 32
@@ -38,7 +38,9 @@ def accelerate_dia2(model: nn.Module) -> nn.Module:
         linear = getattr(owner, attr)
         fast = fast_float_linear(linear.weight)
         if name in _DTYPE_SOURCES and not hasattr(fast, "weight"):
-            continue  # Dia2Model reads its activation dtype from this weight; 0.1% of a step's bytes
+            # Dia2Model reads its activation dtype from this weight (0.1% of a step's bytes), so it
+            # keeps a plain one; but it takes any input dtype, as the fast modules do
+            fast = DenseLinear(linear.weight)
         setattr(owner, attr, fast)
         del linear
     return model

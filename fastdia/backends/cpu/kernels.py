@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from .features import announce, cpu_features
+
 # The most activation rows one kernel call takes: a batched decode step (two CFG rows per request,
 # up to 32 requests). A call streams each weight once from DRAM for all its rows (csrc/wonly.c runs
 # its register kernel on blocks of 8 rows while a weight row pair sits in L1), and computes each row
@@ -70,18 +72,6 @@ _tried = False
 _error: str | None = None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-    except (OSError, StopIteration):
-        return set()
-    return set(flags.split(":", 1)[1].split())
-
-
-def _cpu_has_vnni() -> bool:
-    return {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= _cpu_flags()
-
-
 def _cache_dir() -> Path:
     base = os.environ.get("FASTDIA_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fastdia" / "kernels"
@@ -91,7 +81,7 @@ def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RuntimeError("no C compiler (gcc/cc) found")
-    flags = _FLAGS + (_BF16_FLAGS if _cpu_flags() >= {"avx512_bf16"} else [])
+    flags = _FLAGS + (_BF16_FLAGS if cpu_features().bf16_kernel else [])
     source = _source()
     digest = hashlib.sha256((source + " ".join(flags) + cc).encode()).hexdigest()[:16]
     out = _cache_dir() / f"fastdia_wonly_{digest}.so"
@@ -163,8 +153,10 @@ def available() -> bool:
     _tried = True
     if os.environ.get("FASTDIA_NO_KERNELS"):
         _error = "disabled by FASTDIA_NO_KERNELS"
-    elif sys.platform != "linux" or not _cpu_has_vnni():
-        _error = "needs Linux on an x86 CPU with AVX-512 VNNI"
+    elif sys.platform != "linux":
+        _error = "needs Linux"
+    elif not cpu_features().fastdia_kernels:
+        _error = "needs AVX-512 VNNI, which this CPU lacks"
     else:
         try:
             _lib = _build()
@@ -172,6 +164,9 @@ def available() -> bool:
             _error = str(exc)
         else:
             _init_amx()
+    if _lib is None:
+        announce(f"fastdia's CPU kernels are off ({_error}): int8/int4 run on torch's weight-only kernels, "
+                 f"float projections on oneDNN")
     return _lib is not None
 
 
@@ -258,6 +253,9 @@ def _init_amx() -> None:
     global _amx_state
     if os.environ.get("FASTDIA_AMX", "").strip().lower() in ("0", "off", "no", "false"):
         _amx_state = "off (FASTDIA_AMX=0)"
+        return
+    if not cpu_features().has("amx_tile", "amx_int8", "amx_bf16"):
+        _amx_state = "not present"  # (or hidden by FASTDIA_CPU_FEATURES: then not probed either)
         return
     probe = _lib.fd_amx_probe()
     if probe == -1:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .features import announce, onednn_bf16
+
 # The reorder takes a batch-size hint; decode runs 2 rows per utterance.
 _BATCH_HINT = 2
 
@@ -41,6 +43,10 @@ class PackedLinear(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """The plain `[out, in]` weight (a new tensor)."""
         return self.packed.to_dense()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        # state_dict() names the same tensors whichever CPU path a projection took: `weight`
+        destination[prefix + "weight"] = self.dense_weight()
 
     def nbytes(self) -> int:
         return self.out_features * self.in_features * torch.empty((), dtype=self.dtype).element_size()
@@ -83,22 +89,110 @@ class GemvLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}, gemv"
 
 
-def fast_float_linear(weight: torch.Tensor) -> nn.Module:
-    """The fastest CPU module for a float `[out, in]` weight: fastdia's GEMV kernel when it is
-    built for this CPU and dtype, else oneDNN's packed layout, else a plain Linear."""
+class Bf16Linear(nn.Module):
+    """`y = x @ W.T` (no bias) for a bfloat16 W on a CPU where neither fastdia's bfloat16 kernel
+    nor oneDNN's bfloat16 linear runs (AVX2-only CPUs): W stays bfloat16 (half the bytes of
+    float32), and is widened to float32 a block of output rows at a time for a float32 sgemm, so
+    the widened block (4 MB at most) is read back from cache. Results are the float32 product of
+    the bfloat16 weight and the input (rounding order aside)."""
+
+    _BLOCK_ELEMENTS = 1 << 20
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight.detach().to(torch.bfloat16).contiguous(), requires_grad=False)
+        self.block = max(1, self._BLOCK_ELEMENTS // max(1, self.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).float()
+        if self.out_features <= self.block:
+            y = F.linear(x2, self.weight.float())
+        else:
+            y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
+            for r0 in range(0, self.out_features, self.block):
+                y[:, r0: r0 + self.block] = F.linear(x2, self.weight[r0: r0 + self.block].float())
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * 2
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bfloat16 weight, float32 compute"
+
+
+class DenseLinear(nn.Module):
+    """`y = x @ W.T` (no bias) with torch's own matmul for a plain float weight, computed in the
+    weight's dtype and returned in the input's, as every other module here does (a bare
+    nn.Linear fails on a float32 input with a bfloat16 weight, as a quantized bfloat16 Dia2 feeds
+    its float heads)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.to(self.weight.dtype), self.weight)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}, torch"
+
+
+# The kernels read the input dimension in whole vectors (16 floats, 32 bfloat16s); a layer of
+# another width (tiny test models have some) takes the next path.
+_KERNEL_WIDTH = {torch.float32: 16, torch.bfloat16: 32}
+
+
+def float_linear_path(dtype: torch.dtype, kernels: bool = True) -> str:
+    """Which module `fast_float_linear` makes for a weight of `dtype` on this CPU: "fastdia"
+    (GemvLinear), "onednn" (PackedLinear), "bf16-blocks" (Bf16Linear) or "torch" (DenseLinear).
+    `kernels=False`: the choice for a width fastdia's kernels do not take."""
     from . import kernels as cpu_kernels
 
-    # The kernels read the input dimension in whole vectors (16 floats, 32 bfloat16s); a layer of
-    # another width (tiny test models have some) takes the dense path.
-    if cpu_kernels.available() and ((weight.dtype == torch.float32 and weight.shape[1] % 16 == 0)
-                                    or (weight.dtype == torch.bfloat16 and cpu_kernels.has_bf16()
-                                        and weight.shape[1] % 32 == 0)):
+    if kernels and cpu_kernels.available() and (dtype == torch.float32
+                                                or (dtype == torch.bfloat16 and cpu_kernels.has_bf16())):
+        return "fastdia"
+    if dtype == torch.bfloat16 and not onednn_bf16():
+        return "bf16-blocks"
+    return "onednn" if onednn_available() else "torch"
+
+
+def fast_float_linear(weight: torch.Tensor) -> nn.Module:
+    """The fastest CPU module for a float `[out, in]` weight (see `float_linear_path`): fastdia's
+    GEMV kernel when it is built for this CPU and dtype, else oneDNN's packed layout where oneDNN
+    runs that dtype here, else a bfloat16 weight computed in float32 blocks, else a plain Linear."""
+    path = float_linear_path(weight.dtype)
+    if path == "fastdia" and weight.shape[1] % _KERNEL_WIDTH[weight.dtype]:
+        path = float_linear_path(weight.dtype, kernels=False)
+    if path == "fastdia":
         return GemvLinear(weight)
-    if onednn_available():
+    if path == "bf16-blocks":
+        announce("bfloat16 weights are computed in float32 blocks (oneDNN's bfloat16 linear needs "
+                 "AVX512BW/VL/DQ or AVX-NE-CONVERT)")
+        return Bf16Linear(weight)
+    if path == "onednn":
         return PackedLinear(weight)
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=False)
-    return linear
+    return DenseLinear(weight)
+
+
+# Every module fast_float_linear makes; each has `dense_weight()` and `nbytes()`.
+FLOAT_LINEARS = (GemvLinear, PackedLinear, Bf16Linear, DenseLinear)
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The `[out, in]` float weight of an nn.Linear or of any of `FLOAT_LINEARS`."""
+    return module.dense_weight() if isinstance(module, FLOAT_LINEARS) else module.weight
 
 
 @torch.no_grad()
@@ -167,7 +261,7 @@ def rows_independent(model: nn.Module) -> bool:
     from ...quant.modules import Int4Linear, Int8Linear
 
     for m in model.modules():
-        if type(m) is nn.Linear or isinstance(m, PackedLinear):
+        if type(m) is nn.Linear or isinstance(m, (PackedLinear, Bf16Linear, DenseLinear)):
             return False
         if isinstance(m, (Int8Linear, Int4Linear)) and not m.use_kernel:
             return False
