@@ -16,7 +16,9 @@ are the ones the CPU report says it uses, never a path the CPU lacks.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -34,14 +36,18 @@ def _configs() -> list[tuple[str, str | None, bool]]:
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory) -> dict[str, dict]:
-    out = {}
-    for label, kind, kernels in _configs():
+    """Each configuration's results, the children run side by side (one thread each)."""
+    def run(config) -> dict:
+        label, kind, kernels = config
         path = tmp_path_factory.mktemp("matrix") / "out.json"
         proc = subprocess.run([sys.executable, "-m", "tests.cpu_matrix", str(path)], cwd=ROOT, capture_output=True,
                               text=True, env=environment(kind, kernels), timeout=600)
         assert proc.returncode == 0, f"{label}: {proc.stderr[-3000:]}"
-        out[label] = json.loads(path.read_text())
-    return out
+        return json.loads(path.read_text())
+
+    configs = _configs()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip((c[0] for c in configs), pool.map(run, configs)))
 
 
 # Teacher-forced top-1 agreement of the guided logits with float32 over 48 steps of the tiny

@@ -197,6 +197,8 @@ def test_batch_rows_equal_single_rows(quantized):
             built.append(_prepared_plans(g, batch))
     for run, want in zip(runs, solo):
         assert torch.equal(g.finish(run).codes, want)
+    if not cpu_kernels.available():
+        return  # torch's kernels: no fused step, no prepared plans (FASTDIA_NO_KERNELS, or no AVX-512 VNNI)
     # The batch hands the backend the same cache views every step, so the C calls are prepared
     # once (a decoder plan and one per depformer stage) and kept, not prepared again each step.
     assert all(a <= b for a, b in zip(built[1:], built[2:]))
@@ -204,8 +206,11 @@ def test_batch_rows_equal_single_rows(quantized):
 
 
 def _prepared_plans(g, batch) -> set:
-    """The ids of the prepared layer plans the fused Dia2 step holds for the batch's caches."""
-    fused = g.transformer.__self__
+    """The ids of the prepared layer plans the fused Dia2 step holds for the batch's caches (none
+    where the decoder runs in torch)."""
+    fused = getattr(g.transformer, "__self__", None)
+    if fused is None:
+        return set()
     return {id(p) for by_cache in fused._plans.values() for ref, plans in by_cache.entries
             if any(ref() is view for view in batch._views.values()) for p in plans.values() if p is not None}
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from fastdia import Dia
 from fastdia.backends.cpu import kernels as cpu_kernels
+from fastdia.backends.cpu.features import cpu_features
 from fastdia.quant import formats
 from fastdia.quant import modules as quant
 from fastdia.quant import store as quant_store
