@@ -75,7 +75,7 @@ def main() -> int:
                                  "amx_gmacs": on, "avx512_gmacs": off, "ratio": on / off})
                 print(f"{name:20s} {kind} {m:3d} rows: AMX {on:7.1f}  AVX-512 {off:7.1f} G MAC/s  ({on / off:.2f}x)")
     if args.json:
-        from fastdia.bench import _machine
+        from fastdia.bench.runner import _machine
 
         with open(args.json, "w") as f:
             json.dump({"machine": _machine(), "threads": args.threads, "results": rows_out}, f, indent=1)

@@ -11,7 +11,7 @@ times, and the ratio to batch 1 is taken per round, then the median over rounds.
 Dia2 counts full steps only (after the decoder-only first steps); a batch step decodes every
 script once (2 CFG rows each) and the aggregate is script-steps per second.
 
-The same run gives each batch size its roofline (fastdia.roofline): the step's weight bytes at
+The same run gives each batch size its roofline (fastdia.bench.roofline): the step's weight bytes at
 the read bandwidth probed after each round's batch-1 run (median over rounds), and its MACs at
 the kernels' in-cache rates timed with that batch's row count. The bound's ratio to batch 1 is
 what these kernels allow on this machine: batch 1 is memory-bound, so a batch whose multiplies
@@ -27,14 +27,15 @@ import time
 
 import torch
 
-from fastdia import roofline
-from fastdia.bench import _machine, read_bandwidth_now
+from fastdia.bench import roofline
+from fastdia.bench.common import read_bandwidth_now
+from fastdia.bench.runner import _machine
 
 
 def dia2_runner(model: str, quantize: str | None):
-    from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts, roofline_inputs_dia2, step_weight_bytes_dia2
-    from fastdia.generation.dia2 import Dia2GenerationConfig
-    from fastdia.generation.dia2_slots import Dia2SlotBatch
+    from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts, roofline_inputs_dia2, step_weight_bytes_dia2
+    from fastdia.dia2.generation import Dia2GenerationConfig
+    from fastdia.dia2.slots import Dia2SlotBatch
 
     tts, _ = load_tts({"model": model, "device": "cpu", "dtype": "auto", "quantize": quantize})
     g = tts._generator
@@ -61,10 +62,10 @@ def dia2_runner(model: str, quantize: str | None):
 
 
 def dia1_runner(model: str, quantize: str | None):
-    from fastdia.bench import roofline_inputs, step_weight_bytes
-    from fastdia.checkpoints.dia1_load import load_model
-    from fastdia.generation.dia1 import Dia1Generator
-    from fastdia.generation.options import GenerationConfig
+    from fastdia.bench.dia1 import roofline_inputs, step_weight_bytes
+    from fastdia.dia1.checkpoint import load_model
+    from fastdia.dia1.generation import Dia1Generator
+    from fastdia.dia1.options import GenerationConfig
     from fastdia.text import tokenize
 
     dev = torch.device("cpu")

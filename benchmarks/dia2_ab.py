@@ -23,9 +23,10 @@ import warnings
 import torch
 
 from fastdia.backends.cpu import layer_plan
-from fastdia.bench import _machine, measure_bandwidth
-from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
-from fastdia.generation.dia2 import Dia2GenerationConfig
+from fastdia.bench.common import measure_bandwidth
+from fastdia.bench.runner import _machine
+from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts
+from fastdia.dia2.generation import Dia2GenerationConfig
 
 
 def _loop_run(self):

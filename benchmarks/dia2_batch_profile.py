@@ -23,9 +23,9 @@ import warnings
 import torch
 
 from fastdia.backends.cpu import layer_plan
-from fastdia.bench_dia2 import DEFAULT_TEXT_DIA2, load_tts
-from fastdia.generation.dia2 import Dia2GenerationConfig
-from fastdia.generation.dia2_slots import Dia2SlotBatch
+from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts
+from fastdia.dia2.generation import Dia2GenerationConfig
+from fastdia.dia2.slots import Dia2SlotBatch
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from fastdia.bench_dia2 import load_tts
-from fastdia.bench_dia2_quality import compare_dia2, record_greedy, teacher_forced_dia2
+from fastdia.bench.dia2 import load_tts
+from fastdia.bench.quality import compare_dia2, record_greedy, teacher_forced_dia2
 from fastdia.quant.formats import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 from fastdia.quant.modules import linear_names
 

@@ -18,11 +18,12 @@ import time
 
 import torch
 
-from fastdia import bench
+from fastdia.bench import common as bench_common
+from fastdia.bench import dia1 as bench
 from fastdia.quant import modules as quant
-from fastdia.quant import store as quant_store
-from fastdia.generation.dia1 import Dia1Generator
-from fastdia.checkpoints.dia1_load import load_model
+from fastdia.dia1 import quantized as quant_store
+from fastdia.dia1.generation import Dia1Generator
+from fastdia.dia1.checkpoint import load_model
 from fastdia.text import tokenize
 
 MODEL = os.environ.get("MODEL", "dia-1.6b-random")
@@ -33,7 +34,7 @@ CPU = torch.device("cpu")
 def guided(model, ref_tokens=None):
     gen = Dia1Generator(model, CPU, torch.float32)
     with torch.inference_mode():
-        return bench.teacher_forced_guided(model, gen, [tokenize(bench.DEFAULT_TEXT)], 64, 3.0, ref_tokens)
+        return bench.teacher_forced_guided(model, gen, [tokenize(bench_common.DEFAULT_TEXT)], 64, 3.0, ref_tokens)
 
 
 def main(argv: list[str]) -> None:

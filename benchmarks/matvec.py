@@ -38,7 +38,7 @@ M = 2
 
 def bandwidth_probe(gib: float = 1.0, reps: int = 5) -> dict:
     """Best-of-`reps` read (sum) and copy bandwidth, GB/s: the same probe as `fastdia bench`."""
-    from fastdia.bench import measure_bandwidth
+    from fastdia.bench.common import measure_bandwidth
 
     return measure_bandwidth(mib=int(gib * 1024), reps=reps)
 

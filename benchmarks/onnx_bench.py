@@ -19,9 +19,9 @@ from pathlib import Path
 def measure(folder: str, steps: int) -> dict:
     import torch
 
-    from fastdia.generation.dia1 import Dia1Generator
-    from fastdia.generation.options import GenerationConfig
-    from fastdia.onnx.runtime import OrtDiaModel
+    from fastdia.dia1.generation import Dia1Generator
+    from fastdia.dia1.options import GenerationConfig
+    from fastdia.backends.onnx.dia1_runtime import OrtDiaModel
     from fastdia.text import tokenize
 
     t = time.perf_counter()

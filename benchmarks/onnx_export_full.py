@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from fastdia.onnx.export import ExportOptions, export_onnx
+from fastdia.backends.onnx.common import ExportOptions
+from fastdia.dia1.onnx import export_onnx
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
             info = export_onnx("dia-1.6b-random", out, ExportOptions(codec="none"))
         else:
             # Quantize from the float export already on disk (no second torch export).
-            from fastdia.onnx.quantize import quantize_export
+            from fastdia.backends.onnx.requantize import quantize_export
 
             info = quantize_export(root / "dia-1.6b-random-float32", out, mode)
         seconds = time.perf_counter() - t

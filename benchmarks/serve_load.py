@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
-from fastdia.bench import _BENCH_CODECS, _machine, measure_bandwidth, step_weight_bytes
+from fastdia.bench.common import measure_bandwidth
+from fastdia.bench.dia1 import BENCH_CODECS, step_weight_bytes
+from fastdia.bench.runner import _machine
 from fastdia.serve.engine import Engine, SpeechRequest
 from fastdia.serve.runners import Dia1Runner, Dia2Runner
 
@@ -88,15 +90,15 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opts = {"quantize": args.quantize} if args.quantize else {}
-        codec = args.codec or _BENCH_CODECS.get(args.model)
+        codec = args.codec or BENCH_CODECS.get(args.model)
         if codec and "dia2" not in args.model:
             opts["codec"] = codec
         tts = fastdia.load(args.model, **opts)
     dia2 = type(tts).__name__ == "Dia2"
     runner_cls = Dia2Runner if dia2 else Dia1Runner
     options = {"max_steps": args.max_tokens} if dia2 else {"max_tokens": args.max_tokens}
-    if dia2:  # every depformer stage's weights, as read from DRAM (fastdia.bench_dia2)
-        from fastdia.bench_dia2 import step_weight_bytes_dia2
+    if dia2:  # every depformer stage's weights, as read from DRAM (fastdia.bench.dia2)
+        from fastdia.bench.dia2 import step_weight_bytes_dia2
 
         weight_bytes = step_weight_bytes_dia2(tts._generator.model)["dram"]
     else:

@@ -1,8 +1,8 @@
 """fastdia: fast, dependable inference for Nari Labs' Dia dialogue text-to-speech models."""
 
-from .api import Dia
-from .api_dia2 import Dia2
-from .generation.options import GenerationConfig
+from .dia1.api import Dia
+from .dia2.api import Dia2
+from .dia1.options import GenerationConfig
 from .loader import load
 from .speech import Speech, SpeechChunk, VoicePrompt
 

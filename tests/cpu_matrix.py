@@ -44,9 +44,10 @@ def _modules(model) -> dict:
 
 def _dia1(dtype: str, quantize: str | None, reference: dict | None) -> dict:
     from fastdia import Dia
-    from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
-    from fastdia.checkpoints.dia1_load import load_model
-    from fastdia.generation.dia1 import Dia1Generator
+    from fastdia.bench.common import DEFAULT_TEXT
+    from fastdia.bench.dia1 import compare_guided, teacher_forced_guided
+    from fastdia.dia1.checkpoint import load_model
+    from fastdia.dia1.generation import Dia1Generator
     from fastdia.text import tokenize
 
     tts = Dia.from_pretrained("tiny-random", device="cpu", dtype=dtype, quantize=quantize)
@@ -68,8 +69,8 @@ def _dia1(dtype: str, quantize: str | None, reference: dict | None) -> dict:
 
 def _dia2(dtype: str, quantize: str | None, reference: dict | None) -> dict:
     from fastdia import Dia2
-    from fastdia.bench_dia2_quality import compare_dia2, record_greedy, teacher_forced_dia2
-    from fastdia.checkpoints.dia2_load import load_dia2
+    from fastdia.bench.quality import compare_dia2, record_greedy, teacher_forced_dia2
+    from fastdia.dia2.checkpoint import load_dia2
 
     tts = Dia2.from_pretrained("dia2-tiny-random", device="cpu", dtype=dtype, quantize=quantize)
     codes = tts.generate_codes(SCRIPT, temperature=0, text_temperature=0, max_steps=STEPS)

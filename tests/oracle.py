@@ -1,7 +1,7 @@
 """Tiny random reference models built with transformers (the oracle), saved in every layout.
 
 The conversion to the original nari-labs layout here is written independently of
-fastdia.checkpoints.dia1_layouts (straight from spec 2.3), so a bug there cannot hide in both.
+fastdia.dia1.layouts (straight from spec 2.3), so a bug there cannot hide in both.
 """
 
 from __future__ import annotations

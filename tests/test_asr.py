@@ -1,5 +1,5 @@
-"""The `asr` extra: Whisper word timings for Dia2 voice prefixes (fastdia/asr.py) and the order in
-which a prefix's timings are chosen (`_words_for` in fastdia/api_dia2.py).
+"""The `asr` extra: Whisper word timings for Dia2 voice prefixes (fastdia/dia2/asr.py) and the order in
+which a prefix's timings are chosen (`_words_for` in fastdia/dia2/api.py).
 
 The real path runs faster-whisper on a tiny Whisper built here, offline: a transformers
 WhisperForConditionalGeneration converted with CTranslate2, plus a byte-level tokenizer with
@@ -20,8 +20,9 @@ import warnings
 import numpy as np
 import pytest
 
-from fastdia import VoicePrompt, asr
-from fastdia.api_dia2 import _words_for
+from fastdia import VoicePrompt
+from fastdia.dia2 import asr
+from fastdia.dia2.api import _words_for
 from fastdia.errors import GenerationError, ModelNotFoundError
 
 SPOKEN = " hello world"

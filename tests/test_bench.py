@@ -10,7 +10,7 @@ import pytest
 
 
 def bench(*args: str, timeout: float = 300, model: str = "tiny-random") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--model", model,
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", "bench", "--model", model,
                            "--probe-mib", "128", *args],
                           capture_output=True, text=True, timeout=timeout)
 

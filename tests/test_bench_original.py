@@ -19,10 +19,10 @@ import torch
 def test_a_preset_is_written_in_the_layout_the_original_runtime_reads(tmp_path):
     from safetensors import safe_open
 
-    from fastdia.bench_original import child_export
-    from fastdia.checkpoints.dia2_load import expected_shapes, random_state
-    from fastdia.config_dia2 import DIA2_PRESETS, load_dia2_config
-    from fastdia.text_dia2 import builtin_tokenizer
+    from fastdia.bench.original import child_export
+    from fastdia.dia2.checkpoint import expected_shapes, random_state
+    from fastdia.dia2.config import DIA2_PRESETS, load_dia2_config
+    from fastdia.dia2.text import builtin_tokenizer
 
     out = tmp_path / "model"
     child_export({"model": "dia2-tiny-random", "out": str(out)})
@@ -49,8 +49,8 @@ def test_a_preset_is_written_in_the_layout_the_original_runtime_reads(tmp_path):
 
 
 def test_a_converted_folder_is_refused_for_the_original_runtime(tmp_path):
-    from fastdia.bench_original import prepare
-    from fastdia.quant.dia2 import convert_dia2
+    from fastdia.bench.original import prepare
+    from fastdia.dia2.checkpoint import convert_dia2
 
     convert_dia2("dia2-tiny-random", tmp_path / "int8", "int8")
     with pytest.raises(RuntimeError, match="written by fastdia convert"):
@@ -58,11 +58,11 @@ def test_a_converted_folder_is_refused_for_the_original_runtime(tmp_path):
 
 
 def test_compare_original_without_the_runtime_is_one_clear_error():
-    from fastdia.bench_original import original_available
+    from fastdia.bench.original import original_available
 
     if original_available():
         pytest.skip("the original runtime is installed here; its absence cannot be shown")
-    r = subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--model", "dia2-tiny-random",
+    r = subprocess.run([sys.executable, "-m", "fastdia.cli.main", "bench", "--model", "dia2-tiny-random",
                         "--compare", "original"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
@@ -76,14 +76,14 @@ def test_compare_original_without_the_runtime_is_one_clear_error():
     (["--model", "tiny-random", "--compare", "original"], "are for Dia2 models"),
 ])
 def test_compare_flag_errors(args, words):
-    r = subprocess.run([sys.executable, "-m", "fastdia.cli", "bench", "--probe-mib", "64", "--steps", "1", *args],
+    r = subprocess.run([sys.executable, "-m", "fastdia.cli.main", "bench", "--probe-mib", "64", "--steps", "1", *args],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("fastdia: error:") and words in r.stderr
 
 
 def test_the_export_child_is_registered():
-    from fastdia.bench import _child
-    from fastdia.bench_original import child_export, child_original
+    from fastdia.bench.runner import CHILDREN
+    from fastdia.bench.original import child_export, child_original
 
-    assert _child("dia2_export") is child_export and _child("dia2_original") is child_original
+    assert CHILDREN["dia2_export"] is child_export and CHILDREN["dia2_original"] is child_original

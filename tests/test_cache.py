@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from fastdia.config import PRESETS
-from fastdia.generation.cache import KVCache
-from fastdia.models.dia2 import Dia2KVCache
+from fastdia.dia1.config import PRESETS
+from fastdia.nn.cache import KVCache
+from fastdia.dia2.model import Dia2KVCache
 
 
 def _rss_bytes() -> int:
@@ -21,7 +21,7 @@ def _rss_bytes() -> int:
 def test_static_caches_take_memory_only_where_written():
     """Cache tensors start as zeros and separate, and the memory of a slot is taken when it is
     written: a cache sized for the longest script costs little for a short one."""
-    from fastdia.models.layers import zeroed
+    from fastdia.nn.layers import zeroed
 
     for dtype in (torch.float32, torch.bfloat16):
         small = zeroed(3, (2, 4, 5, 8), dtype, "cpu")

@@ -20,7 +20,7 @@ MAX_TOKENS = 160
 def say(*args, stdin: str | None = None):
     # One thread: tiny models gain nothing from more, and a busy machine makes thread pools spin.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", "say", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", "say", *args], capture_output=True, text=True,
                           input=stdin, timeout=600, env=env)
 
 

@@ -21,7 +21,7 @@ BASE = ("--model", "tiny-random", "--seed", "5", "--max-tokens", "200")
 
 def run(*args, stdin: str | None = None, text: bool = True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, text=text,
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", *args], capture_output=True, text=text,
                           input=stdin, timeout=600, env=env)
 
 
@@ -55,7 +55,7 @@ def test_stdout_wav_stream(one_shot):
 
 def test_stdout_closed_early_stops_quietly():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fastdia.cli", "say", SCRIPT, "-o", "-", "--model", "tiny-random",
+    proc = subprocess.Popen([sys.executable, "-m", "fastdia.cli.main", "say", SCRIPT, "-o", "-", "--model", "tiny-random",
                              "--max-tokens", "3000", "--chunk-seconds", "0.1", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:

@@ -9,9 +9,9 @@ import torch
 
 from fastdia.backends.cpu import decode as cpu_decode
 from fastdia.backends.cpu import kernels as cpu_kernels
-from fastdia.generation.dia1 import Dia1Generator
-from fastdia.generation.options import GenerationConfig
-from fastdia.checkpoints.dia1_load import load_model
+from fastdia.dia1.generation import Dia1Generator
+from fastdia.dia1.options import GenerationConfig
+from fastdia.dia1.checkpoint import load_model
 from fastdia.text import tokenize
 
 from . import oracle
@@ -166,7 +166,7 @@ def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
         gc.collect()
         assert ref() is None
     # A slot batch hands the step the same views of its stores every step: one plan, kept.
-    from fastdia.generation.dia1_slots import SlotBatch
+    from fastdia.dia1.slots import SlotBatch
 
     batch = SlotBatch(gen, 2, 64)
     for text in TEXTS[:2]:

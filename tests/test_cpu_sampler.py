@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from fastdia.backends.cpu import kernels as cpu_kernels
-from fastdia.generation.dia2 import cfg_filter
+from fastdia.dia2.generation import cfg_filter
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="fastdia's CPU kernels are not built here")
 
 
 def _torch_probs(logits, scale, cfg_k, temperature, top_k):
-    """The torch sampler's distribution (fastdia.generation.dia2.sample over cfg_filter)."""
+    """The torch sampler's distribution (fastdia.dia2.generation.sample over cfg_filter)."""
     masked = cfg_filter(logits, scale, cfg_k)
     p = torch.softmax(masked.double() / temperature, -1)
     if 0 < top_k < p.shape[-1]:

@@ -15,11 +15,8 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from fastdia.codecs import DAC, DACConfig  # noqa: E402
-from fastdia.codecs.dac import PRESETS, preset  # noqa: E402
-from fastdia.codecs.dac_weights import (  # noqa: E402
-    save_descript_layout,
-    save_transformers_layout,
-)
+from fastdia.codecs.dac.codec import PRESETS, preset  # noqa: E402
+from fastdia.codecs.dac.weights import save_descript_layout, save_transformers_layout
 from fastdia.errors import AudioError, CheckpointError, ModelNotFoundError  # noqa: E402
 
 SR = 44100

@@ -103,7 +103,7 @@ def cli(*args):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", *args], capture_output=True, text=True, timeout=300,
                           env=env)
 
 
@@ -113,7 +113,7 @@ def subprocess_bytes(*args):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", *args], capture_output=True, timeout=300, env=env)
 
 
 def test_cli_say_and_info_dia2(tmp_path, preset):

@@ -9,7 +9,7 @@ import torch
 
 import fastdia
 from fastdia.backends.cpu import dia2_fused
-from fastdia.generation.dia2 import Dia2Generator
+from fastdia.dia2.generation import Dia2Generator
 
 pytestmark = pytest.mark.skipif(not dia2_fused.supported(fastdia.load("dia2-tiny-random")._generator.model,
                                                          torch.device("cpu")),
@@ -218,8 +218,8 @@ def test_the_c_frame_picks_what_the_stage_loop_picks():
     C call) against the stage-by-stage loop (`stage`, then `pick`): the same sampled codes for a
     seeded run alone and for two scripts of other seeds and temperatures in one slot batch; the
     same greedy codes (the C pick against torch's argmax) alone and beside a sampling script."""
-    from fastdia.generation.dia2 import Dia2GenerationConfig
-    from fastdia.generation.dia2_slots import Dia2SlotBatch
+    from fastdia.dia2.generation import Dia2GenerationConfig
+    from fastdia.dia2.slots import Dia2SlotBatch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

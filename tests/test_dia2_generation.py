@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import dia2_fixtures
-from fastdia.checkpoints.dia2_load import load_dia2
+from fastdia.dia2.checkpoint import load_dia2
 from fastdia.errors import GenerationError
-from fastdia.generation.dia2 import Dia2GenerationConfig, Dia2Generator, Prefix
-from fastdia.text_dia2 import Dia2Tokenizer, build_prefix_plan, parse_script
+from fastdia.dia2.generation import Dia2GenerationConfig, Dia2Generator, Prefix
+from fastdia.dia2.text import Dia2Tokenizer, build_prefix_plan, parse_script
 
 FIXTURES = dia2_fixtures()
 CASES = json.loads((FIXTURES / "cases.json").read_text()) if FIXTURES.exists() else {"cases": []}

@@ -20,14 +20,8 @@ import pytest
 import torch
 
 from tests.conftest import dia2_fixtures
-from fastdia.checkpoints.dia2_load import (
-    build_model,
-    expected_shapes,
-    load_dia2,
-    parameter_count,
-    random_state,
-)
-from fastdia.config_dia2 import DIA2_PRESETS, load_dia2_config, parse_dia2_config
+from fastdia.dia2.checkpoint import build_model, expected_shapes, load_dia2, parameter_count, random_state
+from fastdia.dia2.config import DIA2_PRESETS, load_dia2_config, parse_dia2_config
 from fastdia.errors import CheckpointError
 
 FIXTURES = dia2_fixtures()

@@ -17,16 +17,16 @@ import fastdia
 from fastdia import Dia2
 from fastdia.backends.cpu import kernels as cpu_kernels
 from fastdia.backends.cpu.packed import GemvLinear, PackedLinear
-from fastdia.bench_dia2 import step_weight_bytes_dia2
-from fastdia.bench_dia2_quality import compare_dia2, record_greedy, teacher_forced_dia2
-from fastdia.checkpoints.convert import convert
-from fastdia.checkpoints.dia2_load import load_dia2
-from fastdia.config_dia2 import DIA2_PRESETS
+from fastdia.bench.dia2 import step_weight_bytes_dia2
+from fastdia.bench.quality import compare_dia2, record_greedy, teacher_forced_dia2
+from fastdia.loader import convert
+from fastdia.dia2.checkpoint import load_dia2
+from fastdia.dia2.config import DIA2_PRESETS
 from fastdia.errors import FastDiaError
-from fastdia.generation.dia2 import Dia2GenerationConfig
-from fastdia.generation.dia2_slots import Dia2SlotBatch
-from fastdia.models.dia2 import Dia2Model
-from fastdia.quant import dia2 as quant_dia2
+from fastdia.dia2.generation import Dia2GenerationConfig
+from fastdia.dia2.slots import Dia2SlotBatch
+from fastdia.dia2.model import Dia2Model
+from fastdia.dia2 import quantized as quant_dia2
 from fastdia.quant.modules import Int4Linear, Int8Embedding, Int8Linear, RowSplitLinear
 from tests.conftest import dia2_fixtures, with_amx
 
@@ -139,8 +139,8 @@ def test_sampler_probs_are_the_distribution_the_sampler_draws_from():
     """bench_dia2_quality.sampler_probs (batched, for --quality's distances) against the sampler
     itself: cfg_filter, then softmax at the temperature restricted to the top_k, row by row; and
     sampling_distance is 0 for the same logits, and 1 for rows whose candidates are disjoint."""
-    from fastdia.bench_dia2_quality import sampler_probs, sampling_distance
-    from fastdia.generation.dia2 import cfg_filter
+    from fastdia.bench.quality import sampler_probs, sampling_distance
+    from fastdia.dia2.generation import cfg_filter
 
     gen = torch.Generator().manual_seed(3)
     pairs = torch.randn(5, 3, 2, 300, generator=gen)

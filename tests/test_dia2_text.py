@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import dia2_fixtures
 from fastdia.errors import GenerationError, ScriptError
-from fastdia.generation.dia2_state import Dia2TextState, TextStarvedError
+from fastdia.dia2.state import Dia2TextState, TextStarvedError
 from fastdia.text import UnlistedTagWarning
-from fastdia.text_dia2 import (
+from fastdia.dia2.text import (
     Dia2TextIds,
     Dia2Tokenizer,
     ScriptEntry,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastdia import Dia
-from fastdia.generation.cache import KVCache
+from fastdia.nn.cache import KVCache
 from tests.oracle import BOS, EOS, SHAPES, hf_greedy, save, save_nested, text_inputs
 
 LAYOUTS = ["transformers", "nari-safetensors", "nari-pth"]

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastdia import Dia, GenerationConfig
-from fastdia.config import PRESETS, parse_config
+from fastdia.dia1.config import PRESETS, parse_config
 from fastdia.errors import AudioError, CheckpointError, GenerationError, ModelNotFoundError, ScriptError
 from fastdia.text import UnlistedTagWarning, tokenize, validate_script
-from fastdia.checkpoints.dia1_layouts import export_state_dict, source_table
+from fastdia.dia1.layouts import export_state_dict, source_table
 from tests.oracle import nested_config, save
 
 
@@ -218,8 +218,8 @@ def test_unknown_model_names():
 
 def test_export_round_trip(hf_models):
     """Our layout -> each checkpoint layout -> our layout is the identity, and matches transformers."""
-    from fastdia.checkpoints.dia1_layouts import convert_state_dict
-    from fastdia.config import parse_config as parse
+    from fastdia.dia1.layouts import convert_state_dict
+    from fastdia.dia1.config import parse_config as parse
 
     hf = hf_models("gqa4-3layers")
     cfg = parse(hf.config.to_dict())
@@ -240,7 +240,7 @@ def test_export_round_trip(hf_models):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_info(good_dir):
@@ -261,9 +261,9 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_mixed_layout_checkpoint():
     """Layout is detected per key: original names with a transformers-style embedding still load."""
-    from fastdia.config import PRESETS
-    from fastdia.checkpoints.dia1_load import random_state
-    from fastdia.checkpoints.dia1_layouts import convert_state_dict
+    from fastdia.dia1.config import PRESETS
+    from fastdia.dia1.checkpoint import random_state
+    from fastdia.dia1.layouts import convert_state_dict
 
     cfg = PRESETS["tiny-random"]
     ours = random_state(cfg)

@@ -17,9 +17,16 @@ import torch
 
 from fastdia import Dia
 from fastdia.errors import ScriptError
-from fastdia.generation.longform import Segment, chunk_seed, select_context
-from fastdia.text import (DEFAULT_CHUNK_TOKENS, MAX_SCRIPT_BYTES, LongSentenceWarning, retag, split_script,
-                          tokenize, validate_script)
+from fastdia.dia1.longform import Segment, chunk_seed, select_context
+from fastdia.text import (
+    DEFAULT_CHUNK_TOKENS,
+    MAX_SCRIPT_BYTES,
+    LongSentenceWarning,
+    retag,
+    split_script,
+    tokenize,
+    validate_script,
+)
 
 WORDS = ("well so the model speaks a dialogue now and then with laughter it is quite something really "
          "yes no maybe later today tomorrow").split()
@@ -214,7 +221,7 @@ def test_three_minute_script_python_and_cli_reproducible(tts, tmp_path):
     assert len(LONG.encode()) > 2000 and LONG.count("[S") == 40
     (tmp_path / "script.txt").write_text(LONG)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cli = subprocess.Popen([sys.executable, "-m", "fastdia.cli", "say", "--input", str(tmp_path / "script.txt"),
+    cli = subprocess.Popen([sys.executable, "-m", "fastdia.cli.main", "say", "--input", str(tmp_path / "script.txt"),
                             "-o", str(tmp_path / "cli.wav"), "--model", "tiny-random", "--seed", "21", "-q"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

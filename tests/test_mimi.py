@@ -16,8 +16,8 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from tests.conftest import dia2_fixtures
-from fastdia.codecs.mimi import Mimi, PRESETS  # noqa: E402
-from fastdia.codecs.mimi_model import MimiConfig  # noqa: E402
+from fastdia.codecs.mimi.codec import Mimi, PRESETS  # noqa: E402
+from fastdia.codecs.mimi.model import MimiConfig  # noqa: E402
 from fastdia.errors import AudioError, CheckpointError, ModelNotFoundError  # noqa: E402
 
 HOP = 1920
@@ -260,7 +260,7 @@ def test_bad_directories(tmp_path, monkeypatch):
 def test_hub_id_offline_is_a_clear_error(monkeypatch):
     import huggingface_hub
 
-    from fastdia.checkpoints import hub
+    from fastdia import hub
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")

@@ -23,9 +23,10 @@ import onnx  # noqa: E402
 
 from fastdia import Dia  # noqa: E402
 from fastdia.errors import GenerationError  # noqa: E402
-from fastdia.onnx.compare import teacher_forced_logits, top1_agreement  # noqa: E402
-from fastdia.onnx.export import ExportOptions, export_onnx  # noqa: E402
-from fastdia.onnx.manifest import read_manifest  # noqa: E402
+from fastdia.backends.onnx.dia1_compare import teacher_forced_logits, top1_agreement  # noqa: E402
+from fastdia.backends.onnx.common import ExportOptions  # noqa: E402
+from fastdia.dia1.onnx import export_onnx  # noqa: E402
+from fastdia.backends.onnx.manifest import read_manifest  # noqa: E402
 from fastdia.text import tokenize  # noqa: E402
 from tests.oracle import EOS, hf_greedy, save, save_nested  # noqa: E402
 
@@ -39,7 +40,7 @@ def _quiet_load(path, **kw) -> Dia:
             return Dia.from_pretrained(path, device="cpu", **kw)
         # The reference is the model's own forward (pure math) with plain nn.Linear weights, as
         # exported; the CPU fast paths (packed linears, fused step) have their own tests.
-        from fastdia.checkpoints.dia1_load import load_model
+        from fastdia.dia1.checkpoint import load_model
 
         cpu = torch.device("cpu")
         tts = Dia(load_model(path, cpu, torch.float32, optimize=False), cpu, torch.float32)
@@ -81,7 +82,7 @@ def v01_eos(tmp_path_factory, hf_models):
 def static(tmp_path_factory, hf_models):
     """(torch Dia, onnx Dia, folder): mha-1layer in the original safetensors layout, exported
     --static through the CLI (text 96 bytes, cache 64 slots, 2 rows)."""
-    from fastdia.cli import main
+    from fastdia.cli.main import main
 
     root = tmp_path_factory.mktemp("onnx-static")
     ckpt = save(hf_models("mha-1layer"), root / "ckpt", "nari-safetensors")
@@ -145,7 +146,7 @@ def test_sampling_prompt_stream_and_long_script_equal_pytorch(gqa):
 
 
 def test_codec_graph_decodes_like_pytorch(gqa):
-    from fastdia.codecs.dac import DAC
+    from fastdia.codecs.dac.codec import DAC
 
     _, _, onnx_tts, _ = gqa
     ref = DAC.from_pretrained("tiny-random", device="cpu", dtype="float32")
@@ -180,7 +181,7 @@ def test_manifest_checker_and_ops(gqa):
 def test_say_cli_runs_an_export(gqa, tmp_path):
     import soundfile as sf
 
-    from fastdia.cli import main
+    from fastdia.cli.main import main
 
     _, _, _, folder = gqa
     out = tmp_path / "a.wav"
@@ -235,7 +236,7 @@ def test_static_export_has_fixed_shapes_and_matches(static):
 
 @pytest.mark.parametrize("mode", ["int8", "int4", "qdq"])
 def test_quantized_exports_run_and_agree(gqa, mode, tmp_path):
-    from fastdia.onnx.quantize import quantize_export
+    from fastdia.backends.onnx.requantize import quantize_export
 
     _, _, float_tts, folder = gqa
     info = quantize_export(folder, tmp_path / mode, mode, block_size=16, log=lambda line: None)
@@ -270,7 +271,8 @@ def test_quantized_exports_run_and_agree(gqa, mode, tmp_path):
 def test_direct_qdq_export_calibrates_on_its_own_float_graphs(tmp_path):
     """`export_onnx(..., quantize="qdq")` in one go (what `fastdia export onnx --quantize qdq`
     runs): the float graphs it calibrates on are a complete export first."""
-    from fastdia.onnx.export import ExportOptions, export_onnx
+    from fastdia.backends.onnx.common import ExportOptions
+    from fastdia.dia1.onnx import export_onnx
 
     options = ExportOptions(quantize="qdq", codec="none", calibration_scripts=(TEXTS[0],), calibration_max_tokens=24)
     info = export_onnx("tiny-random", tmp_path / "qdq", options, log=lambda line: None)
@@ -284,7 +286,7 @@ def test_direct_qdq_export_calibrates_on_its_own_float_graphs(tmp_path):
 
 
 def test_cli_errors_are_one_line(capsys, tmp_path):
-    from fastdia.cli import main
+    from fastdia.cli.main import main
 
     assert main(["export", "onnx", "tiny-random", str(tmp_path / "x"), "--static", "--rows", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

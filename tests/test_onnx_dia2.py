@@ -23,14 +23,14 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from fastdia.api_dia2 import Dia2  # noqa: E402
-from fastdia.checkpoints.dia2_load import load_dia2  # noqa: E402
+from fastdia.dia2.api import Dia2  # noqa: E402
+from fastdia.dia2.checkpoint import load_dia2  # noqa: E402
 from fastdia.errors import AudioError, CheckpointError, GenerationError  # noqa: E402
-from fastdia.onnx.dia2_compare import top1_agreement_dia2  # noqa: E402
-from fastdia.onnx.dia2_export import export_dia2_onnx  # noqa: E402
-from fastdia.onnx.dia2_runtime import OrtDia2Model  # noqa: E402
-from fastdia.onnx.export import ExportOptions  # noqa: E402
-from fastdia.onnx.manifest import read_manifest  # noqa: E402
+from fastdia.backends.onnx.dia2_compare import top1_agreement_dia2  # noqa: E402
+from fastdia.dia2.onnx import export_dia2_onnx  # noqa: E402
+from fastdia.backends.onnx.dia2_runtime import OrtDia2Model  # noqa: E402
+from fastdia.backends.onnx.common import ExportOptions  # noqa: E402
+from fastdia.backends.onnx.manifest import read_manifest  # noqa: E402
 from tests.conftest import dia2_fixtures  # noqa: E402
 
 FIXTURES = dia2_fixtures()
@@ -39,7 +39,7 @@ GREEDY = dict(temperature=0, text_temperature=0)
 CPU = torch.device("cpu")
 
 
-def _quiet(fn, *args, **kw):
+def quiet(fn, *args, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random-weight preset" and exporter chatter
         return fn(*args, **kw)
@@ -55,8 +55,8 @@ def tiny(tmp_path_factory):
     """(torch Dia2, onnx Dia2, folder): dia2-tiny-random, dynamic, with mimi-tiny-random."""
     out = tmp_path_factory.mktemp("onnx-dia2") / "tiny"
     export_dia2_onnx("dia2-tiny-random", out, log=lambda line: None)
-    return (_quiet(Dia2.from_pretrained, "dia2-tiny-random", device="cpu", dtype="float32"),
-            _quiet(Dia2.from_pretrained, out), out)
+    return (quiet(Dia2.from_pretrained, "dia2-tiny-random", device="cpu", dtype="float32"),
+            quiet(Dia2.from_pretrained, out), out)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def golden(tmp_path_factory):
 
 
 def _wide_config():
-    from fastdia.config_dia2 import DIA2_PRESETS
+    from fastdia.dia2.config import DIA2_PRESETS
 
     cfg = DIA2_PRESETS["dia2-tiny-random"]
     return dataclasses.replace(
@@ -87,9 +87,9 @@ def wide(tmp_path_factory):
     through the CLI (2 rows, 64 cache slots, 48 codec frames)."""
     from safetensors.torch import save_file
 
-    from fastdia.checkpoints.dia2_load import random_state
-    from fastdia.cli import main
-    from fastdia.text_dia2 import builtin_tokenizer
+    from fastdia.dia2.checkpoint import random_state
+    from fastdia.cli.main import main
+    from fastdia.dia2.text import builtin_tokenizer
 
     root = tmp_path_factory.mktemp("onnx-dia2-wide")
     cfg = _wide_config()
@@ -99,10 +99,10 @@ def wide(tmp_path_factory):
     save_file(random_state(cfg, seed=11), str(ckpt / "model.safetensors"))
     builtin_tokenizer()._tok.save(str(ckpt / "tokenizer.json"))
     out = root / "onnx"
-    assert _quiet(main, ["export", "onnx", str(ckpt), str(out), "--static", "--cache-len", "64", "--codec",
+    assert quiet(main, ["export", "onnx", str(ckpt), str(out), "--static", "--cache-len", "64", "--codec",
                          "mimi-tiny-random", "--codec-frames", "48"]) == 0
-    ref = _quiet(Dia2.from_pretrained, ckpt, device="cpu", dtype="float32", codec="mimi-tiny-random")
-    return ref, _quiet(Dia2.from_pretrained, out), out
+    ref = quiet(Dia2.from_pretrained, ckpt, device="cpu", dtype="float32", codec="mimi-tiny-random")
+    return ref, quiet(Dia2.from_pretrained, out), out
 
 
 def _domains(path) -> set[str]:
@@ -162,7 +162,7 @@ def test_generation_equals_pytorch_greedy_seeded_and_streamed(tiny):
 
 
 def test_codec_graph_decodes_like_pytorch(tiny):
-    from fastdia.codecs.mimi import Mimi
+    from fastdia.codecs.mimi.codec import Mimi
 
     _, onnx_tts, _ = tiny
     ref = Mimi.from_pretrained("mimi-tiny-random", device="cpu", dtype="float32")
@@ -206,14 +206,14 @@ def test_say_cli_and_load_run_an_export(tiny, tmp_path):
     import soundfile as sf
 
     import fastdia
-    from fastdia.cli import main
+    from fastdia.cli.main import main
 
     _, _, folder = tiny
-    assert isinstance(_quiet(fastdia.load, folder), Dia2)
+    assert isinstance(quiet(fastdia.load, folder), Dia2)
     with pytest.raises(CheckpointError, match="Dia2 ONNX export"):
         fastdia.Dia.from_pretrained(folder)
     out = tmp_path / "a.wav"
-    assert _quiet(main, ["say", SCRIPT, "--model", str(folder), "-o", str(out), "--seed", "1", "--max-steps", "40",
+    assert quiet(main, ["say", SCRIPT, "--model", str(folder), "-o", str(out), "--seed", "1", "--max-steps", "40",
                          "-q"]) == 0
     wave, sr = sf.read(out)
     assert sr == 24000 and len(wave) > 0
@@ -223,8 +223,8 @@ def test_say_cli_and_load_run_an_export(tiny, tmp_path):
 
 
 def test_golden_fixture_export_equals_reference(golden):
-    from fastdia.generation.dia2 import Dia2Generator
-    from fastdia.onnx.dia2_runtime import ort_tokenizer
+    from fastdia.dia2.generation import Dia2Generator
+    from fastdia.backends.onnx.dia2_runtime import ort_tokenizer
     from tests.test_dia2_generation import assert_delayed_equal, CASES, run_case
 
     model = OrtDia2Model(golden)
@@ -292,10 +292,10 @@ def test_static_rows_split_in_groups(wide):
 
 @pytest.mark.parametrize("mode", ["int8", "int4", "qdq"])
 def test_quantized_exports_run_and_agree(tiny, mode, tmp_path):
-    from fastdia.onnx.quantize import quantize_export
+    from fastdia.backends.onnx.requantize import quantize_export
 
     _, _, folder = tiny
-    info = _quiet(quantize_export, folder, tmp_path / mode, mode, block_size=16, log=lambda line: None)
+    info = quiet(quantize_export, folder, tmp_path / mode, mode, block_size=16, log=lambda line: None)
     for g in info["graphs"].values():
         onnx.checker.check_model(str(tmp_path / mode / g["file"]))
     quantized = [n for n in info["graphs"] if n != "codec"]
@@ -310,7 +310,7 @@ def test_quantized_exports_run_and_agree(tiny, mode, tmp_path):
     for n in quantized:  # every depformer graph is quantized too, not only the decoder
         assert any(op in info["graphs"][n]["op_types"] for op in
                    ("MatMulInteger", "com.microsoft.MatMulNBits", "QuantizeLinear")), n
-    tts = _quiet(Dia2.from_pretrained, tmp_path / mode)
+    tts = quiet(Dia2.from_pretrained, tmp_path / mode)
     codes = tts.generate_codes(SCRIPT, seed=1, max_steps=40)
     assert codes.shape[1] == 8 and len(codes) > 0
     result = top1_agreement_dia2(folder, tmp_path / mode)

@@ -14,11 +14,12 @@ from fastdia.backends.cpu import kernels as cpu_kernels
 from fastdia.backends.cpu.features import cpu_features
 from fastdia.quant import formats
 from fastdia.quant import modules as quant
-from fastdia.quant import store as quant_store
-from fastdia.bench import DEFAULT_TEXT, compare_guided, teacher_forced_guided
-from fastdia.checkpoints.convert import convert
-from fastdia.generation.dia1 import Dia1Generator
-from fastdia.checkpoints.dia1_load import load_model
+from fastdia.dia1 import quantized as quant_store
+from fastdia.bench.common import DEFAULT_TEXT
+from fastdia.bench.dia1 import compare_guided, teacher_forced_guided
+from fastdia.loader import convert
+from fastdia.dia1.generation import Dia1Generator
+from fastdia.dia1.checkpoint import load_model
 from fastdia.text import tokenize
 
 CPU = torch.device("cpu")
@@ -313,7 +314,7 @@ def test_dia_quantized_generates_with_prompt():
 
 
 def test_cli_convert(tmp_path, capsys):
-    from fastdia.cli import main
+    from fastdia.cli.main import main
 
     assert main(["convert", "tiny-random", str(tmp_path / "q"), "--quantize", "int8"]) == 0
     assert "int8" in capsys.readouterr().out
@@ -333,7 +334,7 @@ def test_auto_dtype_rule():
 
 
 def test_source_quantization(tmp_path):
-    from fastdia.checkpoints.dia1_load import source_quantization
+    from fastdia.dia1.checkpoint import source_quantization
 
     convert("tiny-random", tmp_path / "q", quantize="int4")
     convert("tiny-random", tmp_path / "f")
@@ -382,9 +383,9 @@ def test_loading_keeps_torch_decompositions_unimported():
     import sys
 
     code = ("import sys, torch\n"
-            "from fastdia.checkpoints.dia1_load import load_model\n"
-            "from fastdia.codecs.dac_weights import expected_shapes\n"
-            "from fastdia.codecs.dac import DACConfig\n"
+            "from fastdia.dia1.checkpoint import load_model\n"
+            "from fastdia.codecs.dac.weights import expected_shapes\n"
+            "from fastdia.codecs.dac.codec import DACConfig\n"
             "load_model('tiny-random', torch.device('cpu'), torch.float32, quantize='int4')\n"
             "expected_shapes(DACConfig())\n"
             "print('sympy' in sys.modules)\n")

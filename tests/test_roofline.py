@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
-from fastdia import Dia2, roofline
-from fastdia.bench import roofline_inputs
-from fastdia.bench_dia2 import _step_modules_dia2, roofline_inputs_dia2, step_weight_bytes_dia2
-from fastdia.checkpoints.dia1_load import load_model
+from fastdia import Dia2
+from fastdia.bench import roofline
+from fastdia.bench.dia1 import roofline_inputs
+from fastdia.bench.dia2 import _step_modules_dia2, roofline_inputs_dia2, step_weight_bytes_dia2
+from fastdia.dia1.checkpoint import load_model
 from fastdia.quant.modules import Int4Linear, Int8Linear, RowSplitLinear
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fastdia.codecs import DAC
-from fastdia.codecs.dac import receptive_frames
-from fastdia.codecs.dac_model import DACConfig
+from fastdia.codecs.dac.codec import receptive_frames
+from fastdia.codecs.dac.model import DACConfig
 from fastdia.errors import AudioError, GenerationError, ScriptError
 
 SCRIPT = "[S1] Hello there, this is a stream. [S2] Oh, hi! (laughs)"

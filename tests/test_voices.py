@@ -14,13 +14,7 @@ import pytest
 import soundfile as sf
 
 from fastdia.errors import FastDiaError, ScriptError, VoiceError
-from fastdia.voices import (
-    BrokenVoiceWarning,
-    Voice,
-    VoiceStore,
-    check_codec,
-    voices_dir,
-)
+from fastdia.voices import BrokenVoiceWarning, Voice, VoiceStore, check_codec, voices_dir
 
 CODEC = "dac-0123456789abcdef"  # the store only compares ids, so store tests need no codec
 TEXT = "[S1] Hello there. [S2] Hi!"
@@ -48,7 +42,7 @@ def voice_cli(*args, home, env: dict | None = None):
     base = {k: v for k, v in os.environ.items() if k != "FASTDIA_VOICES_DIR"}
     full_env = {**base, "OMP_NUM_THREADS": "1", "HOME": str(home), "XDG_DATA_HOME": str(home / "xdg"),
                 **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fastdia.cli", "voice", *map(str, args)], check=False,
+    return subprocess.run([sys.executable, "-m", "fastdia.cli.main", "voice", *map(str, args)], check=False,
                           capture_output=True, text=True, timeout=300, env=full_env)
 
 

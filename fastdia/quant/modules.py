@@ -27,7 +27,7 @@ are unchanged.
 
 The formats themselves (pure tensor transforms) are in fastdia.quant.formats; quantized
 checkpoints (`fastdia convert`) and building a model straight into its quantized form live in
-fastdia.quant.store.
+fastdia.dia1.quantized.
 """
 
 from __future__ import annotations
@@ -149,6 +149,11 @@ class Int8Linear(nn.Module):
                             lambda rows: cpu_kernels.q8_gemv(rows, self.qweight, self.scales, self.out_features))
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
+    @property
+    def independent_rows(self) -> bool:
+        """fastdia's kernel computes each row on its own; torch's picks by the row count."""
+        return self.use_kernel
+
     def nbytes(self) -> int:
         return self.qweight.numel() + self.scales.numel() * 4
 
@@ -224,6 +229,10 @@ class Int4Linear(nn.Module):
         n = self.out_features
         return (untile_pairs(self.qweight, 32)[:n], untile_pairs(self.tscale, 1)[:n], self.rscale, self.offsets,
                 self.oscale)
+
+    @property
+    def independent_rows(self) -> bool:
+        return self.use_kernel
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.buffers())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
 import json
 import logging
 import threading
@@ -31,7 +30,9 @@ from ..text import MAX_SCRIPT_BYTES
 from .access_log import AccessLogMiddleware
 from .audio_formats import MEDIA_TYPES, stream_encoder
 from .metrics import Metrics
-from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unauthorized, unavailable
+from .common import authorize, voice_name
+from .live import add_live_route
+from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unavailable
 
 log = logging.getLogger("fastdia.serve")
 
@@ -94,7 +95,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, metrics: Metrics) -> None:
         from ..voices import VoiceStore
-        from .voices_api import VoiceEncoder
+        from .voices import VoiceEncoder
 
         if not config.models:
             raise FastDiaError("give at least one --model to serve")
@@ -163,7 +164,7 @@ class Server:
         return engine
 
     def check_voice(self, voice: str) -> None:
-        from .voices_api import builtin_voices
+        from .voices import builtin_voices
 
         if voice in builtin_voices():
             return
@@ -194,7 +195,7 @@ def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     _add_error_handlers(app, metrics)
     _add_routes(app, server)
-    from .live import add_live_route
+
 
     add_live_route(app, server)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
@@ -243,16 +244,6 @@ def _validation_error(errors: list[dict]) -> APIError:
     return bad_request(message, param, "invalid_value" if kind != "missing" else "missing_required_parameter")
 
 
-def _authorize(server: Server, header: str | None) -> None:
-    key = server.config.api_key
-    if not key:
-        return
-    if not header or not header.startswith("Bearer "):
-        raise unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    if not hmac.compare_digest(header[len("Bearer "):].strip().encode(), key.encode()):
-        raise unauthorized("incorrect API key provided")
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (declared or actual length)."""
     declared = request.headers.get("content-length")
@@ -277,17 +268,6 @@ def _parse_speech(raw: bytes) -> SpeechBody:
         return SpeechBody.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc.errors()) from None
-
-
-def _voice_name(voice: str | dict) -> str:
-    if isinstance(voice, dict):
-        vid = voice.get("id")
-        if not isinstance(vid, str) or not vid:
-            raise bad_request("voice must be a name or an object {\"id\": \"<name>\"}", "voice")
-        return vid
-    if not voice:
-        raise bad_request("voice must not be empty", "voice")
-    return voice
 
 
 def _options(body: SpeechBody, family: str) -> dict:
@@ -339,21 +319,21 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/models")
     async def list_models(request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         created = int(server.started)
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "fastdia"}
                                            for m in server.config.models]}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         if model not in server.states:
             raise not_found(f"model {model!r} is not served here", "model")
         return {"id": model, "object": "model", "created": int(server.started), "owned_by": "fastdia"}
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         body = _parse_speech(await _read_body(request, MAX_BODY_BYTES))
         size = len(body.input.encode("utf-8", "surrogatepass"))
         if size > MAX_SCRIPT_BYTES:
@@ -364,7 +344,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                               "it out", "speed", "unsupported_value")
         engine = server.engine(body.model)
         request.state.model = engine.model_id
-        voice = _voice_name(body.voice)
+        voice = voice_name(body.voice)
         server.check_voice(voice)
         options = _options(body, engine.family)
         from .engine import SpeechRequest
@@ -396,11 +376,11 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return StreamingResponse(chunks, media_type=MEDIA_TYPES[fmt],
                                  headers={"X-Sample-Rate": str(encoder.sample_rate)})
 
-    from .voices_api import builtin_object, builtin_voices, voice_object
+    from .voices import builtin_object, builtin_voices, voice_object
 
     @app.get("/v1/audio/voices")
     async def list_voices(request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         broken: list = []
         saved = await asyncio.to_thread(server.store.list, broken)
         for exc in broken:
@@ -410,7 +390,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/audio/voices")
     async def add_voice(request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_VOICE_UPLOAD_BYTES:
             raise too_large(f"upload of {declared} bytes is over the limit of {MAX_VOICE_UPLOAD_BYTES}")
@@ -436,7 +416,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.delete("/v1/audio/voices/{name}")
     async def delete_voice(name: str, request: Request):
-        _authorize(server, request.headers.get("authorization"))
+        authorize(server, request.headers.get("authorization"))
         if name in builtin_voices():
             raise bad_request(f"{name!r} is a built-in voice; it cannot be deleted", "name")
         try:

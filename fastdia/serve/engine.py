@@ -5,7 +5,7 @@ response is started), then queues it. The scheduler thread loops: it admits queu
 free batch slots (each prefilled on its own), runs one batched decode step for all active requests,
 hands each its new audio, and frees the slots of finished, cancelled and timed-out requests at once.
 So a request never waits for another to finish, only for a free slot, and with a seed its audio
-does not depend on what else was running (see fastdia.generation.dia1_slots).
+does not depend on what else was running (see fastdia.dia1.slots).
 
 A `Ticket` is the caller's end: an async iterator of `Piece`s (also a plain iterator outside an
 event loop), `cancel()`, and for Dia2 live text `push()` / `end()`.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import FastDiaError, GenerationError
-from ..generation.dia2_slots import LiveText
+from ..dia2.slots import LiveText
 from .runners import Dia1Runner, Dia2Runner, Job
 
 log = logging.getLogger("fastdia.serve")
@@ -201,7 +201,7 @@ class Engine:
         """Load `model` (preset, directory or hub id; either family) for serving.
 
         `codec_batch`: Dia-1 audio windows decoded at once across requests (default 1 on CPU,
-        8 on CUDA; see fastdia.codecs.dac.decode_windows). Mimi streams (Dia2) keep per-stream
+        8 on CUDA; see fastdia.codecs.dac.codec.decode_windows). Mimi streams (Dia2) keep per-stream
         state and decode one by one."""
         from ..loader import load
 

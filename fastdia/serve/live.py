@@ -20,22 +20,18 @@ import asyncio
 import base64
 import json
 import logging
-from typing import TYPE_CHECKING
-
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from .audio_formats import pcm16
+from .common import authorize, voice_name
 from .openai_errors import APIError, bad_request, from_exception
-
-if TYPE_CHECKING:
-    from .app import Server
 
 log = logging.getLogger("fastdia.serve")
 SESSION_FIELDS = ("model", "voice", "seed", "cfg_scale", "temperature", "text_temperature", "top_k", "cfg_filter_k",
                   "max_steps")
 
 
-def add_live_route(app: FastAPI, server: "Server") -> None:
+def add_live_route(app: FastAPI, server) -> None:
     @app.websocket("/v1/audio/speech/stream")
     async def live(ws: WebSocket):
         await ws.accept()
@@ -43,9 +39,7 @@ def add_live_route(app: FastAPI, server: "Server") -> None:
         try:
             key = ws.headers.get("authorization") or (
                 f"Bearer {ws.query_params['api_key']}" if "api_key" in ws.query_params else None)
-            from .app import _authorize
-
-            _authorize(server, key)
+            authorize(server, key)
             message = await _receive(ws)
             session: dict = {}
             if message.get("type") == "session.update":
@@ -105,8 +99,7 @@ def _session(message: dict) -> dict:
     return {k: v for k, v in message.items() if k != "type" and v is not None}
 
 
-def _open(server: "Server", session: dict, ws: WebSocket):
-    from .app import _voice_name
+def _open(server, session: dict, ws: WebSocket):
     from .engine import SpeechRequest
 
     dia2 = [m for m in server.config.models if server.states.get(m) == "ready"
@@ -119,7 +112,7 @@ def _open(server: "Server", session: dict, ws: WebSocket):
     ws.state.sample_rate = engine.sample_rate
     voice = session.pop("voice", None)
     if voice is not None:
-        voice = _voice_name(voice)
+        voice = voice_name(voice)
         server.check_voice(voice)
     try:
         return engine.submit_live(SpeechRequest(text="", voice=voice, options=session, timeout=server.config.timeout))

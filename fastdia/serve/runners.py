@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..codecs.dac import decode_windows
+from ..codecs.dac.codec import decode_windows
 from ..errors import GenerationError
-from ..generation.dia1 import FRAME_RATE as DIA1_FRAME_RATE
-from ..generation.dia1_slots import SlotBatch
-from ..generation.dia2_slots import Dia2SlotBatch, LiveText
-from ..generation.longform import script_calls
+from ..dia1.generation import FRAME_RATE as DIA1_FRAME_RATE
+from ..dia1.slots import SlotBatch
+from ..dia2.slots import Dia2SlotBatch, LiveText
+from ..dia1.longform import script_calls
 from ..text import DEFAULT_CHUNK_TOKENS
 
 DIA2_FRAME_RATE = 12.5

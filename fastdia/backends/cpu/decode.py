@@ -21,7 +21,7 @@ import weakref
 
 import torch
 
-from ...models.dia1 import CrossState, Decoder
+from ...dia1.model import CrossState, Decoder
 from . import kernels as cpu_kernels
 from .layer_plan import PlansByCache, Program, blocks, projection_calls
 
@@ -242,6 +242,6 @@ def _p(t: torch.Tensor | None) -> int | None:
 
 def decode_step(decoder: Decoder, device: torch.device, dtype: torch.dtype):
     """The fastest available callable with `Decoder.forward`'s signature for this setup."""
-    if not isinstance(decoder, Decoder):  # a step of its own (fastdia.onnx.runtime): used as it is
+    if not isinstance(decoder, Decoder):  # a step of its own (fastdia.backends.onnx.dia1_runtime): used as it is
         return decoder
     return FusedDecodeStep(decoder) if supported(decoder, device, dtype) else decoder

@@ -3,7 +3,7 @@
 A Dia2 step is two chains of matrix-vector products over 2 rows per script (the CFG pair): the
 decoder (28 layers on 2B) and 31 depformer stages of 4 layers each, so it is bound by how fast
 weights stream from memory. `accelerate_dia2` swaps every float projection still in the model
-(all of them for a float model; the decoder heads of a quantized one, see fastdia.quant.dia2) for
+(all of them for a float model; the decoder heads of a quantized one, see fastdia.dia2.quantized) for
 `fast_float_linear` (fastdia's GEMV kernel, else oneDNN's packed layout), the same swap Dia-1's
 loader makes. The kernels compute each row on its own, so a script's numbers do not depend on
 the batch it decodes in.

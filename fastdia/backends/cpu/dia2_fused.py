@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ...models.dia2 import DecoderOutput, Dia2Model
+from ...dia2.model import DecoderOutput, Dia2Model
 from . import kernels as cpu_kernels
 from . import layer_plan
 

@@ -216,7 +216,7 @@ def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torc
 
 def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float, top_k: int, u: float) -> int:
     """One index drawn from `(2, V)` float32 CFG logits (cond, uncond) with the uniform `u` in
-    [0, 1): csrc/sample.c, the distribution of fastdia.generation.dia2's torch sampler."""
+    [0, 1): csrc/sample.c, the distribution of fastdia.dia2.generation's torch sampler."""
     if temperature <= 0:
         raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
     logits = logits.contiguous()
@@ -225,7 +225,7 @@ def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float,
 
 def cfg_greedy(logits: torch.Tensor, scale: float, cfg_k: int) -> int:
     """The greedy pick from `(2, V)` float32 CFG logits (cond, uncond): csrc/sample.c, the index
-    `argmax(cfg_filter(logits, scale, cfg_k))` gives in torch (fastdia.generation.dia2), bit for bit."""
+    `argmax(cfg_filter(logits, scale, cfg_k))` gives in torch (fastdia.dia2.generation), bit for bit."""
     logits = logits.contiguous()
     if logits.dtype != torch.float32 or logits.dim() != 2 or logits.shape[0] != 2:
         raise ValueError(f"cfg_greedy takes (2, V) float32 logits, got {tuple(logits.shape)} {logits.dtype}")
@@ -305,7 +305,7 @@ def amx_self_check() -> str | None:
     """Compares the kernels in the current AMX mode with the AVX-512 path on fixed random inputs:
     int8 must agree bit for bit (csrc/amx.c computes the same integer sums), bfloat16 to float32
     rounding. Returns None, or what differed."""
-    from fastdia.quant.formats import kernel_layout, quantize_int8
+    from ...quant.formats import kernel_layout, quantize_int8
 
     lib = _library()
     gen = torch.Generator().manual_seed(12)

@@ -27,6 +27,8 @@ def onednn_available() -> bool:
 class PackedLinear(nn.Module):
     """`y = x @ W.T` (no bias) through oneDNN with W pre-reordered (CPU, float32/bfloat16)."""
 
+    independent_rows = False  # oneDNN picks its kernel by the row count (see rows_independent)
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
@@ -64,6 +66,8 @@ class GemvLinear(nn.Module):
     unchanged.
     """
 
+    independent_rows = True  # up to MAX_ROWS rows; larger calls are prefill, never batched decode
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
@@ -97,6 +101,7 @@ class Bf16Linear(nn.Module):
     the bfloat16 weight and the input (rounding order aside)."""
 
     _BLOCK_ELEMENTS = 1 << 20
+    independent_rows = False
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -134,6 +139,8 @@ class DenseLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+
+    independent_rows = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x.to(self.weight.dtype), self.weight)
@@ -257,12 +264,9 @@ def rows_independent(model: nn.Module) -> bool:
     """Whether every matrix product in `model` runs on fastdia's kernels, which compute each
     activation row on its own: then a row's numbers do not depend on the rows beside it, and a
     batch scheduler may run any number of rows (a BLAS picks its kernel, and its rounding, by the
-    row count)."""
-    from ...quant.modules import Int4Linear, Int8Linear
-
+    row count). Each projection module says so itself (`independent_rows`); a bare nn.Linear is
+    torch's BLAS."""
     for m in model.modules():
-        if type(m) is nn.Linear or isinstance(m, (PackedLinear, Bf16Linear, DenseLinear)):
-            return False
-        if isinstance(m, (Int8Linear, Int4Linear)) and not m.use_kernel:
+        if type(m) is nn.Linear or getattr(m, "independent_rows", True) is False:
             return False
     return True

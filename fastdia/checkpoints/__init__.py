@@ -1,1 +1,0 @@
-"""Checkpoints: hub ids, layouts (transformers and original names), strict loading, convert."""

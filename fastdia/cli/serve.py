@@ -1,0 +1,139 @@
+"""`fastdia serve`: run the HTTP server with uvicorn until Ctrl-C, then drain and stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="a model to serve: hub id, local directory or preset (tiny-random, dia2-tiny-random, ...); "
+                        "repeat to serve several. The first also answers OpenAI names such as tts-1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $FASTDIA_API_KEY; none: open)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests generated together per model (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting per model before new ones get 429 (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a request may take at most (default: none)")
+    p.add_argument("--codec-batch", type=int, default=None, metavar="N",
+                   help="Dia-1 audio windows the DAC decodes at once, across requests (default: 1 on CPU, where "
+                        "batches were measured slower, 8 on CUDA)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on Ctrl-C, seconds to let running requests finish (default: %(default)s)")
+    p.add_argument("--voices-dir", metavar="DIR", default=None,
+                   help="saved voices' folder, shared with `fastdia voice` (default: $FASTDIA_VOICES_DIR, else the "
+                        "XDG data dir)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16 (default: auto)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="server log level; access lines are at info (default: %(default)s)")
+    from ..serve.ray_app import add_arguments as add_ray_arguments
+
+    add_ray_arguments(p)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..errors import FastDiaError
+
+    if args.codec_batch is not None and args.codec_batch < 1:
+        raise FastDiaError("--codec-batch must be at least 1")
+    for name in ("max_batch", "max_queue"):
+        if getattr(args, name) < 1:
+            raise FastDiaError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.port < 65536:
+        raise FastDiaError(f"--port must be 1-65535, got {args.port}")
+    if getattr(args, "ray", False):
+        from ..serve.ray_app import cmd_serve_ray
+
+        return cmd_serve_ray(args)
+    import uvicorn
+
+    from ..serve.app import ServerConfig, create_app
+
+    _QuietServer = _quiet_server_class()
+
+    _setup_logging(args.log_level)
+    failed: list[str] = []
+    holder: dict = {}
+
+    def on_load_failure(model: str, exc: BaseException) -> None:
+        # A server missing a model it was asked for is not what the user wants: stop, say why.
+        failed.append(f"could not load model {model!r}: {exc}")
+        if "server" in holder:
+            holder["server"].should_exit = True
+
+    config = ServerConfig(models=args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
+                          max_queue=args.max_queue, timeout=args.timeout, voices_dir=args.voices_dir,
+                          codec_batch=args.codec_batch, api_key=args.api_key or os.environ.get("FASTDIA_API_KEY") or None,
+                          drain_timeout=args.drain_timeout, on_load_failure=on_load_failure)
+    app = create_app(config)
+    server = _QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=int(args.drain_timeout) or 1,
+                                           ws="auto"))
+    holder["server"] = server
+    threading.Thread(target=_announce, args=(server, args), daemon=True).start()
+    server.run()  # Ctrl-C or SIGTERM: stop accepting, finish open requests, drain the engines
+    if failed:
+        raise FastDiaError(failed[0])
+    if not server.started:
+        raise FastDiaError(f"could not listen on {args.host}:{args.port} (in use, or not an address of this machine)")
+    print("fastdia serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _quiet_server_class():
+    import contextlib
+
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn re-raises Ctrl-C/SIGTERM after its graceful shutdown, so that embedding programs see it;
+        here the shutdown *is* the program's end, and the re-raise would only print a traceback."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    getattr(self, "_captured_signals", []).clear()
+
+    return QuietServer
+
+
+def _announce(server, args: argparse.Namespace) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.05)
+    if server.started:
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        key = " (API key required)" if (args.api_key or os.environ.get("FASTDIA_API_KEY")) else ""
+        print(f"fastdia serve: listening on http://{host}:{args.port}{key}; models loading: "
+              f"{', '.join(args.model)} (GET /health); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("fastdia.access", "fastdia.serve", "fastdia.cpu"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def add_serve(sub) -> None:
+    from .serve import add_arguments, cmd_serve
+
+    p = sub.add_parser("serve", help="run an OpenAI-compatible speech server (HTTP + WebSocket)",
+                       description="Serve models over HTTP: OpenAI's /v1/audio/speech, saved voices, /health, "
+                                   "/metrics and a live-text WebSocket, with continuous batching.")
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,295 @@
+"""Dia-1 generation: encode, prefill, decode loop with the EOS countdown, output extraction.
+
+Semantics are those of the original implementation for the 0626 weights (spec 4.2-4.4), with the
+prefill grid one row longer (1 + P + 15 rows, as transformers) so every channel starts with
+delay[c] + 1 BOS tokens.
+
+All per-item state lives in tensors with one entry per item (tokens, countdown, finished step,
+prompt length) or per CFG row (KV cache slots, positions), so items finish independently and a
+future scheduler can swap rows in and out between steps. The step itself has static shapes; the
+loop checks for completion on the host only every `sync_every` steps (every step on CPU, where
+a check costs nothing).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from ..backends.cpu.decode import decode_step
+from ..backends.cpu.memory import release_free_heap
+from .config import DiaConfig
+from ..errors import GenerationError
+from .model import CrossState, DiaModel
+from ..nn.cache import KVCache
+from ..nn.delay import UNKNOWN, prompt_grid, revert_delay
+from .options import GenerationConfig
+from ..nn.sampling import cfg_filter, select
+
+FRAME_RATE = 44100 / 512  # decoder steps per second of audio
+# torch generators take 64-bit seeds; any Python int is reduced into 0..2**63-1 (documented), so
+# seed=2**70 works and seeds that fit are used as they are.
+SEED_MODULUS = 2**63
+
+
+@dataclass
+class DecodeState:
+    """Everything one batched generation carries between steps."""
+
+    tokens: torch.Tensor  # (B, R, C) long, delayed grid; UNKNOWN where not yet generated
+    prefill_steps: torch.Tensor  # (B,) long: 1 + prompt frames, rows known before generating
+    countdown: torch.Tensor  # (B,) long: -1 running, 15..1 ending, 0 finished
+    finished_step: torch.Tensor  # (B,) long: row of the EOS frame, -1 until known
+    cache: KVCache
+    cross: CrossState
+    rngs: list[torch.Generator] | None  # one stream per item; None for greedy
+    t: int  # current decoder position (host int; all rows advance together in one generation)
+    max_tokens: int
+
+
+class Dia1Generator:
+    """Runs generation for one loaded DiaModel on one device."""
+
+    def __init__(self, model: DiaModel, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.cfg: DiaConfig = model.config
+        # A CPU model with bfloat16 projection kernels around float32 norms and embeddings
+        # (fastdia.backends.cpu.packed.weights_only_bf16) computes in float32, so the fused step
+        # serves it; it says so itself.
+        dtype = getattr(model, "compute_dtype", None) or dtype
+        self.device, self.dtype = device, dtype
+        self.delay = torch.tensor(self.cfg.delay_pattern, dtype=torch.long, device=device)
+        # Single-position decoder calls go through the fastest step for this setup (a fused CPU
+        # step where fastdia's kernels run; else the model's own forward), chosen once, here.
+        self.decode = decode_step(model.decoder, device, dtype)
+        # Completion checks read a flag back to the host; on GPU do it every few steps only.
+        self.sync_every = 1 if device.type == "cpu" else 8
+
+    # ------------------------------------------------------------------ setup
+    def check_room(self, prompt_frames: int, max_tokens: int, item: str = "") -> None:
+        """Raise GenerationError unless `max_tokens` holds BOS, the prompt, the EOS countdown
+        along the delay pattern and at least one new frame; the message says which is short."""
+        cfg = self.cfg
+        if max_tokens > cfg.decoder.max_positions:
+            raise GenerationError(
+                f"max_tokens={max_tokens} exceeds the model's {cfg.decoder.max_positions} positions"
+            )
+        need = 1 + prompt_frames + cfg.max_delay + 1
+        if need <= max_tokens:
+            return
+        if prompt_frames == 0:
+            raise GenerationError(
+                f"max_tokens={max_tokens} is too small: a generation needs at least {need} positions (the "
+                f"start frame, the {cfg.max_delay}-step delay of the codebooks and one frame of audio); "
+                f"{FRAME_RATE:.0f} positions are about 1 s of audio"
+            )
+        raise GenerationError(
+            f"the audio prompt{item} is {prompt_frames / FRAME_RATE:.1f} s ({prompt_frames} frames) and does not "
+            f"fit with the script in max_tokens={max_tokens} ({max_tokens / FRAME_RATE:.1f} s in all, prompt "
+            f"included); use a prompt of 5-10 s or raise max_tokens (at most {cfg.decoder.max_positions})"
+        )
+
+    def prepare(
+        self,
+        texts: list[list[int]],
+        prompts: list[torch.Tensor | None],
+        gen: GenerationConfig,
+        cache_len: int | None = None,
+    ) -> DecodeState:
+        """Encode the texts, build the prompt grid and prefill the KV cache.
+
+        `cache_len` sizes the KV cache (default max_tokens); a scheduler that moves the prefilled
+        rows into its own cache asks for only the prefill's length.
+        """
+        cfg, dev = self.cfg, self.device
+        b = len(texts)
+        max_tokens = gen.max_tokens
+        grid, steps = prompt_grid(prompts, self.delay, cfg.bos_id)
+        for i, s in enumerate(steps):
+            self.check_room(s - 1, max_tokens, "" if i == 0 else f" of item {i}")
+
+        # Text: pad to the longest item only (spec 1.7: truncating is exact); rows interleave
+        # (uncond_i, cond_i), the uncond row all zeros but masked like its cond partner.
+        s_len = max(len(t) for t in texts)
+        text = torch.zeros((b, s_len), dtype=torch.long, device=dev)
+        for i, t in enumerate(texts):
+            text[i, : len(t)] = torch.tensor(t, dtype=torch.long, device=dev)
+        mask = (text != 0).repeat_interleave(2, dim=0)  # (2B, S)
+        enc_in = torch.stack((torch.zeros_like(text), text), dim=1).view(2 * b, s_len)
+        enc_out = self.model.encoder(enc_in, mask)
+        trim = release_free_heap if dev.type == "cpu" else lambda: None
+        trim()  # the encoder's freed temporaries (~30 MB at 1.6B size) before the cross K/V exist
+        cross = self.model.decoder.cross_state(enc_out, mask, dtype=getattr(self.decode, "cross_dtype", None))
+        del enc_out
+        trim()
+
+        tokens = torch.full((b, max_tokens + 1, cfg.n_channels), UNKNOWN, dtype=torch.long, device=dev)
+        rows = min(grid.shape[1], max_tokens + 1)
+        tokens[:, :rows] = grid[:, :rows]
+        # A fixed-shape step (a static ONNX export) takes a cache of exactly its own length.
+        fixed = getattr(self.decode, "cache_len", None)
+        if fixed is not None and fixed < max_tokens:
+            raise GenerationError(f"max_tokens={max_tokens} exceeds this static export's cache of {fixed} slots")
+        cache_len = fixed or (max_tokens if cache_len is None else max(1, cache_len))
+        cache = KVCache(cfg, 2 * b, cache_len, dev, self.dtype)
+
+        if gen.temperature == 0:
+            rngs = None
+        else:
+            base = gen.seed if gen.seed is not None else secrets.randbits(62)
+            rngs = []
+            for i in range(b):
+                g = torch.Generator(device=dev)
+                g.manual_seed((base + i) % SEED_MODULUS)
+                rngs.append(g)
+
+        t = min(steps) - 1
+        state = DecodeState(
+            tokens=tokens,
+            prefill_steps=torch.tensor(steps, dtype=torch.long, device=dev),
+            countdown=torch.full((b,), -1, dtype=torch.long, device=dev),
+            finished_step=torch.full((b,), -1, dtype=torch.long, device=dev),
+            cache=cache,
+            cross=cross,
+            rngs=rngs,
+            t=t,
+            max_tokens=max_tokens,
+        )
+        if t > 0:
+            # Prefill the rows every item knows, in one causal pass; logits are not needed.
+            known = tokens[:, :t].repeat_interleave(2, dim=0)  # (2B, t, C)
+            positions = torch.arange(t, device=dev).expand(2 * b, t)
+            self.model.decoder(known, positions, cache, cross, kv_len=t, compute_logits=False)
+        return state
+
+    # ------------------------------------------------------------------ one step
+    def step(self, state: DecodeState, gen: GenerationConfig) -> None:
+        """Decode position t for every row, sample, apply the EOS countdown, write row t + 1."""
+        b = state.tokens.shape[0]
+        t = state.t
+        current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)  # (2B, 1, C)
+        positions = torch.full((2 * b, 1), t, dtype=torch.long, device=self.device)
+        logits = self.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
+        self.advance(state, logits.view(b, 2, self.cfg.n_channels, -1), gen)
+
+    def advance(self, state: DecodeState, logits: torch.Tensor, gen: GenerationConfig) -> None:
+        """Sample row t + 1 from position t's logits `(B, 2, C, V)` (uncond, cond), apply the EOS
+        countdown, write it. Batched decoding (fastdia.dia1.slots) calls this per
+        request on its own slice of a shared step."""
+        cfg = self.cfg
+        t = state.t
+        filtered = cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_top_k, cfg.eos_id)
+        noise = None
+        if state.rngs is not None:
+            noise = torch.stack([
+                torch.empty(filtered.shape[1:], device=self.device).exponential_(generator=g)
+                for g in state.rngs
+            ])
+        pred = select(filtered, gen.temperature, gen.top_p, gen.cfg_filter_top_k, cfg.eos_id, noise)
+
+        nxt = state.tokens[:, t + 1]  # (B, C)
+        pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
+        # Teacher forcing: prompt and BOS cells already in the grid are kept.
+        state.tokens[:, t + 1] = torch.where(nxt == UNKNOWN, pred, nxt)
+        state.t = t + 1
+
+    def _eos_countdown(
+        self, state: DecodeState, pred: torch.Tensor, row: int, teacher_forced_ch0: torch.Tensor
+    ) -> torch.Tensor:
+        """Start the countdown on EOS (or at the length limit) and write EOS/PAD along the delays.
+
+        If channel 0 emits EOS at row s, channel c gets EOS at row s + delay[c] and PAD after.
+        """
+        cfg = self.cfg
+        max_delay = cfg.max_delay
+        # A sampled EOS counts only where channel 0 is not being teacher-forced from a prompt
+        # (the original also counted EOS sampled inside another, longer prompt: spec 8.15).
+        hit_eos = (pred[:, 0] == cfg.eos_id) & ~teacher_forced_ch0
+        at_limit = row >= state.max_tokens - max_delay
+        start = (state.countdown < 0) & (hit_eos | at_limit)
+        state.countdown = torch.where(start, max_delay, state.countdown)
+        state.finished_step = torch.where(start, row, state.finished_step)
+        ending = (state.countdown > 0).unsqueeze(1)  # (B, 1)
+        k = (max_delay - state.countdown).unsqueeze(1)  # steps since EOS on channel 0
+        delay = self.delay.unsqueeze(0)
+        pred = torch.where(ending & (k == delay), cfg.eos_id, pred)
+        pred = torch.where(ending & (k > delay), cfg.pad_id, pred)
+        state.countdown = state.countdown - ending.squeeze(1).long()
+        return pred
+
+    # ------------------------------------------------------------------ loop and output
+    def steps(self, state: DecodeState, gen: GenerationConfig) -> Iterator[int]:
+        """Advance until every item has finished (or max_tokens); yields the new position each step."""
+        n = 0
+        while state.t < state.max_tokens:
+            self.step(state, gen)
+            n += 1
+            yield state.t
+            if n % self.sync_every == 0 and bool((state.countdown == 0).all()):
+                return
+
+    def final_lengths(self, state: DecodeState) -> list[int]:
+        """Per item, how many new frames are final now (one host read).
+
+        Frame j of an item (grid row start + j on channel 0) is final once row start + j +
+        max_delay is written, i.e. for j <= t - max_delay; an item that emitted EOS at row s
+        has s - start frames in all.
+        """
+        ready = state.t + 1 - self.cfg.max_delay
+        limit = torch.where(state.finished_step < 0, ready, state.finished_step.clamp(max=ready))
+        return (limit - state.prefill_steps).clamp(min=0).tolist()
+
+    def frames(self, state: DecodeState, item: int, a: int, b: int) -> torch.Tensor:
+        """Reverted codes `(b - a, C)` of frames a..b-1 of `item` (final ones), clamped to 0..1023."""
+        start = int(state.prefill_steps[item])
+        window = state.tokens[item: item + 1, start + a: start + b + self.cfg.max_delay]  # (1, n + 15, C)
+        codes = revert_delay(window, self.delay)[0, : b - a]
+        return torch.where((codes < 0) | (codes > 1023), 0, codes)
+
+    def extract(self, state: DecodeState) -> list[torch.Tensor]:
+        """Reverted codes `(T_i, C)` per item, prompt and EOS excluded, values clamped to 0..1023."""
+        return [self.frames(state, i, 0, n) for i, n in enumerate(self.final_lengths(state))]
+
+    def run(
+        self,
+        texts: list[list[int]],
+        prompts: list[torch.Tensor | None],
+        gen: GenerationConfig,
+        on_step: Callable[[int], None] | None = None,
+    ) -> Iterator[list[torch.Tensor]]:
+        """Generate, yielding each item's newly final frames `(n_i, C)` as soon as they exist.
+
+        Frames are read back every `sync_every` steps (a host sync) and once at the end; the
+        pieces of an item joined give exactly what `generate` returns for it.
+        """
+        state = self.prepare(texts, prompts, gen)
+        done = [0] * len(texts)
+        for n, t in enumerate(self.steps(state, gen), start=1):
+            if on_step is not None:
+                on_step(t)
+            if n % self.sync_every == 0:
+                yield self._new_frames(state, done)
+        yield self._new_frames(state, done)
+
+    def _new_frames(self, state: DecodeState, done: list[int]) -> list[torch.Tensor]:
+        pieces = []
+        for i, n in enumerate(self.final_lengths(state)):
+            pieces.append(self.frames(state, i, done[i], n))
+            done[i] = max(done[i], n)
+        return pieces
+
+    def generate(
+        self,
+        texts: list[list[int]],
+        prompts: list[torch.Tensor | None],
+        gen: GenerationConfig,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[torch.Tensor]:
+        state = self.prepare(texts, prompts, gen)
+        for t in self.steps(state, gen):
+            if on_step is not None:
+                on_step(t)
+        return self.extract(state)
