@@ -165,3 +165,29 @@ def build_on_meta(make: Callable[[], M], state: Mapping[str, torch.Tensor], devi
     except RuntimeError as exc:
         raise CheckpointError(f"the checkpoint does not match the model: {exc}") from None
     return net.eval().requires_grad_(False)
+
+
+def read_safetensors_files(files: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The tensors of one or more safetensors files as one state dict; an unreadable file or a
+    tensor in two files is a CheckpointError."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        try:
+            part = load_file(str(f), device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from None
+        clash = state.keys() & part.keys()
+        if clash:
+            raise CheckpointError(f"tensor {sorted(clash)[0]} appears in more than one file ({f})")
+        state.update(part)
+    return state
+
+
+def local_source(model: str | Path, presets, choose: Callable[[Sequence[str]], Sequence[str]], what: str) -> str | Path:
+    """A preset name or a local path as it is; a hub id fetched (into the hub cache) to its
+    folder, so a loader can read its config (its size, for dtype "auto") before loading it."""
+    if str(model) in presets or Path(model).expanduser().exists():
+        return model
+    return resolve_dir(model, choose, what=what)

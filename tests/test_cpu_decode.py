@@ -1,4 +1,4 @@
-"""The fused CPU decode step (fastdia.backends.cpu.decode) against the model's own pure-torch forward."""
+"""The fused CPU decode step (fastdia.backends.cpu.dia1_fused) against the model's own pure-torch forward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from fastdia.backends.cpu import decode as cpu_decode
+from fastdia.backends.cpu import dia1_fused as cpu_decode
 from fastdia.backends.cpu import kernels as cpu_kernels
 from fastdia.dia1.generation import Dia1Generator
 from fastdia.dia1.options import GenerationConfig

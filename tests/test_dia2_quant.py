@@ -167,7 +167,7 @@ def test_quantize_after_load_equals_build(quantized):
     """Swapping a loaded float model (quantize_dia2) gives the modules the quantized build makes."""
     mode, tts = quantized
     model = quant_dia2.quantize_dia2(load_dia2(PRESET, "cpu", torch.float32, optimize=False).model, mode)
-    from fastdia.backends.cpu.dia2 import accelerate_dia2
+    from fastdia.backends.cpu.dia2_linears import accelerate_dia2
 
     accelerate_dia2(model)
     for (na, a), (nb, b) in zip(model.state_dict().items(), tts.model.state_dict().items()):

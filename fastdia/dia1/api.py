@@ -15,7 +15,7 @@ import torch
 from ..backends.device import resolve_device, resolve_dtype
 from .checkpoint import _choose_files as choose_files
 from .checkpoint import load_model, source_parameters, source_quantization
-from ..hub import resolve_dir
+from ..hub import local_source
 from .config import PRESETS, DiaConfig
 from ..errors import AudioError, GenerationError, ScriptError
 from ..speech import Speech
@@ -112,9 +112,7 @@ class Dia:
 
         dev = resolve_device(device)
         mode = check_mode(quantize)
-        if str(model) not in PRESETS and not Path(model).expanduser().exists():
-            # A hub id: fetch it first, so dtype "auto" can see the model's size.
-            model = resolve_dir(model, choose_files, what="model")
+        model = local_source(model, PRESETS, choose_files, "model")  # dtype "auto" reads its size
         # A checkpoint saved by `fastdia convert --quantize` is quantized whatever `quantize` says.
         dt = resolve_dtype(dtype, dev, source_parameters(model), mode or source_quantization(model))
         # Quantized models are built tensor by tensor, never holding a float copy of the whole.

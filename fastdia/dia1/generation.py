@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..backends.cpu.decode import decode_step
+from ..backends.cpu.dia1_fused import decode_step
 from ..backends.cpu.memory import release_free_heap
 from .config import DiaConfig
 from ..errors import GenerationError

@@ -27,9 +27,9 @@ from ..quant.store import (
     INT4_FORMATS,
     OTHER_FORMATS,
     QUANT_KEY,
-    QUANT_PARTS,
     assign,
     check_complete,
+    collect_part,
     complete_parts,
     module_from_stored,
     quantized_parts,
@@ -162,13 +162,7 @@ def load_quantized_dir(directory, cfg, marker: Mapping, dtype: torch.dtype) -> n
 
         tensors = itertools.chain([first], tensors)
         for name, tensor in tensors:
-            module, _, part = name.rpartition(".")
-            if module in linear and part in QUANT_PARTS:
-                pending.setdefault(module, {})[part] = tensor
-                continue
-            owner, _, block = module.rpartition(".")
-            if owner in linear and block in ("first", "rest") and part in QUANT_PARTS:
-                pending.setdefault(owner, {})[f"{block}.{part}"] = tensor
+            if collect_part(name, tensor, linear, pending):
                 continue
             if name not in expected:
                 raise CheckpointError(f"{path}: unexpected tensor {name!r}")

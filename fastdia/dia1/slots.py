@@ -74,7 +74,7 @@ class SlotBatch:
         self.cross: CrossState | None = None  # allocated at the first join, widened for longer texts
         self.members: list[SlotMember | None] = [None] * slots
         # Views of the stores per row count, kept while the stores are: the CPU backend prepares
-        # its C calls once per cache and cross object (fastdia.backends.cpu.decode), so new views
+        # its C calls once per cache and cross object (fastdia.backends.cpu.dia1_fused), so new views
         # each step would re-prepare them each step.
         self._views: dict = {}
 

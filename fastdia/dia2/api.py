@@ -71,7 +71,8 @@ class Dia2:
             voices_dir: the saved voices' folder for prefixes given by name (default:
                 $FASTDIA_VOICES_DIR, else the XDG data dir).
         """
-        from .checkpoint import source_parameters, source_quantization
+        from ..hub import local_source
+        from .checkpoint import _choose_files, source_parameters, source_quantization
         from ..backends.onnx.manifest import is_onnx_dir
         from ..quant.modules import check_mode
 
@@ -91,12 +92,7 @@ class Dia2:
             return tts
         dev = resolve_device(device)
         mode = check_mode(quantize)
-        if str(model) not in DIA2_PRESETS and not Path(model).expanduser().exists():
-            # A hub id: fetch it first, so dtype "auto" can see the model's size.
-            from .checkpoint import _choose_files
-            from ..hub import resolve_dir
-
-            model = resolve_dir(model, _choose_files, what="Dia2 model")
+        model = local_source(model, DIA2_PRESETS, _choose_files, "Dia2 model")  # dtype "auto" reads its size
         # "auto" means what it means for Dia-1 (fastdia.backends.device.resolve_dtype): bfloat16
         # on CUDA; on CPU bfloat16 only for a large unquantized model on a CPU with native
         # bfloat16, else float32. A converted quantized folder counts as quantized.

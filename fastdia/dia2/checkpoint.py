@@ -189,7 +189,7 @@ def load_dia2(
             `fastdia convert --quantize` loads quantized whatever this says.
         group_size: int4 group size (default 32).
         optimize: on CPU, swap the remaining float projections for fastdia's GEMV modules
-            (fastdia.backends.cpu.dia2); False keeps plain torch (the reference's arithmetic).
+            (fastdia.backends.cpu.dia2_linears); False keeps plain torch (the reference's arithmetic).
     """
     from . import quantized as quant_dia2
     from ..quant.modules import DEFAULT_GROUP_SIZE, check_mode
@@ -231,7 +231,7 @@ def load_dia2(
         from ..backends.cpu.memory import release_free_heap
 
         if optimize:
-            from ..backends.cpu.dia2 import accelerate_dia2, dtype_sources
+            from ..backends.cpu.dia2_linears import accelerate_dia2, dtype_sources
             from ..backends.cpu.packed import weights_only_bf16
 
             accelerate_dia2(model)

@@ -37,9 +37,9 @@ from ..quant.modules import DEFAULT_GROUP_SIZE, GROUP_SIZES, _set, check_mode, l
 from ..quant.store import (
     FORMAT_VERSION,
     QUANT_KEY,
-    QUANT_PARTS,
     assign,
     check_complete,
+    collect_part,
     complete_parts,
     module_from_stored,
     quantized_parts,
@@ -194,13 +194,7 @@ def load_quantized_dia2_dir(directory: Path, cfg, marker: Mapping, dtype: torch.
     pending: dict[str, dict[str, torch.Tensor]] = {}
     try:
         for name, tensor in read_safetensors(path):
-            module, _, part = name.rpartition(".")
-            if module in names and part in QUANT_PARTS:
-                pending.setdefault(module, {})[part] = tensor
-                continue
-            owner, _, block = module.rpartition(".")
-            if owner in names and block in ("first", "rest") and part in QUANT_PARTS:
-                pending.setdefault(owner, {})[f"{block}.{part}"] = tensor
+            if collect_part(name, tensor, names, pending):
                 continue
             if name not in expected:
                 raise CheckpointError(f"{path}: unexpected tensor {name!r}")

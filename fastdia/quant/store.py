@@ -125,3 +125,20 @@ def complete_parts(parts: Mapping[str, torch.Tensor]) -> bool:
     if blocks is not None:
         return all(complete_parts(b) for b in blocks)
     return {"qweight", "scales"} <= parts.keys() or set(INT4_PARTS) <= parts.keys()
+
+
+def collect_part(name: str, tensor: torch.Tensor, modules: set[str], pending: dict[str, dict]) -> bool:
+    """File `tensor` under its quantized module in `pending` when `name` is one of the stored parts
+    of a module in `modules` (`<module>.<part>`, or `<module>.first|rest.<part>` for a split
+    one); False for any other tensor."""
+    module, _, part = name.rpartition(".")
+    if part not in QUANT_PARTS:
+        return False
+    if module in modules:
+        pending.setdefault(module, {})[part] = tensor
+        return True
+    owner, _, block = module.rpartition(".")
+    if owner in modules and block in ("first", "rest"):
+        pending.setdefault(owner, {})[f"{block}.{part}"] = tensor
+        return True
+    return False

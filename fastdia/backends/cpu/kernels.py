@@ -15,7 +15,7 @@
   Used where the CPU and the OS allow it and a self-check on first use passes (`amx_status`);
   `FASTDIA_AMX=0` turns it off.
 * `csrc/decode.c`: the float32 glue of a decode step (RMSNorm, RoPE + KV-cache write +
-  single-query attention, SiLU), used by fastdia.backends.cpu.decode.
+  single-query attention, SiLU), used by fastdia.backends.cpu.dia1_fused.
 * `csrc/sample.c`: one sampled Dia2 depformer token from its CFG logits (`cfg_draw`).
 * `csrc/plan.c`: a prepared list of the calls above run by one call from Python
   (fastdia.backends.cpu.layer_plan.Program), and a Dia2 depformer frame (stages, embeddings and

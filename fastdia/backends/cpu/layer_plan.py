@@ -1,5 +1,5 @@
 """A stack of pre-norm layers as a prepared list of C calls: the fused Dia2 step's inner loop.
-(`projection_calls` also serves the Dia-1 step's plan, fastdia.backends.cpu.decode.)
+(`projection_calls` also serves the Dia-1 step's plan, fastdia.backends.cpu.dia1_fused.)
 
 `FusedDia2._run_layers` makes ~9 C calls per layer, and around each it ran Python: module calls,
 output allocations, `.float().contiguous()`, pointer lookups. On a quantized 2B model that was

@@ -22,7 +22,7 @@ from typing import Literal, Mapping, Sequence
 import torch
 
 from ...hub import resolve_dir
-from ...hub import build_on_meta, shape_problems
+from ...hub import build_on_meta, read_safetensors_files, shape_problems
 from ...errors import CheckpointError
 from .model import DEFAULT_MODEL, PRESET_SEED, PRESETS, DACConfig, DACModel
 
@@ -140,19 +140,7 @@ def _read_config_json(path: Path) -> DACConfig:
 
 
 def _read_safetensors(files: Sequence[Path]) -> Tensors:
-    from safetensors.torch import load_file
-
-    state: Tensors = {}
-    for f in files:
-        try:
-            part = load_file(str(f), device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from None
-        clash = state.keys() & part.keys()
-        if clash:
-            raise CheckpointError(f"tensor {sorted(clash)[0]} appears in more than one file ({f})")
-        state.update(part)
-    return state
+    return read_safetensors_files(files)
 
 
 # --------------------------------------------------------------------------------------------

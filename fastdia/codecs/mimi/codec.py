@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...backends.device import resolve_device, resolve_dtype
-from ...hub import build_on_meta, shape_problems
+from ...hub import build_on_meta, read_safetensors_files, shape_problems
 from ...errors import AudioError, CheckpointError
 from .model import DEFAULT_MODEL, MimiConfig, MimiModel
 
@@ -64,7 +64,6 @@ def read_checkpoint_dir(directory: Path) -> tuple[MimiConfig, Tensors]:
     Returns:
         (config, raw tensors). Raises CheckpointError when a file is missing or unreadable.
     """
-    from safetensors.torch import load_file
 
     config_path = directory / "config.json"
     try:
@@ -79,17 +78,7 @@ def read_checkpoint_dir(directory: Path) -> tuple[MimiConfig, Tensors]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"no Mimi weights in {directory}: expected model.safetensors next to config.json")
-    state: Tensors = {}
-    for f in files:
-        try:
-            part = load_file(str(f), device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {f}: {type(exc).__name__}: {exc}") from None
-        clash = state.keys() & part.keys()
-        if clash:
-            raise CheckpointError(f"tensor {sorted(clash)[0]} appears in more than one file ({f})")
-        state.update(part)
-    return config, state
+    return config, read_safetensors_files(files)
 
 
 def expected_shapes(config: MimiConfig) -> dict[str, torch.Size]:
