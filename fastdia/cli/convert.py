@@ -20,7 +20,7 @@ def add_convert(sub) -> None:
                        description="Save a checkpoint in fastdia's own layout, optionally quantized, for fast loads.")
     p.add_argument("model", help="hub id, local directory, or preset")
     p.add_argument("out_dir", help="directory to write (config.json + model.safetensors)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+    p.add_argument("--quantize", choices=["none", "int8", "int4"], default=None,
                    help="weight-only quantization (default: none, float in our fused layout)")
     p.add_argument("--group-size", type=int, default=None, help="int4 group size (32, 64, 128, 256; default 32)")
     p.add_argument("--dtype", default="float32", help="dtype of the float tensors: float32 or bfloat16")

@@ -117,7 +117,8 @@ def add_say(sub) -> None:
     add_model_flags(p)
     p.add_argument("--codec", default=None,
                    help="DAC codec: hub id, directory or file (default: descript/dac_44khz; presets use their own)")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantization")
+    p.add_argument("--quantize", choices=["none", "int8", "int4"], default=None,
+                   help="weight-only quantization (default: none)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     d2 = Dia2GenerationConfig()
     p.add_argument("--max-tokens", type=int, default=None,
