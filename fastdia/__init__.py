@@ -7,4 +7,4 @@ from .loader import load
 from .speech import Speech, SpeechChunk, VoicePrompt
 
 __all__ = ["Dia", "Dia2", "GenerationConfig", "Speech", "SpeechChunk", "VoicePrompt", "load"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -153,3 +153,15 @@ def test_too_long_prompt(tmp_path):
 def test_hub_id_offline_names_the_ways_out(tmp_path):
     r = say("[S1] hi", "-o", str(tmp_path / "o.wav"), "--model", "nari-labs/Dia-1.6B-0626", "-q")
     _fails_cleanly(r, "--model PATH", "--model tiny-random")
+
+
+def test_an_unseeded_run_prints_its_seed_with_verbose_and_the_seed_makes_it_again(tmp_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    r = say("[S1] Again, please.", "-o", str(a), "--model", "tiny-random", "--max-tokens", "60", "-q", "-v")
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("fastdia: seed "))
+    seed = int(line.split()[2])
+    r = say("[S1] Again, please.", "-o", str(b), "--model", "tiny-random", "--max-tokens", "60", "-q",
+            "--seed", str(seed))
+    assert r.returncode == 0, r.stderr
+    assert a.read_bytes() == b.read_bytes()

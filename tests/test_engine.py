@@ -124,3 +124,16 @@ def test_codec_batches_do_not_change_a_requests_audio():
         np.testing.assert_allclose(solo, one_by_one, atol=1e-4)
     finally:
         e.close()
+
+
+@pytest.mark.parametrize("which", ["engine", "engine2"])
+def test_an_unseeded_request_draws_a_seed_that_makes_it_again(which, request):
+    """No seed, no built-in voice: the engine draws a fresh seed, reports it on the ticket (the
+    server's x-seed), and a request with that seed gives the same audio."""
+    engine = request.getfixturevalue(which)
+    limit = {"max_tokens": 60} if engine.family == "dia1" else {"max_steps": 24}
+    first = engine.submit(SpeechRequest("[S1] Which seed was that?", options=dict(limit)))
+    audio = _audio(first)
+    assert isinstance(first.seed, int)
+    again = engine.submit(SpeechRequest("[S1] Which seed was that?", options=dict(limit, seed=first.seed)))
+    assert again.seed == first.seed and np.array_equal(_audio(again), audio)

@@ -30,6 +30,7 @@ pytest.importorskip("uvicorn")
 av = pytest.importorskip("av")
 
 from fastdia.text import MAX_SCRIPT_BYTES  # noqa: E402
+from fastdia.serve.engine import BUILTIN_VOICES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = "[S1] Hi. [S2] Hello."
@@ -399,3 +400,15 @@ def test_full_queue_is_429_with_retry_after(small_server):
 def test_ctrl_c_stops_cleanly(small_server):
     assert small_server.stop() == 0
     assert "stopped" in small_server.stderr() and "Traceback" not in small_server.stderr()
+
+
+
+@pytest.mark.parametrize("model", [DIA1, DIA2])
+def test_every_response_says_its_seed(client, model):
+    """x-seed: a request's own seed as given, else its built-in voice's fixed seed (the engine
+    draws a fresh one for a saved voice without a seed: tests/test_engine.py)."""
+    own = speech(client, model, response_format="wav")
+    assert int(own.response.headers["x-seed"]) == SHORT[model]["seed"]
+    unseeded = {k: v for k, v in SHORT[model].items() if k != "seed"}
+    r = speech(client, model, voice="nova", response_format="wav", extra_body={"seed": None, **unseeded})
+    assert int(r.response.headers["x-seed"]) == BUILTIN_VOICES["nova"]

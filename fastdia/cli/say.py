@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 import warnings
@@ -22,6 +23,10 @@ def cmd_say(args: argparse.Namespace) -> int:
 
     from ..dia2.config import is_dia2
 
+    if args.seed is None:  # a concrete seed, so any result can be made again (--verbose prints it)
+        args.seed = secrets.randbits(62)
+    if args.verbose:
+        print(f"fastdia: seed {args.seed} (--seed {args.seed} makes this audio again)", file=sys.stderr)
     if is_dia2(args.model):
         return say_dia2(args)
     refuse(args, "a Dia-1 model", ("text_temperature", "top_k", "cfg_filter_k", "max_steps", "prefix_speaker_1",
@@ -119,7 +124,8 @@ def add_say(sub) -> None:
                    help="DAC codec: hub id, directory or file (default: descript/dac_44khz; presets use their own)")
     p.add_argument("--quantize", choices=["none", "int8", "int4"], default=None,
                    help="weight-only quantization (default: none)")
-    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for reproducible sampling (default: a fresh one; --verbose prints it)")
     d2 = Dia2GenerationConfig()
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"Dia-1: decoder position limit per generation (per chunk of a long script) incl. any "
@@ -162,6 +168,8 @@ def add_say(sub) -> None:
     p.add_argument("--loudness", type=float, default=None, metavar="LUFS",
                    help="normalise the output to this loudness, e.g. -16 (peaks kept under -1 dBTP)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the seed drawn for an unseeded run (to make it again with --seed)")
     p.set_defaults(func=cmd_say)
 
 

@@ -30,8 +30,8 @@ from .options import GenerationConfig
 from ..nn.sampling import cfg_filter, select
 
 FRAME_RATE = 44100 / 512  # decoder steps per second of audio
-# torch generators take 64-bit seeds; any Python int is reduced into 0..2**63-1 (documented), so
-# seed=2**70 works and seeds that fit are used as they are.
+# Seeds are int64 in the counter-based draws; any Python int is reduced into 0..2**63-1
+# (documented), so seed=2**70 works and seeds that fit are used as they are.
 SEED_MODULUS = 2**63
 
 
@@ -45,7 +45,7 @@ class DecodeState:
     finished_step: torch.Tensor  # (B,) long: row of the EOS frame, -1 until known
     cache: KVCache
     cross: CrossState
-    rngs: list[torch.Generator] | None  # one stream per item; None for greedy
+    seeds: torch.Tensor | None  # (B,) int64: each item's seed for its counter-based draws; None for greedy
     t: int  # current decoder position (host int; all rows advance together in one generation)
     max_tokens: int
 
@@ -136,15 +136,10 @@ class Dia1Generator:
         cache_len = fixed or (max_tokens if cache_len is None else max(1, cache_len))
         cache = KVCache(cfg, 2 * b, cache_len, dev, self.dtype)
 
-        if gen.temperature == 0:
-            rngs = None
-        else:
+        seeds = None
+        if gen.temperature != 0:  # item i draws with seed + i (fastdia.nn.rng: counter-based)
             base = gen.seed if gen.seed is not None else secrets.randbits(62)
-            rngs = []
-            for i in range(b):
-                g = torch.Generator(device=dev)
-                g.manual_seed((base + i) % SEED_MODULUS)
-                rngs.append(g)
+            seeds = torch.tensor([(base + i) % SEED_MODULUS for i in range(b)], dtype=torch.int64, device=dev)
 
         t = min(steps) - 1
         state = DecodeState(
@@ -154,7 +149,7 @@ class Dia1Generator:
             finished_step=torch.full((b,), -1, dtype=torch.long, device=dev),
             cache=cache,
             cross=cross,
-            rngs=rngs,
+            seeds=seeds,
             t=t,
             max_tokens=max_tokens,
         )
@@ -182,13 +177,7 @@ class Dia1Generator:
         cfg = self.cfg
         t = state.t
         filtered = cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_top_k, cfg.eos_id)
-        noise = None
-        if state.rngs is not None:
-            noise = torch.stack([
-                torch.empty(filtered.shape[1:], device=self.device).exponential_(generator=g)
-                for g in state.rngs
-            ])
-        pred = select(filtered, gen.temperature, gen.top_p, gen.cfg_filter_top_k, cfg.eos_id, noise)
+        pred = select(filtered, gen.temperature, gen.top_p, gen.cfg_filter_top_k, cfg.eos_id, state.seeds, t + 1)
 
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)

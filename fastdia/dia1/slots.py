@@ -5,7 +5,7 @@ A `SlotBatch` owns one self-attention KV cache and one cross-attention store wit
 with a cache just long enough for its prompt), its rows are copied into a free slot, and from
 then on every step decodes all occupied slots at once. Each request keeps its own position (rows
 attend to their own positions only), samples from its own slice of the step's logits with its own
-generator (`Dia1Generator.advance`, the same code a one-shot generation runs) and leaves the
+seed (`Dia1Generator.advance`, the same code a one-shot generation runs; counter-based draws) and leaves the
 moment it is done, freeing its slot for the next request.
 
 Results do not depend on the company a request keeps. Sampling and attention are per row. The

@@ -13,7 +13,8 @@ options. Each step t:
 
 After end of speech the loop runs `max_delay + 6` more steps so every codebook's last frame is
 written, then the delayed buffer is undelayed and cropped. What the reference lacks and fastdia
-adds: a seed (one torch.Generator per call, drawn in a fixed order, so a seed fixes the audio) and
+adds: a seed (counter-based draws, fastdia.nn.rng: each a function of the seed, the step and the
+choice, so a seed fixes the audio on every path and in any batch) and
 a step limit that is an option. Greedy (temperature 0) output equals the reference exactly
 (tests/test_dia2_generation.py, against the golden fixtures).
 """
@@ -27,6 +28,7 @@ from typing import Iterator
 
 import torch
 
+from ..nn.rng import uniform_at, uniform_one
 from .config import Dia2Config
 from ..errors import GenerationError
 from .model import Dia2Model
@@ -131,9 +133,21 @@ def cfg_filter(logits: torch.Tensor, scale: float, k: int) -> torch.Tensor:
     return cond.masked_fill(guided < threshold, float("-inf"))
 
 
-def sample(logits: torch.Tensor, temperature: float, top_k: int, rng: torch.Generator | None) -> torch.Tensor:
+# Counter-based draws (fastdia.nn.rng): a script's uniform for step t is keyed by its seed, t, one
+# of these streams and an index (the codebook for the depformer's stages), so no draw depends on
+# how many were made before it, on the path (one-shot, stream, batch slot) or on the batch.
+ACTION_STREAM, CB0_STREAM, STAGE_STREAM = 1, 2, 3
+
+
+def draw_uniform(seed: int, t: int, stream: int, index: int = 0) -> float:
+    """The float64 uniform a script with `seed` draws at step t for `stream` (and `index`)."""
+    return uniform_one(seed, t, stream, index)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, u: float | None) -> torch.Tensor:
     """One id from `(V,)` logits: argmax at temperature 0, else softmax(logits / T) restricted to
-    the top_k most likely and drawn with `rng` (the reference's sampler, with our generator)."""
+    the top_k most likely and drawn by inverting its CDF at the uniform `u` (the reference's
+    sampler, with a counter-based draw)."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax()
@@ -146,7 +160,10 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, rng: torch.Gene
     total = p.sum()
     if not bool(total > 0):
         return torch.zeros((), dtype=torch.long, device=p.device)
-    return torch.multinomial(p / total, 1, generator=rng)[0]
+    cdf = torch.cumsum(p.double() / total.double(), dim=0)
+    index = int((cdf < u).sum())  # the first id whose CDF reaches u
+    nonzero = torch.nonzero(p > 0).flatten()
+    return nonzero[-1] if index > int(nonzero[-1]) else torch.tensor(index, device=p.device)
 
 
 class Dia2Generator:
@@ -251,10 +268,7 @@ class Dia2Generator:
         prefix warm-up happens in `steps`."""
         cfg, dev, c_n = self.cfg, self.device, self.n_codebooks
         data = cfg.data
-        rng = None
-        if gen.temperature > 0 or gen.text_temperature > 0:
-            rng = torch.Generator(device=dev)
-            rng.manual_seed((gen.seed if gen.seed is not None else secrets.randbits(62)) % SEED_MODULUS)
+        seed = (gen.seed if gen.seed is not None else secrets.randbits(62)) % SEED_MODULUS
         streamed = text is not None
         state = Dia2TextState(self.ids, second_stream_ahead=data.second_stream_ahead,
                               initial_padding=gen.initial_padding, entries=() if streamed else entries,
@@ -271,7 +285,7 @@ class Dia2Generator:
                 buffer[c, d:d + p0] = prefix.codes[c].to(dev)
         tokens = torch.full((2, 1, c_n + 2), data.text_pad_token_id, dtype=torch.long, device=dev)
         tokens[0, 0, 0], tokens[1, 0, 0] = self.ids.bos, self.ids.zero
-        return _Run(gen=gen, prefix=prefix, state=state, rng=rng, buffer=buffer, tokens=tokens,
+        return _Run(gen=gen, prefix=prefix, state=state, seed=seed, buffer=buffer, tokens=tokens,
                     cache=self.model.new_decoder_cache(2, total, dev) if own_caches else None,
                     dep_cache=self.model.new_depformer_cache(2, dev) if own_caches else None, p0=p0, total=total, max_steps=max_steps,
                     start=p0 - 1 if prefix is not None else 0, text=text)
@@ -354,18 +368,20 @@ class Dia2Generator:
         """Depformer stages 1.. of a frame and their picks in one call, where the fused CPU path
         has it (`FusedDia2.frame`) and `stage` is still that path's own (a caller that swaps it
         sees every stage). The same tokens as `stage` then `pick` per stage: a sampling member
-        gets the same C draw fed the same uniforms (its 30 uniforms come from its generator in
-        the order the stage loop draws them); a greedy one the C pick that equals torch's argmax
-        bit for bit, and draws nothing from its generator, as `pick` does not. `token` (rows,):
+        gets the same C draw fed the same uniforms (the counter-based ones `pick` draws for each
+        codebook); a greedy one the C pick that equals torch's argmax
+        bit for bit, and uses no uniform, as `pick` does not. `token` (rows,):
         what each row's stage 1 reads (updated in place); members: [(a member's first row, its
         run, its step t)]. False: nothing was done."""
         if not members or self.frame is None or self.stage != self._frame_stage or self._c_draw is None:
             return False
         stages = self.n_codebooks - 2
 
-        def uniforms() -> torch.Tensor:
-            return torch.stack([torch.rand(stages, generator=run.rng, dtype=torch.float64) if run.gen.temperature > 0
-                                else torch.zeros(stages, dtype=torch.float64) for _, run, _ in members])
+        def uniforms() -> torch.Tensor:  # (members, stages): what `pick` draws for codebooks 2..
+            seeds = torch.tensor([run.seed for _, run, _ in members])
+            steps = torch.tensor([t for _, _, t in members])
+            codebooks = torch.arange(2, 2 + stages).expand(len(members), stages)
+            return uniform_at(seeds, steps, STAGE_STREAM, codebooks, torch.float64)
 
         draws = [(row, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k)
                  for row, run, _ in members]
@@ -382,7 +398,7 @@ class Dia2Generator:
         the depformer's first stage reads, or None)."""
         gen, data = run.gen, self.cfg.data
         action = int(sample(cfg_filter(action_logits, gen.cfg_scale, gen.cfg_filter_k),
-                            gen.text_temperature, gen.top_k, run.rng))
+                            gen.text_temperature, gen.top_k, draw_uniform(run.seed, t, ACTION_STREAM)))
         while True:
             try:
                 out = run.state.step(t, action)
@@ -396,7 +412,7 @@ class Dia2Generator:
         self._set_text(run, out.main, out.second)
         cb0 = cfg_filter(cb0_logits, gen.cfg_scale, gen.cfg_filter_k).clone()
         cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
-        token = sample(cb0, gen.temperature, gen.top_k, run.rng)
+        token = sample(cb0, gen.temperature, gen.top_k, draw_uniform(run.seed, t, CB0_STREAM))
         run.buffer[0, t + 1] = token
         text = None
         if self.model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
@@ -414,11 +430,11 @@ class Dia2Generator:
     def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
         gen = run.gen
-        if self._c_draw and gen.temperature > 0 and logits.dtype == torch.float32 and logits.device.type == "cpu":
-            u = float(torch.rand((), generator=run.rng, dtype=torch.float64))
+        u = draw_uniform(run.seed, t, STAGE_STREAM, codebook) if gen.temperature > 0 else None
+        if self._c_draw and u is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
             token = torch.tensor(self._c_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
         else:
-            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, run.rng)
+            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, u)
         run.buffer[codebook, t + 1] = token
         return token
 
@@ -451,7 +467,7 @@ class _Run:
     gen: Dia2GenerationConfig
     prefix: Prefix | None
     state: Dia2TextState
-    rng: torch.Generator | None
+    seed: int  # its counter-based draws' seed (fastdia.nn.rng)
     buffer: torch.Tensor  # (C, total) delayed codes
     tokens: torch.Tensor  # (2, 1, C + 2) the next decoder input
     cache: object

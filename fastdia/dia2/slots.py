@@ -2,7 +2,7 @@
 
 A `Dia2SlotBatch` owns one decoder cache and one depformer cache with two rows (the CFG pair) per
 slot. A script joins between steps: `Dia2Generator.start` builds its run (text state, delayed
-buffer, its own generator for sampling), and the run's rows are the slot's rows of the shared
+buffer, its own seed for its counter-based draws), and the run's rows are the slot's rows of the shared
 caches. Each step then gathers the input of every member (a prefix warm-up step or a loop step,
 each at its own position and cache slot), runs the decoder once for all of them, lets each member
 sample its action and codebook 0 from its own rows (`Dia2Generator.head`, the very code a one-shot

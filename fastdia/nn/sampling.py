@@ -2,12 +2,14 @@
 
 Per item and channel: CFG picks the candidate set (top-k of the guided logits) but the values
 sampled from are the conditional logits; PAD/BOS are never emitted and only channel 0 may emit
-EOS; then temperature, the EOS argmax rule, top-k, top-p and one draw.
+EOS; then temperature, the EOS argmax rule, top-k, top-p and one counter-based draw.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .rng import exponential_at
 
 NEG_INF = float("-inf")
 
@@ -43,13 +45,17 @@ def select(
     top_p: float,
     top_k: int | None,
     eos: int,
-    noise: torch.Tensor | None,
+    seeds: torch.Tensor | None,
+    step: torch.Tensor | int = 0,
+    stream: int = 0,
 ) -> torch.Tensor:
     """Pick one id per `(B, C)` row from filtered logits `(B, C, V)`.
 
-    `temperature == 0` is greedy (argmax). Otherwise `noise` must be i.i.d. Exp(1) samples of the
-    logits' shape: argmax(p / noise) is an exact draw from p (the "exponential race"), which needs
-    no host sync and lets every item use its own random stream.
+    `temperature == 0` is greedy (argmax). Otherwise each item's draw is the exponential race
+    argmax(p / noise) (an exact draw from p, no host sync) with Exp(1) noise that is a pure
+    function of (seeds[b], step, stream, channel, id) (fastdia.nn.rng): the same item draws the
+    same ids whatever else is in the batch. Noise is made for the candidates only (the `top_k`
+    largest probabilities; every other id has probability 0 after the filters).
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -59,7 +65,8 @@ def select(
     ids = torch.arange(logits.shape[-1], device=logits.device)
     logits = logits.masked_fill(eos_top & (ids < eos), NEG_INF)
     logits = logits.masked_fill(~eos_top & (ids == eos), NEG_INF)
-    if top_k is not None and top_k < logits.shape[-1]:
+    vocab = logits.shape[-1]
+    if top_k is not None and top_k < vocab:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, NEG_INF)
     probs = logits.softmax(dim=-1)
@@ -71,4 +78,8 @@ def select(
         drop_sorted = torch.cat((torch.zeros_like(exceeded[..., :1]), exceeded[..., :-1]), dim=-1)
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
-    return (probs / noise.clamp_min(1e-30)).argmax(dim=-1)
+    cand = probs.topk(min(top_k or vocab, vocab), dim=-1)  # (B, C, k)
+    channel = torch.arange(probs.shape[1], device=probs.device).view(1, -1, 1)
+    noise = exponential_at(seeds, step, stream, channel * vocab + cand.indices)
+    win = (cand.values / noise.clamp_min(1e-30)).argmax(dim=-1, keepdim=True)
+    return cand.indices.gather(-1, win).squeeze(-1)

@@ -372,9 +372,9 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         chunks = _audio_chunks(first, pieces, ticket, encoder, request)
         if sse:
             return StreamingResponse(_sse_events(chunks, ticket), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+                                     headers={"Cache-Control": "no-cache", "X-Seed": str(ticket.seed)})
         return StreamingResponse(chunks, media_type=MEDIA_TYPES[fmt],
-                                 headers={"X-Sample-Rate": str(encoder.sample_rate)})
+                                 headers={"X-Sample-Rate": str(encoder.sample_rate), "X-Seed": str(ticket.seed)})
 
     from .voices import builtin_object, builtin_voices, voice_object
 

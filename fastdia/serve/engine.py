@@ -17,6 +17,7 @@ import asyncio
 import collections
 import logging
 import queue as sync_queue
+import secrets
 import threading
 import time
 import warnings
@@ -92,6 +93,7 @@ class Ticket:
         self.first_audio: float | None = None
         self.usage: dict | None = None
         self.job: Job | None = None
+        self.seed: int | None = None  # the concrete seed it draws with (set at submission)
         self._ended = False
         try:
             self._loop = asyncio.get_running_loop()
@@ -254,6 +256,11 @@ class Engine:
         voice, seed = request.voice, None
         if voice in BUILTIN_VOICES:
             voice, seed = None, BUILTIN_VOICES[voice]
+        # Every request gets a concrete seed, reported back (x-seed), so any result can be made
+        # again: its own, else its built-in voice's, else a fresh one.
+        given = request.options.get("seed")
+        ticket.seed = given if given is not None else seed if seed is not None else secrets.randbits(62)
+        seed = ticket.seed
         if live is None:
             ticket.job = self.runner.plan(request.text, voice, seed, request.options, request.chunk_seconds, ticket)
         else:
