@@ -27,7 +27,7 @@ from .model import CrossState, DiaModel
 from ..nn.cache import KVCache
 from ..nn.delay import UNKNOWN, prompt_grid, revert_delay
 from .options import GenerationConfig
-from ..nn.sampling import cfg_filter, select
+from ..nn.sampling import sample_rows
 
 FRAME_RATE = 44100 / 512  # decoder steps per second of audio
 # Seeds are int64 in the counter-based draws; any Python int is reduced into 0..2**63-1
@@ -172,13 +172,14 @@ class Dia1Generator:
 
     def advance(self, state: DecodeState, logits: torch.Tensor, gen: GenerationConfig) -> None:
         """Sample row t + 1 from position t's logits `(B, 2, C, V)` (uncond, cond), apply the EOS
-        countdown, write it. Batched decoding (fastdia.dia1.slots) calls this per
-        request on its own slice of a shared step."""
-        cfg = self.cfg
+        countdown, write it: `sample_rows` with every item's settings, the very call a slot batch
+        (fastdia.dia1.slots) makes for all its members at once."""
         t = state.t
-        filtered = cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_top_k, cfg.eos_id)
-        pred = select(filtered, gen.temperature, gen.top_p, gen.cfg_filter_top_k, cfg.eos_id, state.seeds, t + 1)
-
+        b = logits.shape[0]
+        settings = row_settings([gen] * b, logits.device, self.cfg.decoder.vocab_size)
+        seeds = state.seeds if state.seeds is not None else torch.zeros(b, dtype=torch.int64, device=logits.device)
+        steps = torch.full((b,), t + 1, dtype=torch.long, device=logits.device)
+        pred = sample_rows(logits, *settings, seeds, steps, self.cfg.eos_id, width=_width(gen, self.cfg))
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
         # Teacher forcing: prompt and BOS cells already in the grid are kept.
@@ -192,22 +193,35 @@ class Dia1Generator:
 
         If channel 0 emits EOS at row s, channel c gets EOS at row s + delay[c] and PAD after.
         """
+        pred, state.countdown, state.finished_step = self.countdown_rows(
+            state.countdown, state.finished_step, pred, row, state.max_tokens, teacher_forced_ch0)
+        return pred
+
+    def countdown_rows(self, countdown: torch.Tensor, finished_step: torch.Tensor, pred: torch.Tensor,
+                       row: torch.Tensor | int, max_tokens: torch.Tensor | int, teacher_forced_ch0: torch.Tensor,
+                       live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The EOS countdown for rows (items or batch slots) each at its own `row` and limit: returns
+        (pred with EOS/PAD written along the delays, countdown, finished_step), new tensors. `live`
+        (B,) bool: rows that advance this step (the others keep their state)."""
         cfg = self.cfg
         max_delay = cfg.max_delay
         # A sampled EOS counts only where channel 0 is not being teacher-forced from a prompt
         # (the original also counted EOS sampled inside another, longer prompt: spec 8.15).
         hit_eos = (pred[:, 0] == cfg.eos_id) & ~teacher_forced_ch0
-        at_limit = row >= state.max_tokens - max_delay
-        start = (state.countdown < 0) & (hit_eos | at_limit)
-        state.countdown = torch.where(start, max_delay, state.countdown)
-        state.finished_step = torch.where(start, row, state.finished_step)
-        ending = (state.countdown > 0).unsqueeze(1)  # (B, 1)
-        k = (max_delay - state.countdown).unsqueeze(1)  # steps since EOS on channel 0
+        at_limit = torch.as_tensor(row) >= torch.as_tensor(max_tokens) - max_delay
+        start = (countdown < 0) & (hit_eos | at_limit)
+        if live is not None:
+            start &= live
+        countdown = torch.where(start, max_delay, countdown)
+        finished_step = torch.where(start, torch.as_tensor(row, device=countdown.device), finished_step)
+        ending = countdown > 0
+        if live is not None:
+            ending &= live
+        k = (max_delay - countdown).unsqueeze(1)  # steps since EOS on channel 0
         delay = self.delay.unsqueeze(0)
-        pred = torch.where(ending & (k == delay), cfg.eos_id, pred)
-        pred = torch.where(ending & (k > delay), cfg.pad_id, pred)
-        state.countdown = state.countdown - ending.squeeze(1).long()
-        return pred
+        pred = torch.where(ending.unsqueeze(1) & (k == delay), cfg.eos_id, pred)
+        pred = torch.where(ending.unsqueeze(1) & (k > delay), cfg.pad_id, pred)
+        return pred, countdown - ending.long(), finished_step
 
     # ------------------------------------------------------------------ loop and output
     def steps(self, state: DecodeState, gen: GenerationConfig) -> Iterator[int]:
@@ -282,3 +296,16 @@ class Dia1Generator:
             if on_step is not None:
                 on_step(t)
         return self.extract(state)
+
+
+def row_settings(gens: list[GenerationConfig], device: torch.device, vocab: int) -> tuple[torch.Tensor, ...]:
+    """(cfg_scale, top_k, temperature, top_p) `(B,)` tensors of the rows' settings, for `sample_rows`."""
+    f32 = dict(dtype=torch.float32, device=device)
+    return (torch.tensor([g.cfg_scale for g in gens], **f32),
+            torch.tensor([g.cfg_filter_top_k or vocab for g in gens], dtype=torch.long, device=device),
+            torch.tensor([g.temperature for g in gens], **f32),
+            torch.tensor([g.top_p for g in gens], **f32))
+
+
+def _width(gen: GenerationConfig, cfg: DiaConfig) -> int:
+    return min(gen.cfg_filter_top_k or cfg.decoder.vocab_size, cfg.decoder.vocab_size)

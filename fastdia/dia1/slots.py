@@ -3,10 +3,13 @@
 A `SlotBatch` owns one self-attention KV cache and one cross-attention store with rows for
 `slots` requests (two CFG rows each). A request is prefilled on its own (`Dia1Generator.prepare`
 with a cache just long enough for its prompt), its rows are copied into a free slot, and from
-then on every step decodes all occupied slots at once. Each request keeps its own position (rows
-attend to their own positions only), samples from its own slice of the step's logits with its own
-seed (`Dia1Generator.advance`, the same code a one-shot generation runs; counter-based draws) and leaves the
-moment it is done, freeing its slot for the next request.
+then on every step decodes all occupied slots at once. Per-slot state lives in tensors indexed
+by slot (the delayed token grid, position, limit, EOS countdown, seed and sampling settings), so
+a step is one gather, one model call, one `sample_rows` call for every member (each with its own
+settings and counter-based draws: the call a one-shot generation's `Dia1Generator.advance` makes)
+and the countdown and writes as tensor ops, whatever the number of members. A request keeps its
+own position (rows attend to their own positions only) and leaves the moment it is done, freeing
+its slot for the next request.
 
 Results do not depend on the company a request keeps. Sampling and attention are per row. The
 matrix products are the one place where other rows could matter. fastdia's CPU kernels compute
@@ -27,22 +30,26 @@ import torch
 from ..backends.cpu.packed import rows_independent
 from .model import CrossState
 from ..nn.cache import ROW_GRANULE, KVCache, round_rows
-from .generation import DecodeState, Dia1Generator
+from ..nn.sampling import sample_rows
+from .generation import UNKNOWN, DecodeState, Dia1Generator, _width, row_settings
 from .options import GenerationConfig
 
 
 @dataclass
 class SlotMember:
-    """One request's generation inside the batch."""
+    """One request's generation inside the batch. Its state's tensors are views of the batch's
+    per-slot rows; `t` lives in the batch's step counters (`state.t` is brought up to date when
+    frames are read)."""
 
     state: DecodeState
     gen: GenerationConfig
+    t: torch.Tensor  # (1,) view of the batch's counter for this slot
     given: int = 0  # frames already handed out by `new_frames`
 
     @property
     def finished(self) -> bool:
         s = self.state
-        return s.t >= s.max_tokens or bool(s.countdown[0] == 0)
+        return int(self.t[0]) >= s.max_tokens or bool(s.countdown[0] == 0)
 
 
 class _CacheView:
@@ -73,6 +80,20 @@ class SlotBatch:
         self.cache = KVCache(cfg, self.rows, self.max_len, generator.device, generator.dtype)
         self.cross: CrossState | None = None  # allocated at the first join, widened for longer texts
         self.members: list[SlotMember | None] = [None] * slots
+        # Per-slot state as tensors, so one step samples, counts down and writes every member at
+        # once: the delayed token grid, position, limits, EOS countdown, seed and settings.
+        dev, n_ch = generator.device, cfg.n_channels
+        self.tokens = torch.full((slots, self.max_len + 1, n_ch), UNKNOWN, dtype=torch.long, device=dev)
+        self.t = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.prefill = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.max_tokens = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.countdown = torch.zeros(slots, dtype=torch.long, device=dev)  # 0: free or finished
+        self.finished_step = torch.full((slots,), -1, dtype=torch.long, device=dev)
+        self.seeds = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.in_use = torch.zeros(slots, dtype=torch.bool, device=dev)
+        vocab = cfg.decoder.vocab_size
+        self.settings = (torch.ones(slots, device=dev), torch.full((slots,), vocab, dtype=torch.long, device=dev),
+                         torch.zeros(slots, device=dev), torch.ones(slots, device=dev))  # cfg, top_k, T, top_p
         # Views of the stores per row count, kept while the stores are: the CPU backend prepares
         # its C calls once per cache and cross object (fastdia.backends.cpu.dia1_fused), so new views
         # each step would re-prepare them each step.
@@ -99,12 +120,30 @@ class SlotBatch:
                 shared[i][rows, :, :t] = own[i][:, :, :t]
         self._place_cross(rows, state.cross)
         state.cache = state.cross = None  # the rows live in the shared stores now
-        self.members[slot] = SlotMember(state, gen)
+        # The request's rows of the per-slot state; its DecodeState keeps views of them.
+        length = state.tokens.shape[1]
+        self.tokens[slot] = UNKNOWN
+        self.tokens[slot, :length] = state.tokens[0]
+        self.t[slot], self.max_tokens[slot] = t, gen.max_tokens
+        self.prefill[slot], self.countdown[slot] = state.prefill_steps[0], state.countdown[0]
+        self.finished_step[slot] = state.finished_step[0]
+        self.seeds[slot] = 0 if state.seeds is None else state.seeds[0]
+        self.in_use[slot] = True
+        for mine, value in zip(self.settings, row_settings([gen], self.g.device, self.g.cfg.decoder.vocab_size)):
+            mine[slot] = value[0]
+        state.tokens = self.tokens[slot: slot + 1, :length]
+        state.prefill_steps = self.prefill[slot: slot + 1]
+        state.countdown = self.countdown[slot: slot + 1]
+        state.finished_step = self.finished_step[slot: slot + 1]
+        self.members[slot] = SlotMember(state, gen, self.t[slot: slot + 1])
         return slot
 
     def leave(self, slot: int) -> None:
         """Free a slot (finished, cancelled or timed out); its stale rows are masked by position."""
         self.members[slot] = None
+        self.in_use[slot] = False
+        self.t[slot] = 0  # a free row decodes position 0 (it is overwritten at the next join)
+        self.countdown[slot] = 0
 
     def _place_cross(self, rows: slice, own: CrossState) -> None:
         s_len = own.allowed.shape[-1]
@@ -138,24 +177,33 @@ class SlotBatch:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> None:
-        """Decode one position for every member at once; each samples its next row."""
+        """Decode one position for every member at once: one model call, one sampling call for all
+        rows (each with its own settings, seed and step), the EOS countdown and the writes as
+        tensor ops. No Python runs per member."""
         occupied = [s for s, m in enumerate(self.members) if m is not None]
         if not occupied:
             return
         g, cfg = self.g, self.g.cfg
         rows = round_rows(2 * (occupied[-1] + 1), self.rows, self.granule)
-        current = torch.zeros((rows, 1, cfg.n_channels), dtype=torch.long, device=g.device)
-        positions = torch.zeros((rows, 1), dtype=torch.long, device=g.device)
-        for s in occupied:
-            st = self.members[s].state
-            current[2 * s: 2 * s + 2, 0] = st.tokens[0, st.t]
-            positions[2 * s: 2 * s + 2] = st.t
+        n, n_ch = rows // 2, cfg.n_channels
+        t = self.t[:n]
+        at = t.view(n, 1, 1).expand(n, 1, n_ch)
+        current = self.tokens[:n].gather(1, at).repeat_interleave(2, dim=0)  # (rows, 1, C)
+        positions = t.repeat_interleave(2).view(rows, 1)
         cache, cross = self._views_of(rows)
-        logits = g.decode(current, positions, cache, cross, kv_len=None)
-        logits = logits.view(rows // 2, 2, cfg.n_channels, -1)
-        for s in occupied:
-            m = self.members[s]
-            g.advance(m.state, logits[s: s + 1], m.gen)
+        logits = g.decode(current, positions, cache, cross, kv_len=None).view(n, 2, n_ch, -1)
+        width = max(_width(self.members[s].gen, cfg) for s in occupied)
+        pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, width)
+        live = self.in_use[:n] & (t < self.max_tokens[:n])
+        row = torch.minimum(t + 1, torch.full_like(t, self.max_len))  # a row at its limit does not advance
+        nxt = self.tokens[:n].gather(1, row.view(n, 1, 1).expand(n, 1, n_ch)).squeeze(1)  # (n, C)
+        pred, countdown, finished = g.countdown_rows(self.countdown[:n], self.finished_step[:n], pred, row,
+                                                     self.max_tokens[:n], nxt[:, 0] != UNKNOWN, live)
+        self.countdown[:n], self.finished_step[:n] = countdown, finished
+        # Teacher forcing: prompt and BOS cells already in the grid are kept.
+        written = torch.where(live.view(n, 1) & (nxt == UNKNOWN), pred, nxt)
+        self.tokens[:n].scatter_(1, row.view(n, 1, 1).expand(n, 1, n_ch), written.unsqueeze(1))
+        self.t[:n] += live.long()
 
     def _views_of(self, rows: int) -> tuple[_CacheView, CrossState]:
         """The first `rows` rows of the KV cache and of the cross store (rebuilt after a widening)."""
@@ -173,7 +221,14 @@ class SlotBatch:
     def new_frames(self, slot: int) -> torch.Tensor:
         """The member's frames `(n, C)` that became final since the last call."""
         m = self.members[slot]
+        m.state.t = int(m.t[0])
         n = self.g.final_lengths(m.state)[0]
         out = self.g.frames(m.state, 0, m.given, n)
         m.given = max(m.given, n)
         return out
+
+    def codes(self, slot: int) -> torch.Tensor:
+        """The member's reverted codes `(T, C)` so far (all of them once it has finished)."""
+        m = self.members[slot]
+        m.state.t = int(m.t[0])
+        return self.g.extract(m.state)[0]

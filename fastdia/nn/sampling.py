@@ -83,3 +83,84 @@ def select(
     noise = exponential_at(seeds, step, stream, channel * vocab + cand.indices)
     win = (cand.values / noise.clamp_min(1e-30)).argmax(dim=-1, keepdim=True)
     return cand.indices.gather(-1, win).squeeze(-1)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    cfg_scale: torch.Tensor,
+    top_k: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+    eos: int,
+    width: int,
+    stream: int = 0,
+) -> torch.Tensor:
+    """CFG filter and draw for a batch whose rows each have their own settings, in one call.
+
+    The semantics of `cfg_filter` then `select`, per row b: the candidates are the top_k[b] ids of
+    the guided logits `cond + cfg_scale[b] * (cond - uncond)` (ties broken by the lower id), PAD
+    and BOS are never drawn and only channel 0 may draw EOS; greedy (temperature[b] == 0) takes
+    the candidate with the largest conditional logit (the lower id among equals); otherwise the
+    EOS rule, temperature, top_p and an exponential race with counter-based noise keyed by
+    (seeds[b], steps[b], stream, channel, id).
+
+    Every operation is exact per element or a sequential scan, so a row's pick does not depend
+    on the other rows or on `width` (the candidate columns kept: at least the largest top_k).
+
+    Args:
+        logits: `(B, 2, C, V)` float32, uncond then cond.
+        cfg_scale, temperature, top_p: `(B,)` float32; top_k: `(B,)` long (V for no limit).
+        seeds, steps: `(B,)` int64 (seeds are ignored for greedy rows).
+        eos: the EOS id; width: candidate columns, `max(top_k)` or more, a host int.
+
+    Returns:
+        `(B, C)` long ids.
+    """
+    uncond, cond = logits[:, 0], logits[:, 1]
+    b, c, v = cond.shape
+    guided = cond + cfg_scale.view(b, 1, 1) * (cond - uncond)
+    order = top_ids(guided, width)  # (B, C, W)
+    rank = torch.arange(order.shape[-1], device=order.device)
+    ok = rank.view(1, 1, -1) < top_k.view(b, 1, 1)
+    ok = ok & (order <= eos)
+    channel = torch.arange(c, device=order.device).view(1, -1, 1)
+    ok = ok & ~((channel > 0) & (order == eos))
+    vals = cond.gather(-1, order).masked_fill(~ok, NEG_INF)
+    top = vals.max(dim=-1, keepdim=True).values
+    greedy = torch.where(vals == top, order, v).min(dim=-1).values  # (B, C): the lower id among equals
+    # Sampling rows: temperature, then the EOS rule (EOS exactly when it is the top logit).
+    hot = temperature > 0
+    t = torch.where(hot, temperature, torch.ones_like(temperature)).view(b, 1, 1)
+    scaled = vals / t
+    eos_top = (greedy == eos).unsqueeze(-1)
+    scaled = scaled.masked_fill(eos_top & (order < eos), NEG_INF)
+    scaled = scaled.masked_fill(~eos_top & (order == eos), NEG_INF)
+    # Unnormalised probabilities: exact per element; top_p compares a sequential scan against
+    # top_p times its own last value, so trailing zero columns change nothing.
+    weights = torch.exp(scaled - scaled.max(dim=-1, keepdim=True).values)
+    sorted_w, by_weight = weights.sort(dim=-1, descending=True, stable=True)
+    mass = sorted_w.cumsum(dim=-1)
+    exceeded = mass > top_p.view(b, 1, 1) * mass[..., -1:]
+    drop_sorted = torch.cat((torch.zeros_like(exceeded[..., :1]), exceeded[..., :-1]), dim=-1)
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, by_weight, drop_sorted)
+    weights = weights.masked_fill(drop, 0.0)
+    noise = exponential_at(seeds, steps, stream, channel * v + order)
+    won = (weights / noise.clamp_min(1e-30)).argmax(dim=-1, keepdim=True)
+    drawn = order.gather(-1, won).squeeze(-1)
+    return torch.where(hot.view(b, 1), drawn, greedy)
+
+
+def top_ids(x: torch.Tensor, width: int) -> torch.Tensor:
+    """The ids of the `width` largest float32 values along the last dim, largest first, equal
+    values by the lower id: a total order (unlike topk's unspecified ties), so the first k of
+    them are the same set whatever `width` is. topk over one int64 key per id (the float's
+    order-preserving bits, then the id) instead of a full stable sort: ~6x faster at V = 1028."""
+    v = x.shape[-1]
+    bits = x.float().contiguous().view(torch.int32).to(torch.int64)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed integers (negatives flipped)
+    span = 1 << max(1, (v - 1).bit_length())
+    ids = torch.arange(v, device=x.device)
+    key = ordered * span + (span - 1 - ids)  # larger key: larger value, then lower id
+    return key.topk(min(width, v), dim=-1).indices
