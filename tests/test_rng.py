@@ -4,11 +4,10 @@ index), so a request's samples cannot depend on what else is in its batch or whi
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from fastdia.nn import rng
-from fastdia.nn.sampling import select
+from fastdia.nn.sampling import sample_rows
 
 SEEDS = torch.tensor([0, 1, 2**62 + 5, -7, 2**63 - 1, 123456789012345])
 
@@ -48,40 +47,54 @@ def test_uniforms_are_uniform_and_inside_the_open_interval():
     assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.std()) - (1 / 12) ** 0.5) < 0.005
 
 
-def test_select_draws_from_the_distribution_and_ignores_its_batch():
-    """The sampler's counter-based exponential race: frequencies follow softmax(logits / T), and
-    an item's pick does not depend on the rows beside it."""
+def _rows(n, cfg=3.0, k=45, temp=1.0, top_p=1.0):
+    return (torch.full((n,), cfg), torch.full((n,), k, dtype=torch.long), torch.full((n,), temp),
+            torch.full((n,), top_p))
+
+
+def test_sample_rows_draws_from_the_distribution():
+    """Guidance off (scale 0), no top-k or top-p: frequencies over 4,000 seeds follow
+    softmax(cond / T), with the EOS rule (EOS exactly when it is the top logit) and only channel 0
+    allowed EOS (id 49)."""
     torch.manual_seed(0)
-    logits = torch.randn(1, 2, 50) * 2  # (B, C, V); EOS is id 49
-    n = 4000
-    picks = torch.stack([select(logits, 1.0, 1.0, None, 49, torch.tensor([s]), 3) for s in range(n)])
-    probs = logits[0].clone()
-    eos_top = probs.argmax(-1) == 49
-    for c in range(2):
-        row = probs[c].clone()
-        if eos_top[c]:
-            row[:49] = float("-inf")
-        else:
-            row[49] = float("-inf")
-        p = row.softmax(-1).numpy()
-        freq = np.bincount(picks[:, 0, c].numpy(), minlength=50) / n
-        assert np.abs(freq - p).max() < 0.03, (c, np.abs(freq - p).max())
-    batch = torch.cat([logits, torch.randn(4, 2, 50)])
-    seeds = torch.tensor([11, 12, 13, 14, 15])
-    together = select(batch, 0.8, 0.9, 20, 49, seeds, 6)
-    for b in range(5):
-        assert torch.equal(together[b], select(batch[b: b + 1], 0.8, 0.9, 20, 49, seeds[b: b + 1], 6)[0])
+    n, v = 4000, 50
+    cond = torch.randn(2, v) * 2
+    cond[0, 49] = cond[0].max() + 1.0  # channel 0: EOS is the top logit, so it is forced
+    logits = torch.stack((torch.zeros(2, v), cond)).expand(n, 2, 2, v)
+    picks = sample_rows(logits, *_rows(n, cfg=0.0, k=v, temp=0.9), torch.arange(n), torch.full((n,), 3), 49, v)
+    assert bool((picks[:, 0] == 49).all())
+    p = (cond[1, :49] / 0.9).softmax(-1).numpy()
+    freq = np.bincount(picks[:, 1].numpy(), minlength=v)[:49] / n
+    assert np.abs(freq - p).max() < 0.03, np.abs(freq - p).max()
+    assert not bool((picks[:, 1] == 49).any())
 
 
-@pytest.mark.parametrize("top_k", [None, 5])
-def test_noise_is_keyed_by_id_so_candidates_choose_alike(top_k):
-    """Noise belongs to (channel, id), not to a position in a sorted list: reordering the
-    vocabulary's candidates does not change which id wins."""
-    logits = torch.randn(1, 1, 30)
-    seeds = torch.tensor([5])
-    a = select(logits, 1.0, 1.0, top_k, 29, seeds, 2)
-    b = select(logits.clone(), 1.0, 1.0, top_k, 29, seeds, 2)
-    assert torch.equal(a, b)
+def test_a_rows_pick_ignores_its_batch_its_settings_mix_and_the_width():
+    torch.manual_seed(1)
+    n, c, v = 6, 3, 64
+    logits = torch.randn(n, 2, c, v)
+    cfg = torch.tensor([3.0, 1.0, 0.5, 3.0, 2.0, 3.0])
+    k = torch.tensor([45, 5, 64, 1, 20, 45])
+    temp = torch.tensor([1.2, 0.0, 0.7, 1.0, 1.5, 1.2])
+    top_p = torch.tensor([0.95, 1.0, 0.5, 1.0, 0.8, 0.95])
+    seeds, steps = torch.tensor([11, 12, 13, 14, 15, 11]), torch.tensor([6, 6, 2, 9, 6, 7])
+    together = sample_rows(logits, cfg, k, temp, top_p, seeds, steps, 63, 64)
+    for b in range(n):
+        alone = [sample_rows(logits[b: b + 1], cfg[b: b + 1], k[b: b + 1], temp[b: b + 1], top_p[b: b + 1],
+                             seeds[b: b + 1], steps[b: b + 1], 63, width)[0] for width in (int(k[b]), 64)]
+        assert torch.equal(together[b], alone[0]) and torch.equal(alone[0], alone[1]), b
+
+
+def test_greedy_rows_take_the_best_candidate_lowest_id_first():
+    """Temperature 0: the largest conditional logit among the top-k guided candidates; equal
+    logits give the lower id (as argmax does); PAD and BOS (ids above EOS) are never taken."""
+    v, eos = 12, 9
+    cond = torch.zeros(1, 1, v)
+    cond[0, 0, [2, 5]] = 4.0
+    cond[0, 0, 10] = 9.0  # above EOS: never
+    logits = torch.stack((torch.zeros_like(cond), cond), dim=1)  # (1, 2, 1, V)
+    pick = sample_rows(logits, *_rows(1, cfg=1.0, k=v, temp=0.0), torch.tensor([0]), torch.tensor([1]), eos, v)
+    assert int(pick[0, 0]) == 2
 
 
 def test_slot_batch_members_with_mixed_settings_draw_their_solo_codes(tts):
