@@ -39,9 +39,8 @@ def emulable() -> list[str]:
 def environment(kind: str | None, kernels: bool = True) -> dict[str, str]:
     """os.environ for a child process of CPU kind `kind` (None: this machine as it is), with
     fastdia's kernels on or off (`FASTDIA_NO_KERNELS`)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in (ENV, "FASTDIA_NO_KERNELS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                        "MKL_ENABLE_INSTRUCTIONS", "CT2_FORCE_CPU_ISA")}
+    emulation = {"FASTDIA_NO_KERNELS"}.union(*KINDS.values())
+    env = {k: v for k, v in os.environ.items() if k not in emulation}
     if kind is not None:
         env.update(KINDS[kind])
     if not kernels:

@@ -82,7 +82,7 @@ def child_fastdia(spec: dict) -> dict:
         _sync(dev)
         t2 = time.perf_counter()
         for _ in range(steps):
-            gen.step(state, gcfg)
+            gen.step(state)
             _sync(dev)
             times.append(time.perf_counter())
     per_step = [b - a for a, b in zip([t2] + times[:-1], times)]

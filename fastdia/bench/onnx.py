@@ -38,7 +38,7 @@ def child_onnx(spec: dict) -> dict:
         state = gen.prepare([tokenize(spec["text"])] * batch, [None] * batch, gcfg)
         t2 = time.perf_counter()
         for _ in range(steps):
-            gen.step(state, gcfg)
+            gen.step(state)
             times.append(time.perf_counter())
     per_step = [b - a for a, b in zip([t2] + times[:-1], times)]
     steady = per_step[1:] or per_step

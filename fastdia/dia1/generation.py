@@ -45,7 +45,9 @@ class DecodeState:
     finished_step: torch.Tensor  # (B,) long: row of the EOS frame, -1 until known
     cache: KVCache
     cross: CrossState
-    seeds: torch.Tensor | None  # (B,) int64: each item's seed for its counter-based draws; None for greedy
+    seeds: torch.Tensor  # (B,) int64: each item's seed for its counter-based draws (0 when greedy)
+    settings: tuple[torch.Tensor, ...]  # (B,) each: cfg_scale, top_k, temperature, top_p (`row_settings`)
+    width: int  # candidate columns `sample_rows` keeps (the largest top_k)
     t: int  # current decoder position (host int; all rows advance together in one generation)
     max_tokens: int
 
@@ -136,10 +138,10 @@ class Dia1Generator:
         cache_len = fixed or (max_tokens if cache_len is None else max(1, cache_len))
         cache = KVCache(cfg, 2 * b, cache_len, dev, self.dtype)
 
-        seeds = None
+        base = 0  # greedy draws nothing
         if gen.temperature != 0:  # item i draws with seed + i (fastdia.nn.rng: counter-based)
             base = gen.seed if gen.seed is not None else secrets.randbits(62)
-            seeds = torch.tensor([(base + i) % SEED_MODULUS for i in range(b)], dtype=torch.int64, device=dev)
+        seeds = torch.tensor([(base + i) % SEED_MODULUS for i in range(b)], dtype=torch.int64, device=dev)
 
         t = min(steps) - 1
         state = DecodeState(
@@ -150,6 +152,8 @@ class Dia1Generator:
             cache=cache,
             cross=cross,
             seeds=seeds,
+            settings=row_settings(gen, b, dev, cfg.decoder.vocab_size),
+            width=_width(gen, cfg),
             t=t,
             max_tokens=max_tokens,
         )
@@ -161,25 +165,22 @@ class Dia1Generator:
         return state
 
     # ------------------------------------------------------------------ one step
-    def step(self, state: DecodeState, gen: GenerationConfig) -> None:
+    def step(self, state: DecodeState) -> None:
         """Decode position t for every row, sample, apply the EOS countdown, write row t + 1."""
         b = state.tokens.shape[0]
         t = state.t
         current = state.tokens[:, t].repeat_interleave(2, dim=0).unsqueeze(1)  # (2B, 1, C)
         positions = torch.full((2 * b, 1), t, dtype=torch.long, device=self.device)
         logits = self.decode(current, positions, state.cache, state.cross, kv_len=t + 1)
-        self.advance(state, logits.view(b, 2, self.cfg.n_channels, -1), gen)
+        self.advance(state, logits.view(b, 2, self.cfg.n_channels, -1))
 
-    def advance(self, state: DecodeState, logits: torch.Tensor, gen: GenerationConfig) -> None:
-        """Sample row t + 1 from position t's logits `(B, 2, C, V)` (uncond, cond), apply the EOS
-        countdown, write it: `sample_rows` with every item's settings, the very call a slot batch
-        (fastdia.dia1.slots) makes for all its members at once."""
+    def advance(self, state: DecodeState, logits: torch.Tensor) -> None:
+        """Sample row t + 1 from position t's logits `(B, 2, C, V)` (uncond, cond) with the
+        settings `prepare` stored, apply the EOS countdown, write it: `sample_rows`, the very call a
+        slot batch (fastdia.dia1.slots) makes for all its members at once."""
         t = state.t
-        b = logits.shape[0]
-        settings = row_settings([gen] * b, logits.device, self.cfg.decoder.vocab_size)
-        seeds = state.seeds if state.seeds is not None else torch.zeros(b, dtype=torch.int64, device=logits.device)
-        steps = torch.full((b,), t + 1, dtype=torch.long, device=logits.device)
-        pred = sample_rows(logits, *settings, seeds, steps, self.cfg.eos_id, width=_width(gen, self.cfg))
+        steps = torch.full((logits.shape[0],), t + 1, dtype=torch.long, device=logits.device)
+        pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width)
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
         # Teacher forcing: prompt and BOS cells already in the grid are kept.
@@ -224,11 +225,11 @@ class Dia1Generator:
         return pred, countdown - ending.long(), finished_step
 
     # ------------------------------------------------------------------ loop and output
-    def steps(self, state: DecodeState, gen: GenerationConfig) -> Iterator[int]:
+    def steps(self, state: DecodeState) -> Iterator[int]:
         """Advance until every item has finished (or max_tokens); yields the new position each step."""
         n = 0
         while state.t < state.max_tokens:
-            self.step(state, gen)
+            self.step(state)
             n += 1
             yield state.t
             if n % self.sync_every == 0 and bool((state.countdown == 0).all()):
@@ -270,7 +271,7 @@ class Dia1Generator:
         """
         state = self.prepare(texts, prompts, gen)
         done = [0] * len(texts)
-        for n, t in enumerate(self.steps(state, gen), start=1):
+        for n, t in enumerate(self.steps(state), start=1):
             if on_step is not None:
                 on_step(t)
             if n % self.sync_every == 0:
@@ -292,19 +293,18 @@ class Dia1Generator:
         on_step: Callable[[int], None] | None = None,
     ) -> list[torch.Tensor]:
         state = self.prepare(texts, prompts, gen)
-        for t in self.steps(state, gen):
+        for t in self.steps(state):
             if on_step is not None:
                 on_step(t)
         return self.extract(state)
 
 
-def row_settings(gens: list[GenerationConfig], device: torch.device, vocab: int) -> tuple[torch.Tensor, ...]:
-    """(cfg_scale, top_k, temperature, top_p) `(B,)` tensors of the rows' settings, for `sample_rows`."""
+def row_settings(gen: GenerationConfig, rows: int, device: torch.device, vocab: int) -> tuple[torch.Tensor, ...]:
+    """(cfg_scale, top_k, temperature, top_p): `(rows,)` tensors of `gen`'s settings, for `sample_rows`."""
     f32 = dict(dtype=torch.float32, device=device)
-    return (torch.tensor([g.cfg_scale for g in gens], **f32),
-            torch.tensor([g.cfg_filter_top_k or vocab for g in gens], dtype=torch.long, device=device),
-            torch.tensor([g.temperature for g in gens], **f32),
-            torch.tensor([g.top_p for g in gens], **f32))
+    return (torch.full((rows,), gen.cfg_scale, **f32),
+            torch.full((rows,), gen.cfg_filter_top_k or vocab, dtype=torch.long, device=device),
+            torch.full((rows,), gen.temperature, **f32), torch.full((rows,), gen.top_p, **f32))
 
 
 def _width(gen: GenerationConfig, cfg: DiaConfig) -> int:

@@ -31,7 +31,7 @@ from ..backends.cpu.packed import rows_independent
 from .model import CrossState
 from ..nn.cache import ROW_GRANULE, KVCache, round_rows
 from ..nn.sampling import sample_rows
-from .generation import UNKNOWN, DecodeState, Dia1Generator, _width, row_settings
+from .generation import UNKNOWN, DecodeState, Dia1Generator
 from .options import GenerationConfig
 
 
@@ -91,6 +91,7 @@ class SlotBatch:
         self.finished_step = torch.full((slots,), -1, dtype=torch.long, device=dev)
         self.seeds = torch.zeros(slots, dtype=torch.long, device=dev)
         self.in_use = torch.zeros(slots, dtype=torch.bool, device=dev)
+        self.width = 1  # candidate columns of the sampling call: the members' largest top_k
         vocab = cfg.decoder.vocab_size
         self.settings = (torch.ones(slots, device=dev), torch.full((slots,), vocab, dtype=torch.long, device=dev),
                          torch.zeros(slots, device=dev), torch.ones(slots, device=dev))  # cfg, top_k, T, top_p
@@ -127,15 +128,16 @@ class SlotBatch:
         self.t[slot], self.max_tokens[slot] = t, gen.max_tokens
         self.prefill[slot], self.countdown[slot] = state.prefill_steps[0], state.countdown[0]
         self.finished_step[slot] = state.finished_step[0]
-        self.seeds[slot] = 0 if state.seeds is None else state.seeds[0]
+        self.seeds[slot] = state.seeds[0]
         self.in_use[slot] = True
-        for mine, value in zip(self.settings, row_settings([gen], self.g.device, self.g.cfg.decoder.vocab_size)):
+        for mine, value in zip(self.settings, state.settings):
             mine[slot] = value[0]
         state.tokens = self.tokens[slot: slot + 1, :length]
         state.prefill_steps = self.prefill[slot: slot + 1]
         state.countdown = self.countdown[slot: slot + 1]
         state.finished_step = self.finished_step[slot: slot + 1]
         self.members[slot] = SlotMember(state, gen, self.t[slot: slot + 1])
+        self.width = max(m.state.width for m in self.members if m is not None)
         return slot
 
     def leave(self, slot: int) -> None:
@@ -144,6 +146,7 @@ class SlotBatch:
         self.in_use[slot] = False
         self.t[slot] = 0  # a free row decodes position 0 (it is overwritten at the next join)
         self.countdown[slot] = 0
+        self.width = max((m.state.width for m in self.members if m is not None), default=1)
 
     def _place_cross(self, rows: slice, own: CrossState) -> None:
         s_len = own.allowed.shape[-1]
@@ -192,10 +195,9 @@ class SlotBatch:
         positions = t.repeat_interleave(2).view(rows, 1)
         cache, cross = self._views_of(rows)
         logits = g.decode(current, positions, cache, cross, kv_len=None).view(n, 2, n_ch, -1)
-        width = max(_width(self.members[s].gen, cfg) for s in occupied)
-        pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, width)
+        pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, self.width)
         live = self.in_use[:n] & (t < self.max_tokens[:n])
-        row = torch.minimum(t + 1, torch.full_like(t, self.max_len))  # a row at its limit does not advance
+        row = (t + 1).clamp(max=self.max_len)  # a row at its limit does not advance (`live`)
         nxt = self.tokens[:n].gather(1, row.view(n, 1, 1).expand(n, 1, n_ch)).squeeze(1)  # (n, C)
         pred, countdown, finished = g.countdown_rows(self.countdown[:n], self.finished_step[:n], pred, row,
                                                      self.max_tokens[:n], nxt[:, 0] != UNKNOWN, live)

@@ -139,11 +139,6 @@ def cfg_filter(logits: torch.Tensor, scale: float, k: int) -> torch.Tensor:
 ACTION_STREAM, CB0_STREAM, STAGE_STREAM = 1, 2, 3
 
 
-def draw_uniform(seed: int, t: int, stream: int, index: int = 0) -> float:
-    """The float64 uniform a script with `seed` draws at step t for `stream` (and `index`)."""
-    return uniform_one(seed, t, stream, index)
-
-
 def sample(logits: torch.Tensor, temperature: float, top_k: int, u: float | None) -> torch.Tensor:
     """One id from `(V,)` logits: argmax at temperature 0, else softmax(logits / T) restricted to
     the top_k most likely and drawn by inverting its CDF at the uniform `u` (the reference's
@@ -398,7 +393,7 @@ class Dia2Generator:
         the depformer's first stage reads, or None)."""
         gen, data = run.gen, self.cfg.data
         action = int(sample(cfg_filter(action_logits, gen.cfg_scale, gen.cfg_filter_k),
-                            gen.text_temperature, gen.top_k, draw_uniform(run.seed, t, ACTION_STREAM)))
+                            gen.text_temperature, gen.top_k, uniform_one(run.seed, t, ACTION_STREAM)))
         while True:
             try:
                 out = run.state.step(t, action)
@@ -412,7 +407,7 @@ class Dia2Generator:
         self._set_text(run, out.main, out.second)
         cb0 = cfg_filter(cb0_logits, gen.cfg_scale, gen.cfg_filter_k).clone()
         cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
-        token = sample(cb0, gen.temperature, gen.top_k, draw_uniform(run.seed, t, CB0_STREAM))
+        token = sample(cb0, gen.temperature, gen.top_k, uniform_one(run.seed, t, CB0_STREAM))
         run.buffer[0, t + 1] = token
         text = None
         if self.model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
@@ -430,7 +425,7 @@ class Dia2Generator:
     def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
         """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
         gen = run.gen
-        u = draw_uniform(run.seed, t, STAGE_STREAM, codebook) if gen.temperature > 0 else None
+        u = uniform_one(run.seed, t, STAGE_STREAM, codebook) if gen.temperature > 0 else None
         if self._c_draw and u is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
             token = torch.tensor(self._c_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
         else:

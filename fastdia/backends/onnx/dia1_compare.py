@@ -48,7 +48,7 @@ def top1_agreement(reference, candidate, scripts=SCRIPTS, max_tokens: int = 128)
     for script in scripts:
         text = tokenize(script)
         state = generator.prepare([text], [None], gen)
-        for _ in generator.steps(state, gen):
+        for _ in generator.steps(state):
             pass
         grid = state.tokens[0, : state.t]
         ref = teacher_forced_logits(reference, text, grid)
