@@ -76,10 +76,10 @@ def dia1_runner(model: str, quantize: str | None):
     def run(batch: int, steps: int) -> float:
         cfg = GenerationConfig(max_tokens=steps + 40, seed=0)
         state = gen.prepare([text] * batch, [None] * batch, cfg)
-        gen.step(state, cfg)
+        gen.step(state)
         t0 = time.perf_counter()
         for _ in range(steps):
-            gen.step(state, cfg)
+            gen.step(state)
         return batch * steps / (time.perf_counter() - t0)
 
     def roof(batch: int) -> tuple[int, dict]:

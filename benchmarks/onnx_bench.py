@@ -31,10 +31,10 @@ def measure(folder: str, steps: int) -> dict:
     opts = GenerationConfig(max_tokens=steps + 32, temperature=0.0)
     with torch.inference_mode():
         state = gen.prepare([tokenize("[S1] Hello there, how are you today? [S2] Fine, thanks.")], [None], opts)
-        gen.step(state, opts)  # warm-up
+        gen.step(state)  # warm-up
         t = time.perf_counter()
         for _ in range(steps):
-            gen.step(state, opts)
+            gen.step(state)
         dt = (time.perf_counter() - t) / steps
     dec = model.info["graphs"]["decoder"]["bytes"]
     return {"folder": folder, "quantize": model.info.get("quantize") or "float32", "load_s": round(load, 1),

@@ -157,10 +157,10 @@ def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
     gcfg = GenerationConfig(max_tokens=30, temperature=0)
     with torch.inference_mode():
         first = gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
-        gen.step(first, gcfg)
+        gen.step(first)
         ref = weakref.ref(first.cache)
         second = gen.prepare([tokenize(TEXTS[1])], [None], gcfg)
-        gen.step(second, gcfg)
+        gen.step(second)
         assert len(gen.decode._plans.entries) == 2
         del first
         gc.collect()
@@ -181,5 +181,5 @@ def test_prepared_steps_follow_their_cache_and_cross_state(tmp_path):
     float_gen = Dia1Generator(float_model, CPU, torch.float32)
     with torch.inference_mode():
         state = float_gen.prepare([tokenize(TEXTS[0])], [None], gcfg)
-        float_gen.step(state, gcfg)
+        float_gen.step(state)
     assert _held_plans(float_gen.decode) == [None]
