@@ -121,3 +121,26 @@ def test_slot_batch_members_with_mixed_settings_draw_their_solo_codes(tts):
                 batch.step()
         for i, slot in slots.items():
             assert torch.equal(batch.codes(slot), solo[i]), (order, i)
+
+
+def test_the_kernels_candidate_search_is_top_ids_bit_for_bit():
+    """fastdia's C selection (backends/cpu/kernels.top_ids, where the kernels run) returns exactly
+    the ids of nn.sampling.top_ids, ties (equal values, signed zeros, -inf, NaN) included."""
+    import pytest
+
+    from fastdia.backends.cpu import kernels
+    from fastdia.nn.sampling import top_ids
+
+    if not kernels.available():
+        pytest.skip(f"fastdia's CPU kernels are not available here: {kernels.unavailable_reason()}")
+    torch.manual_seed(3)
+    x = torch.randn(40, 3, 1028)
+    x[0, 0, :100] = 1.0  # a tie across the cut
+    x[1, 1, 5:] = float("-inf")
+    x[2, 2, 7] = float("nan")
+    x[3, 0] = 0.0
+    x[3, 0, ::2] = -0.0
+    x[4, 1] = x[4, 1].round()  # many ties
+    for width in (1, 2, 45, 100, 1027, 1028, 5000):
+        assert torch.equal(kernels.top_ids(x, width), top_ids(x, width)), width
+    assert torch.equal(kernels.top_ids(x[:, :, :3], 2), top_ids(x[:, :, :3], 2))

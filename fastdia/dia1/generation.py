@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ..backends.cpu import kernels as cpu_kernels
 from ..backends.cpu.dia1_fused import decode_step
 from ..backends.cpu.memory import release_free_heap
 from .config import DiaConfig
@@ -67,6 +68,9 @@ class Dia1Generator:
         # Single-position decoder calls go through the fastest step for this setup (a fused CPU
         # step where fastdia's kernels run; else the model's own forward), chosen once, here.
         self.decode = decode_step(model.decoder, device, dtype)
+        # The candidate search of every draw (nn.sampling.top_ids): fastdia's C selection where the
+        # kernels run, the same ids bit for bit (tests/test_rng.py), else torch's.
+        self.top_ids = cpu_kernels.top_ids if device.type == "cpu" and cpu_kernels.available() else None
         # Completion checks read a flag back to the host; on GPU do it every few steps only.
         self.sync_every = 1 if device.type == "cpu" else 8
 
@@ -180,7 +184,7 @@ class Dia1Generator:
         slot batch (fastdia.dia1.slots) makes for all its members at once."""
         t = state.t
         steps = torch.full((logits.shape[0],), t + 1, dtype=torch.long, device=logits.device)
-        pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width)
+        pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width, select=self.top_ids)
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
         # Teacher forcing: prompt and BOS cells already in the grid are kept.

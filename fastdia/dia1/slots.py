@@ -195,7 +195,8 @@ class SlotBatch:
         positions = t.repeat_interleave(2).view(rows, 1)
         cache, cross = self._views_of(rows)
         logits = g.decode(current, positions, cache, cross, kv_len=None).view(n, 2, n_ch, -1)
-        pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, self.width)
+        pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, self.width,
+                           select=g.top_ids)
         live = self.in_use[:n] & (t < self.max_tokens[:n])
         row = (t + 1).clamp(max=self.max_len)  # a row at its limit does not advance (`live`)
         nxt = self.tokens[:n].gather(1, row.view(n, 1, 1).expand(n, 1, n_ch)).squeeze(1)  # (n, C)
@@ -220,13 +221,26 @@ class SlotBatch:
                                         c)
         return held[0], held[1]
 
-    def new_frames(self, slot: int) -> torch.Tensor:
-        """The member's frames `(n, C)` that became final since the last call."""
+    def poll(self) -> tuple[list[int], list[int], list[bool]]:
+        """Every slot's position, count of final frames and whether it has finished, in one host
+        read (the only sync of a step loop; a runner makes it every few steps)."""
+        g = self.g
+        ready = self.t + 1 - g.cfg.max_delay
+        limit = torch.where(self.finished_step < 0, ready, self.finished_step.clamp(max=ready))
+        final = (limit - self.prefill).clamp(min=0)
+        done = (self.t >= self.max_tokens) | (self.countdown == 0)
+        t, final, done = torch.stack((self.t, final, done.long())).tolist()
+        return t, final, [bool(d) for d in done]
+
+    def new_frames(self, slot: int, final: int | None = None) -> torch.Tensor:
+        """The member's frames `(n, C)` that became final since the last call; `final`: its count
+        of final frames from `poll` (else read here)."""
         m = self.members[slot]
-        m.state.t = int(m.t[0])
-        n = self.g.final_lengths(m.state)[0]
-        out = self.g.frames(m.state, 0, m.given, n)
-        m.given = max(m.given, n)
+        if final is None:
+            m.state.t = int(m.t[0])
+            final = self.g.final_lengths(m.state)[0]
+        out = self.g.frames(m.state, 0, m.given, final)
+        m.given = max(m.given, final)
         return out
 
     def codes(self, slot: int) -> torch.Tensor:

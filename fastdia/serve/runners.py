@@ -28,6 +28,7 @@ from ..dia1.longform import script_calls
 from ..text import DEFAULT_CHUNK_TOKENS
 
 DIA2_FRAME_RATE = 12.5
+POLL_EVERY = 4  # steps between the host's reads of a batch's progress (CPU; twice that on a GPU)
 PREFIX_FRAMES = 375  # the longest voice prefix a Dia2 engine makes room for (30 s)
 
 
@@ -81,6 +82,11 @@ class Dia1Runner(_SlotRunner):
         self.tts = tts
         self.batch = SlotBatch(tts._generator, slots, tts.config.decoder.max_positions)
         self.codec_batch = codec_batch
+        # The host reads positions and finished rows every few steps, not every step: between
+        # reads a step is the batch's tensor work alone (a member that ended waits at most this
+        # many steps for its slot to be freed).
+        self.poll_every = POLL_EVERY if tts.device.type == "cpu" else 2 * POLL_EVERY
+        self._since = 0
         super().__init__()
 
     def plan(self, text: str, voice: str | None, seed_default: int | None, options: dict, chunk_seconds: float,
@@ -99,33 +105,42 @@ class Dia1Runner(_SlotRunner):
         tokens, prompt, options = job.state["call"]
         job.slot = self.batch.join(tokens, prompt, options)
         job.state["pieces"] = []
+        job.state["t0"] = int(self.batch.members[job.slot].state.t)  # its position after the prefill
+        job.state.setdefault("steps_before", 0)
         self.jobs[job.slot] = job
 
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
-        """One batched step; returns (job, new (audio, words) pieces, finished) for every job."""
+        """One batched step; every `poll_every` steps, (job, new (audio, words) pieces, finished)
+        for the jobs with news (the other steps return nothing: no per-job work between polls)."""
         self.batch.step()
-        for job in self.jobs.values():
-            job.steps += 1
+        self._since += 1
+        if self._since < self.poll_every:
+            return []
+        self._since = 0
+        positions, final, done = self.batch.poll()  # the one host read
         planned = []  # (job, its stream windows, finished): decoded together below
         for slot, job in list(self.jobs.items()):
-            member = self.batch.members[slot]
-            frames = self.batch.new_frames(slot)
+            st = job.state
+            job.steps = st["steps_before"] + positions[slot] - st["t0"]
             windows = []
-            if frames.shape[0]:
-                job.state["pieces"].append(frames)
+            if final[slot] > self.batch.members[slot].given:
+                frames = self.batch.new_frames(slot, final[slot])
+                st["pieces"].append(frames)
                 job.frames += frames.shape[0]
-                windows += job.state["stream"].plan_push(frames.cpu().numpy())
+                windows += st["stream"].plan_push(frames.cpu().numpy())
             finished = False
-            if member.finished:
+            if done[slot]:
                 self.drop(job)
-                pieces = job.state["pieces"]
+                st["steps_before"] = job.steps
+                pieces = st["pieces"]
                 try:
-                    job.state["call"] = job.state["calls"].send(torch.cat(pieces) if pieces else None)
+                    st["call"] = st["calls"].send(torch.cat(pieces) if pieces else None)
                     self.join(job)  # the next chunk takes the slot just freed
                 except StopIteration:
-                    windows += job.state["stream"].plan_finish()
+                    windows += st["stream"].plan_finish()
                     finished = True
-            planned.append((job, windows, finished))
+            if windows or finished:
+                planned.append((job, windows, finished))
         # Every request's ready windows in one call: batched `codec_batch` at a time (fixed-size
         # batches, so a request's audio does not depend on the others; see decode_windows).
         audio = iter(decode_windows(self.tts.codec, [w for _, ws, _ in planned for w in ws], self.codec_batch))

@@ -125,6 +125,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_embed_add.restype = i
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
+    lib.fd_top_ids.argtypes = [p, i, i, i, p]
+    lib.fd_top_ids.restype = i
     lib.fd_cfg_greedy.argtypes = [p, i, ctypes.c_float, i]
     lib.fd_cfg_greedy.restype = i
     lib.fd_cfg_guided.argtypes = [p, i, ctypes.c_float, p]
@@ -221,6 +223,20 @@ def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float,
         raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
     logits = logits.contiguous()
     return (_lib or _library()).fd_cfg_draw(logits.data_ptr(), logits.shape[-1], scale, cfg_k, temperature, top_k, u)
+
+
+def top_ids(x: torch.Tensor, width: int) -> torch.Tensor:
+    """fastdia.nn.sampling.top_ids for float32 CPU tensors (csrc/sample.c): the same ids, bit for
+    bit (the same integer key per id), in one pass and a quickselect per row."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"top_ids takes float32 CPU tensors, got {x.dtype} on {x.device}")
+    x = x.contiguous()
+    v = x.shape[-1]
+    width = min(width, v)
+    out = torch.empty((*x.shape[:-1], width), dtype=torch.int64)
+    if (_lib or _library()).fd_top_ids(x.data_ptr(), x.numel() // v, v, width, out.data_ptr()) != 0:
+        raise MemoryError("top_ids: out of memory")
+    return out
 
 
 def cfg_greedy(logits: torch.Tensor, scale: float, cfg_k: int) -> int:

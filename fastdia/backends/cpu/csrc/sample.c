@@ -125,3 +125,75 @@ int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
     free(m);
     return best < 0 ? 0 : best;
 }
+
+/* The `width` ids of each row's largest values, largest first, equal values by the lower id: the
+   total order of fastdia.nn.sampling.top_ids, computed from the same integer key (the float's
+   order-preserving bits, then the id; keys are distinct), so the answer is that function's bit for
+   bit. Dia-1 needs it for every (row, channel) of a step: at 64 members, 576 rows of 1028, where
+   torch builds an int64 key per id and runs topk.
+
+   Per row: the keys split into `width` runs; each run's largest key is a key, so the smallest of
+   those `width` maxima has at least `width` keys at or above it and bounds the answer from below.
+   One pass keeps the keys at or above it (for 1028 random logits and width 45, ~100), a
+   quickselect finds the best `width` of them and an insertion sort orders those. */
+static void select_top(int64_t *k, int n, int want) { /* k[0..want) = the want largest, any order */
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t pivot = k[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (k[i] > pivot) i++;
+            while (k[j] < pivot) j--;
+            if (i <= j) { int64_t t = k[i]; k[i] = k[j]; k[j] = t; i++; j--; }
+        }
+        if (want - 1 <= j) hi = j;
+        else if (want - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static inline int64_t id_key(const int32_t *bits, int i, int64_t span) {
+    int32_t b = bits[i];
+    return (int64_t)(b ^ ((b >> 31) & 0x7FFFFFFF)) * span + (span - 1 - i);
+}
+
+int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
+    int shift = 1;
+    while ((1 << shift) < V) shift++;
+    const int64_t span = (int64_t)1 << shift;
+    if (width > V) width = V;
+    int failed = 0;
+    #pragma omp parallel for schedule(static) reduction(| : failed)
+    for (int r = 0; r < rows; r++) {
+        int64_t *k = malloc(sizeof(int64_t) * (size_t)V);
+        if (!k) { failed = 1; continue; }
+        const int32_t *bits = (const int32_t *)(x + (size_t)r * V);
+        int64_t floor_key = INT64_MAX;
+        for (int run = 0; run < width; run++) { /* runs [run*V/width, (run+1)*V/width), none empty */
+            int a = (int)((int64_t)run * V / width), b = (int)((int64_t)(run + 1) * V / width);
+            int64_t best = INT64_MIN;
+            for (int i = a; i < b; i++) {
+                int64_t key = id_key(bits, i, span);
+                if (key > best) best = key;
+            }
+            if (best < floor_key) floor_key = best;
+        }
+        int n = 0;
+        for (int i = 0; i < V; i++) {
+            int64_t key = id_key(bits, i, span);
+            k[n] = key; /* branch-free: ~1 key in 10 stays, a branch would mispredict on each */
+            n += key >= floor_key;
+        }
+        select_top(k, n, width);
+        qsort(k, (size_t)width, sizeof(int64_t), cmp_desc); /* largest first */
+        int64_t *o = out + (size_t)r * width;
+        for (int j = 0; j < width; j++) o[j] = span - 1 - (k[j] & (span - 1));
+        free(k);
+    }
+    return failed ? -1 : 0;
+}
