@@ -28,7 +28,10 @@ from typing import Iterator
 
 import torch
 
-from ..nn.rng import uniform_at, uniform_one
+from ..backends.cpu import dia2_fused
+from ..backends.cpu import kernels as cpu_kernels
+from ..nn.rng import uniform_at
+from ..nn.sampling import cfg_pick_rows
 from .config import Dia2Config
 from ..errors import GenerationError
 from .model import Dia2Model
@@ -124,7 +127,9 @@ class Dia2Result:
 
 def cfg_filter(logits: torch.Tensor, scale: float, k: int) -> torch.Tensor:
     """`(2, V)` rows (cond, uncond) -> `(V,)` the conditional logits restricted to the top-k of the
-    guided ones, `uncond + scale * (cond - uncond)` (ties may admit more); unchanged at scale 1."""
+    guided ones, `uncond + scale * (cond - uncond)` (ties may admit more); unchanged at scale 1.
+    The reference's filter for one script, kept as the definition the batched picks
+    (fastdia.nn.sampling.cfg_pick_rows, the C picks) are tested against."""
     cond = logits[0]
     if scale == 1.0:
         return cond
@@ -139,26 +144,50 @@ def cfg_filter(logits: torch.Tensor, scale: float, k: int) -> torch.Tensor:
 ACTION_STREAM, CB0_STREAM, STAGE_STREAM = 1, 2, 3
 
 
-def sample(logits: torch.Tensor, temperature: float, top_k: int, u: float | None) -> torch.Tensor:
-    """One id from `(V,)` logits: argmax at temperature 0, else softmax(logits / T) restricted to
-    the top_k most likely and drawn by inverting its CDF at the uniform `u` (the reference's
-    sampler, with a counter-based draw)."""
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax()
-    p = torch.softmax(logits / temperature, dim=-1)
-    p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
-    if 0 < top_k < p.shape[-1]:
-        top = p.topk(top_k)
-        keep = torch.zeros_like(p).scatter(0, top.indices, top.values)
-        p = keep
-    total = p.sum()
-    if not bool(total > 0):
-        return torch.zeros((), dtype=torch.long, device=p.device)
-    cdf = torch.cumsum(p.double() / total.double(), dim=0)
-    index = int((cdf < u).sum())  # the first id whose CDF reaches u
-    nonzero = torch.nonzero(p > 0).flatten()
-    return nonzero[-1] if index > int(nonzero[-1]) else torch.tensor(index, device=p.device)
+class Dia2Group:
+    """The per-script tensors of scripts that step together, indexed by slot: a one-shot
+    generation is a group of one, a slot batch (fastdia.dia2.slots) a group of `slots`. A step
+    reads and writes them for every member at once (gathers and index writes, no Python per
+    member); each run's `buffer` is a view of its slot's row.
+
+    Attributes:
+        buffer: `(S, C, T)` delayed codes.
+        text: `(S, 2)` the conditional row's text tokens (main, second) for the next step.
+        t, cache_slot: `(S,)` each slot's next step index and next decoder-cache slot.
+        seeds: `(S,)` int64 counter-based draw seeds; the sampling settings `(S,)` each.
+    """
+
+    def __init__(self, slots: int, steps: int, n_codebooks: int, device: torch.device) -> None:
+        long = dict(dtype=torch.long, device=device)
+        self.buffer = torch.full((slots, n_codebooks, steps), UNWRITTEN, **long)
+        self.text = torch.zeros((slots, 2), **long)
+        self.t = torch.zeros(slots, **long)
+        self.cache_slot = torch.zeros(slots, **long)
+        self.seeds = torch.zeros(slots, **long)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.scale = torch.ones(slots, **f32)
+        self.cfg_k = torch.ones(slots, **long)
+        self.text_temperature = torch.zeros(slots, **f32)
+        self.temperature = torch.zeros(slots, **f32)
+        self.top_k = torch.ones(slots, **long)
+        self.widths = [1, 1]  # host ints: the members' largest cfg_filter_k and top_k
+        self._all: dict[int, torch.Tensor] = {}
+
+    def place(self, slot: int, run: "_Run") -> None:
+        gen = run.gen
+        self.seeds[slot] = run.seed
+        self.scale[slot], self.cfg_k[slot] = gen.cfg_scale, gen.cfg_filter_k
+        self.text_temperature[slot], self.temperature[slot] = gen.text_temperature, gen.temperature
+        self.top_k[slot] = gen.top_k
+
+    def index(self, slots: list[int]) -> torch.Tensor:
+        """`slots` as an index tensor (the common case, every slot 0..n-1, kept)."""
+        n = len(slots)
+        if slots[-1] == n - 1:  # ascending and dense: 0..n-1
+            if n not in self._all:
+                self._all[n] = torch.arange(n, device=self.t.device)
+            return self._all[n]
+        return torch.tensor(slots, dtype=torch.long, device=self.t.device)
 
 
 class Dia2Generator:
@@ -181,16 +210,12 @@ class Dia2Generator:
         # with the 2B delays 16, 18, ..., 18) needs no depformer stage: skipping them changes no
         # audio, word or step, and takes most of the time to first audio off.
         self.dep_from = min(self.delay[1:], default=0) - 1  # first loop step whose stages are used
-        # Sampled depformer codebooks: one C call on a CPU with fastdia's kernels (the torch
-        # sampler's distribution), else torch. Greedy decoding takes torch's argmax stage by
-        # stage, and inside the C frame (rest_of_frame) a C pick equal to it bit for bit.
-        from ..backends.cpu import kernels as cpu_kernels
-
-        self._c_draw = cpu_kernels.cfg_draw if device.type == "cpu" and cpu_kernels.available() else None
+        # The picks of a step for all its scripts in one call: fastdia's C picks on a CPU with its
+        # kernels (the torch picks' distribution, greedy bit for bit), else torch's.
+        self._c_pick = cpu_kernels.cfg_pick_rows if device.type == "cpu" and cpu_kernels.available() else None
+        self._c_draw = cpu_kernels.cfg_draw if self._c_pick is not None else None
         # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
         # else the model's own forward (same signatures), chosen once here.
-        from ..backends.cpu import dia2_fused
-
         # `frame`: stages 1.. of a frame with their draws in one call, where the fused path has it;
         # used only while `stage` is still that path's (a caller that swaps `stage` sees every stage).
         self.frame = self._frame_stage = None
@@ -258,9 +283,10 @@ class Dia2Generator:
     # ------------------------------------------------------------------ the loop, in pieces
     def start(self, gen: Dia2GenerationConfig, prefix: Prefix | None = None, entries: list[ScriptEntry] | None = None,
               text: Iterator[str] | None = None, tokenizer: Dia2Tokenizer | None = None,
-              own_caches: bool = True) -> "_Run":
-        """Allocate a run: buffer, caches (unless a batch provides them), the text state; the
-        prefix warm-up happens in `steps`."""
+              group: Dia2Group | None = None, slot: int = 0) -> "_Run":
+        """Set up a run in `slot` of `group` (a batch's; by default a group of one of its own, with
+        its own caches): its buffer, the text state, its settings; the prefix warm-up happens in
+        `steps` (or the batch's steps)."""
         cfg, dev, c_n = self.cfg, self.device, self.n_codebooks
         data = cfg.data
         seed = (gen.seed if gen.seed is not None else secrets.randbits(62)) % SEED_MODULUS
@@ -273,29 +299,42 @@ class Dia2Generator:
         p_cols = 0 if prefix is None else p0 + self.max_delay
         max_steps = gen.max_steps or cfg.runtime.max_context_steps
         total = max_steps + p_cols + 1
-        buffer = torch.full((c_n, total), UNWRITTEN, dtype=torch.long, device=dev)  # delayed, row 0 = row 1
+        own = group is None
+        if own:
+            group = Dia2Group(1, total, c_n, dev)
+        elif total > group.buffer.shape[2]:
+            raise GenerationError(f"this request needs {total} buffer columns; its batch holds {group.buffer.shape[2]}")
+        buffer = group.buffer[slot, :, :total]  # (C, total) delayed, the same for both CFG rows
+        group.buffer[slot] = UNWRITTEN
         if prefix is not None:
             buffer[:, :p_cols] = data.audio_pad_token_id
             for c, d in enumerate(self.delay):
                 buffer[c, d:d + p0] = prefix.codes[c].to(dev)
-        tokens = torch.full((2, 1, c_n + 2), data.text_pad_token_id, dtype=torch.long, device=dev)
-        tokens[0, 0, 0], tokens[1, 0, 0] = self.ids.bos, self.ids.zero
-        return _Run(gen=gen, prefix=prefix, state=state, seed=seed, buffer=buffer, tokens=tokens,
-                    cache=self.model.new_decoder_cache(2, total, dev) if own_caches else None,
-                    dep_cache=self.model.new_depformer_cache(2, dev) if own_caches else None, p0=p0, total=total, max_steps=max_steps,
-                    start=p0 - 1 if prefix is not None else 0, text=text)
+        start = p0 - 1 if prefix is not None else 0
+        run = _Run(gen=gen, prefix=prefix, state=state, seed=seed, buffer=buffer, group=group, index=slot,
+                   cache=self.model.new_decoder_cache(2, total, dev) if own else None,
+                   dep_cache=self.model.new_depformer_cache(2, dev) if own else None, p0=p0, total=total,
+                   max_steps=max_steps, start=start, text=text, t=0 if p0 else start, warming=p0 > 0)
+        group.place(slot, run)
+        group.text[slot, 0], group.text[slot, 1] = self.ids.bos, data.text_pad_token_id
+        group.t[slot], group.cache_slot[slot] = run.t, 0
+        return run
 
     def steps(self, run: "_Run") -> Iterator[int]:
         """Warm up on the prefix, then run loop steps until the flush ends; yields each loop step t."""
-        for t in range(run.p0):  # spec 6: prefix frames fed, prefix words forced, nothing sampled
-            self._decode(run, t)
-            self.warm(run, t)
-        for t in range(run.start, run.start + run.max_steps):
-            if self.done(run, t):
-                break
-            run.last = t
-            self._step(run, t)
+        rows = [(0, run)]
+        group = run.group
+        group.widths = [run.gen.cfg_filter_k, run.gen.top_k]
+        while run.warming:  # spec 6: prefix frames fed, prefix words forced, nothing sampled
+            self.step_group(group, 2, run.cache, run.dep_cache, rows, kv_len=run.slot + 1)
+        while not self.finished(run):
+            t = run.t
+            self.step_group(group, 2, run.cache, run.dep_cache, rows, kv_len=run.slot + 1)
             yield t
+
+    def finished(self, run: "_Run") -> bool:
+        """Whether the run's loop is over: its step limit, the flush after end of speech, or a full buffer."""
+        return not run.warming and (run.t >= run.start + run.max_steps or self.done(run, run.t))
 
     def done(self, run: "_Run", t: int) -> bool:
         """Whether the loop ends before step t (the flush after end of speech is over, or the
@@ -320,80 +359,83 @@ class Dia2Generator:
                           extra={"delayed": delayed, "aligned": aligned})
         return run.result
 
-    def _decode(self, run: "_Run", t: int):
-        tokens, pos, slots = self.inputs(run, t)
-        return self.transformer(tokens, pos, run.cache, slots=slots, kv_len=int(slots[0, 0]) + 1)
-
-    def inputs(self, run: "_Run", t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The decoder input of step t for the run's two rows: tokens `(2, 1, C + 2)`, positions
-        and cache slots `(2, 1)`; takes the run's next cache slot."""
-        column, tokens = run.buffer[:, t], run.tokens
-        tokens[:, 0, 2:] = torch.where(self._delay > t, self.cfg.data.audio_bos_token_id, column)
-        tokens[1, 0, 0], tokens[1, 0, 1] = self.ids.zero, self.cfg.data.text_pad_token_id
-        pos = torch.full((2, 1), t, dtype=torch.long, device=self.device)
-        slots = torch.full((2, 1), run.slot, dtype=torch.long, device=self.device)
-        run.slot += 1
+    # ------------------------------------------------------------------ one step of a group
+    def inputs(self, group: Dia2Group, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The decoder input of slots 0..n-1 at their own steps: tokens `(2n, 1, C + 2)` (row 2s
+        conditional, 2s + 1 unconditional: text (zero, pad)), positions and cache slots `(2n, 1)`."""
+        data = self.cfg.data
+        t = group.t[:n]
+        column = group.buffer[:n].gather(2, t.view(n, 1, 1).expand(n, self.n_codebooks, 1)).squeeze(2)  # (n, C)
+        audio = torch.where(self._delay.view(1, -1) > t.view(n, 1), data.audio_bos_token_id, column)
+        uncond = torch.tensor([self.ids.zero, data.text_pad_token_id], device=self.device).expand(n, 2)
+        text = torch.stack((group.text[:n], uncond), dim=1)  # (n, 2, 2)
+        tokens = torch.cat((text, audio.unsqueeze(1).expand(n, 2, self.n_codebooks)), dim=2).view(2 * n, 1, -1)
+        pos = t.repeat_interleave(2).view(2 * n, 1)
+        slots = group.cache_slot[:n].repeat_interleave(2).view(2 * n, 1)
         return tokens, pos, slots
 
-    def warm(self, run: "_Run", t: int) -> None:
-        """Prefix warm-up after the decoder pass of step t: the prefix's word is forced."""
-        out = run.state.force(t, run.prefix.plan.forced_new_word(t))
-        self._set_text(run, out.main, out.second)
+    def step_group(self, group: Dia2Group, rows: int, cache, dep_cache, going: list[tuple[int, "_Run"]],
+                   kv_len: int | None = None) -> None:
+        """One step (spec 5.4) for the runs `going` [(slot, run)] of `group`, whose slots lie in
+        the first `rows` // 2 (the decoder runs those rows; a slot that sits out is computed and
+        writes its K/V only where its next real step writes anyway): one decoder call, the action
+        and codebook-0 picks of every script in one call each, the text state machines (host
+        Python per script: the one part that is not a tensor op), one call per depformer stage
+        and its picks (or one C call for a frame's stages)."""
+        tokens, pos, slots = self.inputs(group, rows // 2)
+        dec = self.transformer(tokens, pos, cache, slots=slots, kv_len=kv_len)
+        warming = [(s, run) for s, run in going if run.warming]
+        looping = [(s, run) for s, run in going if not run.warming]
+        texts: list[tuple[int, int, int]] = []
+        for s, run in warming:  # the prefix's words are forced
+            out = run.state.force(run.t, run.prefix.plan.forced_new_word(run.t))
+            texts.append((s, out.main, out.second))
+        if looping:
+            self._heads(group, dec, looping, texts)
+        if texts:
+            idx = group.index([s for s, _, _ in texts])
+            group.text[idx] = torch.tensor([[a, b] for _, a, b in texts], dtype=torch.long, device=self.device)
+        if looping:
+            dep = [(s, run) for s, run in looping if run.t >= self.dep_from]
+            skip = [s for s, run in looping if run.t < self.dep_from]
+            if skip:  # (Dia2Generator.skip_stages)
+                idx = group.index(skip)
+                group.buffer[idx, 1:, group.t[idx] + 1] = self.cfg.data.audio_bos_token_id
+            if dep:
+                self._depformer(group, dec.hidden[:, 0], rows, dep_cache, dep)
+        idx = group.index([s for s, _ in going])
+        group.t[idx] += 1
+        group.cache_slot[idx] += 1
+        for _, run in going:
+            run.slot += 1
+            if run.warming:
+                run.t += 1
+                if run.t >= run.p0:
+                    run.warming, run.t = False, run.start
+                    group.t[run.index] = run.start
+            else:
+                run.last = run.t
+                run.t += 1
 
-    @staticmethod
-    def _set_text(run: "_Run", main: int, second: int) -> None:
-        run.tokens[0, 0, 0], run.tokens[0, 0, 1] = main, second
+    def _heads(self, group: Dia2Group, dec, looping: list, texts: list) -> None:
+        """Action and codebook 0 for every looping script, then its text state machine."""
+        data = self.cfg.data
+        idx = group.index([s for s, _ in looping])
+        t = group.t[idx]
+        first = 2 * idx
+        seeds = group.seeds[idx]
+        zero = torch.zeros_like(idx)
+        scale, cfg_k, top_k = group.scale[idx], group.cfg_k[idx], group.top_k[idx]
+        actions = self.pick_rows(dec.action_logits[:, 0], first, 1 << 30, scale, cfg_k, group.text_temperature[idx],
+                                 top_k, uniform_at(seeds, t, ACTION_STREAM, zero, torch.float64), group.widths)
+        cb0 = self.pick_rows(dec.cb0_logits[:, 0], first, data.codebook_size, scale, cfg_k, group.temperature[idx],
+                             top_k, uniform_at(seeds, t, CB0_STREAM, zero, torch.float64), group.widths)
+        group.buffer[idx, 0, t + 1] = cb0
+        for (s, run), action in zip(looping, actions.tolist()):  # the one read back of a step
+            out = self._advance_text(run, run.t, action)
+            texts.append((s, out.main, out.second))
 
-    def _step(self, run: "_Run", t: int):
-        """One loop step (spec 5.4): decoder, action -> text state, codebook 0, depformer stages."""
-        dec = self._decode(run, t)
-        out, token, text = self.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
-        if t < self.dep_from:
-            self.skip_stages(run, t)
-            return out
-        hidden = dec.hidden[:, 0]  # (2, D)
-        token = self.pick(run, t, 1, self.stage(0, hidden, token.expand(2), run.dep_cache, text))
-        if self.rest_of_frame(hidden, token.reshape(1).expand(2).contiguous(), run.dep_cache, [(0, run, t)]):
-            return out
-        for s in range(1, self.n_codebooks - 1):
-            token = self.pick(run, t, s + 1, self.stage(s, hidden, token.expand(2), run.dep_cache))
-        return out
-
-    def rest_of_frame(self, hidden: torch.Tensor, token: torch.Tensor, cache, members: list) -> bool:
-        """Depformer stages 1.. of a frame and their picks in one call, where the fused CPU path
-        has it (`FusedDia2.frame`) and `stage` is still that path's own (a caller that swaps it
-        sees every stage). The same tokens as `stage` then `pick` per stage: a sampling member
-        gets the same C draw fed the same uniforms (the counter-based ones `pick` draws for each
-        codebook); a greedy one the C pick that equals torch's argmax
-        bit for bit, and uses no uniform, as `pick` does not. `token` (rows,):
-        what each row's stage 1 reads (updated in place); members: [(a member's first row, its
-        run, its step t)]. False: nothing was done."""
-        if not members or self.frame is None or self.stage != self._frame_stage or self._c_draw is None:
-            return False
-        stages = self.n_codebooks - 2
-
-        def uniforms() -> torch.Tensor:  # (members, stages): what `pick` draws for codebooks 2..
-            seeds = torch.tensor([run.seed for _, run, _ in members])
-            steps = torch.tensor([t for _, _, t in members])
-            codebooks = torch.arange(2, 2 + stages).expand(len(members), stages)
-            return uniform_at(seeds, steps, STAGE_STREAM, codebooks, torch.float64)
-
-        draws = [(row, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k)
-                 for row, run, _ in members]
-        tokens = self.frame(1, hidden, token, cache, draws, uniforms)
-        if tokens is None:
-            return False
-        for j, (_, run, t) in enumerate(members):
-            run.buffer[2:, t + 1] = tokens[j]
-        return True
-
-    def head(self, run: "_Run", t: int, action_logits: torch.Tensor, cb0_logits: torch.Tensor):
-        """From the decoder's `(2, V)` action and codebook-0 logits of step t: the action through
-        the text state machine, then codebook 0. Returns (state output, codebook-0 token, the text
-        the depformer's first stage reads, or None)."""
-        gen, data = run.gen, self.cfg.data
-        action = int(sample(cfg_filter(action_logits, gen.cfg_scale, gen.cfg_filter_k),
-                            gen.text_temperature, gen.top_k, uniform_one(run.seed, t, ACTION_STREAM)))
+    def _advance_text(self, run: "_Run", t: int, action: int):
         while True:
             try:
                 out = run.state.step(t, action)
@@ -404,35 +446,68 @@ class Dia2Generator:
                     run.state.end_input()
                 else:
                     run.state.append_text(piece)
-        self._set_text(run, out.main, out.second)
-        cb0 = cfg_filter(cb0_logits, gen.cfg_scale, gen.cfg_filter_k).clone()
-        cb0[data.codebook_size:] = float("-inf")  # BOS / pad are never sampled
-        token = sample(cb0, gen.temperature, gen.top_k, uniform_one(run.seed, t, CB0_STREAM))
-        run.buffer[0, t + 1] = token
-        text = None
-        if self.model.depformer.text_embed is not None:  # both CFG rows get the conditional row's text
-            text = (run.tokens[0, 0, 0].expand(2), run.tokens[0, 0, 1].expand(2))
         if out.end_of_speech:
             run.cutoff = t + self.flush_tail
-        return out, token, text
+        return out
 
-    def skip_stages(self, run: "_Run", t: int) -> None:
-        """Step t < `dep_from`: codebooks 1.. of column t + 1 are never read; they hold audio BOS,
-        what the decoder sees there. (The reference samples them anyway, so its delayed buffer
-        differs in these columns only; its audio codes do not.)"""
-        run.buffer[1:, t + 1] = self.cfg.data.audio_bos_token_id
+    def _depformer(self, group: Dia2Group, hidden: torch.Tensor, rows: int, cache, dep: list) -> None:
+        """Codebooks 1..C-1 of column t + 1 for the scripts `dep`: stage by stage, each stage one
+        call for all rows and one pick call, or stages 1.. in one C call (`frame`)."""
+        idx = group.index([s for s, _ in dep])
+        t = group.t[idx]
+        first = 2 * idx
+        pair = torch.stack((first, first + 1), dim=1).view(-1)
+        seeds = group.seeds[idx]
+        settings = (group.scale[idx], group.cfg_k[idx], group.temperature[idx], group.top_k[idx])
+        token = torch.zeros(rows, dtype=torch.long, device=self.device)
+        token[pair] = group.buffer[idx, 0, t + 1].repeat_interleave(2)
+        text = None
+        if self.model.depformer.text_embed is not None:  # both CFG rows read the conditional row's text
+            both = group.text[:rows // 2].repeat_interleave(2, dim=0)
+            text = (both[:, 0], both[:, 1])
+        size = self.cfg.data.codebook_size
+        for stage in range(self.n_codebooks - 1):
+            logits = self.stage(stage, hidden, token, cache, text if stage == 0 else None)
+            u = uniform_at(seeds, t, STAGE_STREAM, torch.full_like(idx, stage + 1), torch.float64)
+            picked = self.pick_rows(logits, first, size, *settings[:2], settings[2], settings[3], u, group.widths)
+            group.buffer[idx, stage + 1, t + 1] = picked
+            token = token.clone()
+            token[pair] = picked.repeat_interleave(2)
+            if stage == 0 and self._rest_of_frame(group, hidden, token, cache, dep, idx, t):
+                return
 
-    def pick(self, run: "_Run", t: int, codebook: int, logits: torch.Tensor) -> torch.Tensor:
-        """Sample codebook `codebook` of column t + 1 from a depformer stage's `(2, V)` logits."""
-        gen = run.gen
-        u = uniform_one(run.seed, t, STAGE_STREAM, codebook) if gen.temperature > 0 else None
-        if self._c_draw and u is not None and logits.dtype == torch.float32 and logits.device.type == "cpu":
-            token = torch.tensor(self._c_draw(logits, gen.cfg_scale, gen.cfg_filter_k, gen.temperature, gen.top_k, u))
-        else:
-            token = sample(cfg_filter(logits, gen.cfg_scale, gen.cfg_filter_k), gen.temperature, gen.top_k, u)
-        run.buffer[codebook, t + 1] = token
-        return token
+    def _rest_of_frame(self, group: Dia2Group, hidden, token, cache, dep, idx, t) -> bool:
+        """Depformer stages 1.. of a frame and their picks in one call, where the fused CPU path
+        has it (`FusedDia2.frame`) and `stage` is still that path's (a caller that swaps it sees
+        every stage). The same tokens as stage then pick, stage by stage: a sampling script gets
+        the same C draw fed the same counter-based uniforms; a greedy one the C pick that equals
+        torch's argmax bit for bit. False: nothing was done."""
+        if self.frame is None or self.stage != self._frame_stage or self._c_pick is None:
+            return False
+        stages = self.n_codebooks - 2
 
+        def uniforms() -> torch.Tensor:  # (scripts, stages): the uniforms of codebooks 2..
+            codebooks = torch.arange(2, 2 + stages).expand(len(dep), stages)
+            return uniform_at(group.seeds[idx], t, STAGE_STREAM, codebooks, torch.float64)
+
+        draws = [(2 * s, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k) for s, run in dep]
+        tokens = self.frame(1, hidden, token, cache, draws, uniforms)
+        if tokens is None:
+            return False
+        group.buffer[idx.view(-1, 1), torch.arange(2, self.n_codebooks).view(1, -1), (t + 1).view(-1, 1)] = tokens
+        return True
+
+    def pick_rows(self, logits: torch.Tensor, first: torch.Tensor, limit: int, scale, cfg_k, temperature, top_k,
+                  u: torch.Tensor, widths: list[int]) -> torch.Tensor:
+        """One pick per script from its pair of rows (fastdia.nn.sampling.cfg_pick_rows; fastdia's C
+        picks where its kernels run)."""
+        if self._c_pick is not None and logits.dtype == torch.float32 and logits.device.type == "cpu" \
+                and logits.stride(-1) == 1:
+            return self._c_pick(logits, first, limit, scale, cfg_k, temperature, top_k, u)
+        return cfg_pick_rows(logits, first, min(limit, logits.shape[-1]), scale, cfg_k, temperature, top_k, u,
+                             tuple(widths))
+
+    # ------------------------------------------------------------------ output
     def _aligned(self, run: "_Run", a: int, b: int) -> torch.Tensor:
         """Undelayed frames a..b-1 `(C, b - a)`: aligned[c, f] = delayed[c, f + delay[c]]."""
         rows = [run.buffer[c, a + d: b + d] for c, d in enumerate(self.delay)]
@@ -463,8 +538,9 @@ class _Run:
     prefix: Prefix | None
     state: Dia2TextState
     seed: int  # its counter-based draws' seed (fastdia.nn.rng)
-    buffer: torch.Tensor  # (C, total) delayed codes
-    tokens: torch.Tensor  # (2, 1, C + 2) the next decoder input
+    buffer: torch.Tensor  # (C, total) delayed codes: a view of its group's slot
+    group: Dia2Group
+    index: int  # its slot in the group
     cache: object
     dep_cache: object
     p0: int
@@ -472,7 +548,9 @@ class _Run:
     max_steps: int
     start: int
     text: Iterator[str] | None = None
-    slot: int = 0
+    t: int = 0  # its next step (warm-up steps 0..p0-1, then loop steps from `start`)
+    warming: bool = False
+    slot: int = 0  # its next decoder-cache slot
     last: int = 0
     cutoff: int | None = None  # the loop's last step + 1, once end of speech is known
     emitted: int | None = None  # streaming: the next aligned frame to hand out (once the crop is known)

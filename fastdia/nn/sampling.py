@@ -1,8 +1,11 @@
-"""Next-token selection for Dia-1 (spec 4.3), as pure tensor ops with no host syncs.
+"""Next-token selection for a batch of rows with their own settings, as pure tensor ops with no host syncs.
 
-Per item and channel: CFG picks the candidate set (top-k of the guided logits) but the values
-sampled from are the conditional logits; PAD/BOS are never emitted and only channel 0 may emit
-EOS; then temperature, the EOS argmax rule, top-k, top-p and one counter-based draw.
+`sample_rows` is Dia-1's (spec 4.3): per item and channel, CFG picks the candidate set (top-k of
+the guided logits) but the values sampled from are the conditional logits; PAD/BOS are never
+emitted and only channel 0 may emit EOS; then temperature, the EOS argmax rule, top-k, top-p and
+one counter-based draw. `cfg_pick_rows` is Dia2's (spec 5.4): the conditional row restricted to
+the guided top-k (ties at the cut kept), then top-k, softmax at a temperature and an inverse-CDF
+draw in id order; argmax at temperature 0, the reference's pick exactly.
 """
 
 from __future__ import annotations
@@ -102,3 +105,61 @@ def top_ids(x: torch.Tensor, width: int) -> torch.Tensor:
     # larger key: larger value, then lower id; the bit work in int32, one int64 pass to combine
     key = (ordered.to(torch.int64) << shift) + ((1 << shift) - 1 - ids)
     return key.topk(min(width, v), dim=-1).indices
+
+
+def cfg_pick_rows(
+    logits: torch.Tensor,
+    first: torch.Tensor,
+    limit: int,
+    scale: torch.Tensor,
+    cfg_k: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    u: torch.Tensor,
+    widths: tuple[int, int],
+) -> torch.Tensor:
+    """Dia2's pick for a batch of scripts, each with its own settings, in one call.
+
+    Script j's CFG pair is rows first[j] (cond) and first[j] + 1 (uncond) of `(rows, V)` logits.
+    Its candidates are the cond ids whose guided logit `lerp(uncond, cond, scale[j])` is at least
+    the cfg_k[j]-th largest (all at scale 1), restricted to ids below `limit` (the cut still ranks
+    all V ids, as the reference filters before it masks). Temperature 0: their argmax (the first
+    id among equals, torch's argmax: the reference's pick bit for bit). Otherwise softmax at
+    temperature[j], the top_k[j] most likely kept, drawn by inverting the running sum in id order
+    at the float64 uniform u[j] (one counter-based draw, fastdia.nn.rng).
+
+    Every operation is per element, per row or a sequential scan along a row, so a script's pick
+    does not depend on the other rows. `widths`: host ints at least max(cfg_k) and max(top_k)
+    (their candidate columns). A backend may compute the same choice in one kernel
+    (fastdia.backends.cpu.kernels.cfg_pick_rows: the same distribution, greedy bit for bit).
+
+    Returns:
+        `(n,)` long ids.
+    """
+    cond = logits.index_select(0, first).float()
+    unc = logits.index_select(0, first + 1).float()
+    n, v = cond.shape
+    guided = torch.lerp(unc, cond, scale.view(n, 1).to(cond.dtype))
+    order = top_ids(guided, min(widths[0], v))
+    rank = (cfg_k.clamp(1, v) - 1).clamp(max=order.shape[1] - 1).view(n, 1)
+    cut = guided.gather(1, order.gather(1, rank))  # the cfg_k-th largest guided value
+    drop = (scale != 1.0).view(n, 1) & (guided < cut)
+    if limit < v:
+        drop = drop | (torch.arange(v, device=cond.device) >= limit).view(1, v)
+    masked = cond.masked_fill(drop, NEG_INF)
+    greedy = masked.argmax(dim=-1)
+    hot = temperature > 0
+    t = torch.where(hot, temperature, torch.ones_like(temperature)).view(n, 1).to(masked.dtype)
+    p = torch.softmax(masked / t, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0).clamp(min=0)
+    best = top_ids(p, min(widths[1], v))
+    in_k = torch.arange(best.shape[1], device=p.device).view(1, -1) < top_k.view(n, 1)
+    kept = torch.zeros_like(p).scatter(1, best, p.gather(1, best) * in_k)
+    kept = torch.where((top_k >= v).view(n, 1), p, kept)
+    cum = kept.double().cumsum(dim=-1)
+    total = cum[:, -1]
+    drawn = (cum < (u.double() * total).view(n, 1)).sum(dim=-1)
+    ids = torch.arange(v, device=p.device)
+    last = torch.where(kept > 0, ids, 0).amax(dim=-1)  # the last id that can be drawn
+    drawn = torch.where(total > 0, torch.minimum(drawn, last), 0)
+    return torch.where(hot, drawn, greedy)

@@ -125,6 +125,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_embed_add.restype = i
     lib.fd_cfg_draw.argtypes = [p, i, ctypes.c_float, i, ctypes.c_float, i, ctypes.c_double]
     lib.fd_cfg_draw.restype = i
+    lib.fd_cfg_pick_rows.argtypes = [p, i, i, i, i, p, p, p, p, p, p, p]
+    lib.fd_cfg_pick_rows.restype = i
     lib.fd_top_ids.argtypes = [p, i, i, i, p]
     lib.fd_top_ids.restype = i
     lib.fd_cfg_greedy.argtypes = [p, i, ctypes.c_float, i]
@@ -223,6 +225,29 @@ def cfg_draw(logits: torch.Tensor, scale: float, cfg_k: int, temperature: float,
         raise ValueError("cfg_draw samples; temperature 0 is the torch path's argmax")
     logits = logits.contiguous()
     return (_lib or _library()).fd_cfg_draw(logits.data_ptr(), logits.shape[-1], scale, cfg_k, temperature, top_k, u)
+
+
+def cfg_pick_rows(logits: torch.Tensor, first: torch.Tensor, limit: int, scale: torch.Tensor, cfg_k: torch.Tensor,
+                  temperature: torch.Tensor, top_k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One pick per script from `(rows, V)` float32 logits, script j's CFG pair at rows first[j]
+    (cond) and first[j] + 1 (uncond), each with its own settings (`(n,)` tensors) and uniform
+    `u[j]` (float64): csrc/sample.c, fd_cfg_draw's draw or, at temperature <= 0, fd_cfg_greedy's
+    pick; ids from `limit` on are never picked. Returns `(n,)` int64."""
+    if logits.dtype != torch.float32 or logits.dim() != 2 or logits.stride(1) != 1:
+        raise ValueError(f"cfg_pick_rows takes (rows, V) float32 rows, got {tuple(logits.shape)} {logits.dtype}")
+    n = first.shape[0]
+    first = first.to(torch.int64).contiguous()
+    # (first is not range-checked here: that would read it back; the callers build it from slots)
+    args = [first, scale.to(torch.float32).contiguous(), cfg_k.to(torch.int64).contiguous(),
+            temperature.to(torch.float32).contiguous(), top_k.to(torch.int64).contiguous(),
+            u.to(torch.float64).contiguous()]
+    out = torch.empty(n, dtype=torch.int64)
+    v = logits.shape[1]
+    status = (_lib or _library()).fd_cfg_pick_rows(logits.data_ptr(), logits.stride(0), v, min(limit, v), n,
+                                                   *(a.data_ptr() for a in args), out.data_ptr())
+    if status:
+        raise MemoryError("cfg_pick_rows: out of memory")
+    return out
 
 
 def top_ids(x: torch.Tensor, width: int) -> torch.Tensor:

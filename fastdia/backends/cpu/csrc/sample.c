@@ -33,10 +33,11 @@ static float kth_largest(const float *v, int n, int k, float *tmp) {
     return tmp[want];
 }
 
-/* logits: (2, V) rows cond, uncond. Returns the index drawn, or 0 when nothing can be drawn (the
-   torch sampler's answer when every probability is zero). */
-int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temperature, int top_k, double u) {
-    const float *cond = logits, *unc = logits + V;
+/* cond, uncond: V logits each; only ids below `limit` may be drawn (the guidance cut still ranks
+   all V, as the torch path filters before it masks). Returns the index drawn, or 0 when nothing
+   can be drawn (the torch sampler's answer when every probability is zero). */
+static int draw_pair(const float *cond, const float *unc, int V, int limit, float scale, int cfg_k, float temperature,
+                     int top_k, double u) {
     float *m = malloc(sizeof(float) * 2 * (size_t)V);
     if (!m) return 0;
     float *tmp = m + V;
@@ -50,7 +51,7 @@ int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temper
     int kept = 0;
     for (int i = 0; i < V; i++) {
         float c = cond[i];
-        int keep = c == c && (!cfg || m[i] >= cut);
+        int keep = c == c && (!cfg || m[i] >= cut) && i < limit;
         m[i] = keep ? c : -INFINITY;
         if (m[i] > -INFINITY) kept++;
         if (m[i] > best) best = m[i];
@@ -75,6 +76,11 @@ int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temper
     return last;
 }
 
+/* logits: (2, V) rows cond, uncond. */
+int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temperature, int top_k, double u) {
+    return draw_pair(logits, logits + V, V, V, scale, cfg_k, temperature, top_k, u);
+}
+
 /* The greedy pick from a pair of CFG logits rows (cond, uncond), bit for bit what the torch path
    picks: argmax(cfg_filter(logits, scale, cfg_k)) (fastdia.generation.dia2). A greedy frame is
    only reproducible if every stage picks exactly torch's token, so each step follows torch:
@@ -87,15 +93,17 @@ int fd_cfg_draw(const float *logits, int V, float scale, int cfg_k, float temper
      (torch's argmax). At scale 1 nothing is filtered.
    Returns the index, or -1 out of memory. fd_cfg_guided writes the guided row alone (tests
    compare it with torch.lerp bit for bit). */
-void fd_cfg_guided(const float *logits, int V, float scale, float *out) {
-    const float *cond = logits, *unc = logits + V;
+static void guided_row(const float *cond, const float *unc, int V, float scale, float *out) {
     int small = fabsf(scale) < 0.5f;
     float coeff = small ? scale : scale - 1.0f;
     for (int i = 0; i < V; i++) out[i] = fmaf(coeff, cond[i] - unc[i], small ? unc[i] : cond[i]);
 }
 
-int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
-    const float *cond = logits, *unc = logits + V;
+void fd_cfg_guided(const float *logits, int V, float scale, float *out) {
+    guided_row(logits, logits + V, V, scale, out);
+}
+
+static int greedy_pair(const float *cond, const float *unc, int V, int limit, float scale, int cfg_k) {
     float *m = NULL;
     int cfg = scale != 1.0f;
     float cut = -INFINITY;
@@ -104,7 +112,7 @@ int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
         if (!m) return -1;
         float *tmp = m + V;
         int nans = 0, n = 0;
-        fd_cfg_guided(logits, V, scale, m);
+        guided_row(cond, unc, V, scale, m);
         for (int i = 0; i < V; i++) {
             if (m[i] != m[i]) nans++;
             else tmp[n++] = m[i];
@@ -116,7 +124,7 @@ int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
     }
     int best = -1;
     float top = -INFINITY;
-    for (int i = 0; i < V; i++) {
+    for (int i = 0; i < limit; i++) {
         if (cfg && m[i] < cut) continue;  /* NaN guided is never below the cut: kept, as in torch */
         float c = cond[i];
         if (c != c) { best = i; break; }  /* a NaN wins argmax at its first index */
@@ -124,6 +132,32 @@ int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
     }
     free(m);
     return best < 0 ? 0 : best;
+}
+
+int fd_cfg_greedy(const float *logits, int V, float scale, int cfg_k) {
+    return greedy_pair(logits, logits + V, V, V, scale, cfg_k);
+}
+
+/* One pick per script from its pair of CFG rows, each script with its own settings, in one call:
+   Dia2's action, codebook-0 and first depformer-stage choices for a whole batch (fastdia.backends
+   .cpu.kernels.cfg_pick_rows). Script j's rows are rows first[j] (cond) and first[j] + 1 (uncond)
+   of `logits` (row stride ld); ids from `limit` on are never picked; temperature[j] <= 0 is the
+   greedy pick (fd_cfg_greedy's, torch's argmax bit for bit), else fd_cfg_draw's draw at u[j].
+   Returns 0, or -1 when a greedy pick ran out of memory. */
+int fd_cfg_pick_rows(const float *logits, int ld, int V, int limit, int n, const int64_t *first, const float *scale,
+                     const int64_t *cfg_k, const float *temperature, const int64_t *top_k, const double *u,
+                     int64_t *out) {
+    int failed = 0;
+    #pragma omp parallel for schedule(static) reduction(| : failed) if (n > 8)
+    for (int j = 0; j < n; j++) {
+        const float *cond = logits + first[j] * (int64_t)ld, *unc = cond + ld;
+        int pick = temperature[j] > 0.0f
+            ? draw_pair(cond, unc, V, limit, scale[j], (int)cfg_k[j], temperature[j], (int)top_k[j], u[j])
+            : greedy_pair(cond, unc, V, limit, scale[j], (int)cfg_k[j]);
+        if (pick < 0) failed = 1;
+        out[j] = pick;
+    }
+    return failed ? -1 : 0;
 }
 
 /* The `width` ids of each row's largest values, largest first, equal values by the lower id: the
