@@ -30,7 +30,7 @@ import torch
 
 from ..backends.cpu import dia2_fused
 from ..backends.cpu import kernels as cpu_kernels
-from ..nn.rng import uniform_at
+from ..nn.rng import uniform_at, uniform_one
 from ..nn.sampling import cfg_pick_rows
 from .config import Dia2Config
 from ..errors import GenerationError
@@ -138,10 +138,10 @@ def cfg_filter(logits: torch.Tensor, scale: float, k: int) -> torch.Tensor:
     return cond.masked_fill(guided < threshold, float("-inf"))
 
 
-# Counter-based draws (fastdia.nn.rng): a script's uniform for step t is keyed by its seed, t, one
-# of these streams and an index (the codebook for the depformer's stages), so no draw depends on
-# how many were made before it, on the path (one-shot, stream, batch slot) or on the batch.
-ACTION_STREAM, CB0_STREAM, STAGE_STREAM = 1, 2, 3
+# Counter-based draws (fastdia.nn.rng): a script's uniforms for step t are keyed by its seed, t,
+# this stream and an index (0: the action, 1 + c: codebook c), so no draw depends on how many were
+# made before it, on the path (one-shot, stream, batch slot) or on the batch.
+STEP_STREAM = 1
 
 
 class Dia2Group:
@@ -391,7 +391,8 @@ class Dia2Generator:
             out = run.state.force(run.t, run.prefix.plan.forced_new_word(run.t))
             texts.append((s, out.main, out.second))
         if looping:
-            self._heads(group, dec, looping, texts)
+            u = self._uniforms(group, looping)
+            self._heads(group, dec, looping, texts, u)
         if texts:
             idx = group.index([s for s, _, _ in texts])
             group.text[idx] = torch.tensor([[a, b] for _, a, b in texts], dtype=torch.long, device=self.device)
@@ -402,7 +403,9 @@ class Dia2Generator:
                 idx = group.index(skip)
                 group.buffer[idx, 1:, group.t[idx] + 1] = self.cfg.data.audio_bos_token_id
             if dep:
-                self._depformer(group, dec.hidden[:, 0], rows, dep_cache, dep)
+                if len(dep) < len(looping):
+                    u = u[torch.tensor([run.t >= self.dep_from for _, run in looping], device=u.device)]
+                self._depformer(group, dec.hidden[:, 0], rows, dep_cache, dep, u)
         idx = group.index([s for s, _ in going])
         group.t[idx] += 1
         group.cache_slot[idx] += 1
@@ -417,19 +420,31 @@ class Dia2Generator:
                 run.last = run.t
                 run.t += 1
 
-    def _heads(self, group: Dia2Group, dec, looping: list, texts: list) -> None:
+    def _uniforms(self, group: Dia2Group, looping: list) -> torch.Tensor:
+        """`(scripts, C + 1)` float64: every uniform the step's picks use, per script (0: the action,
+        1 + c: codebook c). One script computes them in Python integers (a few microseconds each
+        instead of a few dozen tensor ops), more in one tensor call; the two agree bit for bit
+        (fastdia.nn.rng.uniform_one, tests/test_rng.py)."""
+        n = self.n_codebooks + 1
+        if len(looping) == 1:
+            run = looping[0][1]
+            return torch.tensor([[uniform_one(run.seed, run.t, STEP_STREAM, i) for i in range(n)]],
+                                dtype=torch.float64, device=self.device)
+        idx = group.index([s for s, _ in looping])
+        index = torch.arange(n, device=self.device).expand(len(looping), n)
+        return uniform_at(group.seeds[idx], group.t[idx], STEP_STREAM, index, torch.float64)
+
+    def _heads(self, group: Dia2Group, dec, looping: list, texts: list, u: torch.Tensor) -> None:
         """Action and codebook 0 for every looping script, then its text state machine."""
         data = self.cfg.data
         idx = group.index([s for s, _ in looping])
         t = group.t[idx]
         first = 2 * idx
-        seeds = group.seeds[idx]
-        zero = torch.zeros_like(idx)
         scale, cfg_k, top_k = group.scale[idx], group.cfg_k[idx], group.top_k[idx]
         actions = self.pick_rows(dec.action_logits[:, 0], first, 1 << 30, scale, cfg_k, group.text_temperature[idx],
-                                 top_k, uniform_at(seeds, t, ACTION_STREAM, zero, torch.float64), group.widths)
+                                 top_k, u[:, 0], group.widths)
         cb0 = self.pick_rows(dec.cb0_logits[:, 0], first, data.codebook_size, scale, cfg_k, group.temperature[idx],
-                             top_k, uniform_at(seeds, t, CB0_STREAM, zero, torch.float64), group.widths)
+                             top_k, u[:, 1], group.widths)
         group.buffer[idx, 0, t + 1] = cb0
         for (s, run), action in zip(looping, actions.tolist()):  # the one read back of a step
             out = self._advance_text(run, run.t, action)
@@ -450,14 +465,14 @@ class Dia2Generator:
             run.cutoff = t + self.flush_tail
         return out
 
-    def _depformer(self, group: Dia2Group, hidden: torch.Tensor, rows: int, cache, dep: list) -> None:
+    def _depformer(self, group: Dia2Group, hidden: torch.Tensor, rows: int, cache, dep: list,
+                   u: torch.Tensor) -> None:
         """Codebooks 1..C-1 of column t + 1 for the scripts `dep`: stage by stage, each stage one
         call for all rows and one pick call, or stages 1.. in one C call (`frame`)."""
         idx = group.index([s for s, _ in dep])
         t = group.t[idx]
         first = 2 * idx
         pair = torch.stack((first, first + 1), dim=1).view(-1)
-        seeds = group.seeds[idx]
         settings = (group.scale[idx], group.cfg_k[idx], group.temperature[idx], group.top_k[idx])
         token = torch.zeros(rows, dtype=torch.long, device=self.device)
         token[pair] = group.buffer[idx, 0, t + 1].repeat_interleave(2)
@@ -468,15 +483,15 @@ class Dia2Generator:
         size = self.cfg.data.codebook_size
         for stage in range(self.n_codebooks - 1):
             logits = self.stage(stage, hidden, token, cache, text if stage == 0 else None)
-            u = uniform_at(seeds, t, STAGE_STREAM, torch.full_like(idx, stage + 1), torch.float64)
-            picked = self.pick_rows(logits, first, size, *settings[:2], settings[2], settings[3], u, group.widths)
+            picked = self.pick_rows(logits, first, size, *settings[:2], settings[2], settings[3], u[:, stage + 2],
+                                    group.widths)
             group.buffer[idx, stage + 1, t + 1] = picked
             token = token.clone()
             token[pair] = picked.repeat_interleave(2)
-            if stage == 0 and self._rest_of_frame(group, hidden, token, cache, dep, idx, t):
+            if stage == 0 and self._rest_of_frame(group, hidden, token, cache, dep, idx, t, u[:, 3:]):
                 return
 
-    def _rest_of_frame(self, group: Dia2Group, hidden, token, cache, dep, idx, t) -> bool:
+    def _rest_of_frame(self, group: Dia2Group, hidden, token, cache, dep, idx, t, u) -> bool:
         """Depformer stages 1.. of a frame and their picks in one call, where the fused CPU path
         has it (`FusedDia2.frame`) and `stage` is still that path's (a caller that swaps it sees
         every stage). The same tokens as stage then pick, stage by stage: a sampling script gets
@@ -484,14 +499,8 @@ class Dia2Generator:
         torch's argmax bit for bit. False: nothing was done."""
         if self.frame is None or self.stage != self._frame_stage or self._c_pick is None:
             return False
-        stages = self.n_codebooks - 2
-
-        def uniforms() -> torch.Tensor:  # (scripts, stages): the uniforms of codebooks 2..
-            codebooks = torch.arange(2, 2 + stages).expand(len(dep), stages)
-            return uniform_at(group.seeds[idx], t, STAGE_STREAM, codebooks, torch.float64)
-
         draws = [(2 * s, run.gen.cfg_scale, run.gen.cfg_filter_k, run.gen.temperature, run.gen.top_k) for s, run in dep]
-        tokens = self.frame(1, hidden, token, cache, draws, uniforms)
+        tokens = self.frame(1, hidden, token, cache, draws, lambda: u)  # u: codebooks 2.. of each script
         if tokens is None:
             return False
         group.buffer[idx.view(-1, 1), torch.arange(2, self.n_codebooks).view(1, -1), (t + 1).view(-1, 1)] = tokens
