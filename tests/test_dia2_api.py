@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import dia2_fixtures
 import fastdia
@@ -278,3 +279,37 @@ def test_cli_dia2_voices_timestamps_and_bad_input(tmp_path, preset):
         r = cli("say", args[0], "-o", str(out), *extra, *args[1:])
         lines = [ln for ln in r.stderr.splitlines() if ln.startswith("fastdia: error:")]
         assert r.returncode == 2 and len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_batched_scripts_draw_their_solo_codes(preset):
+    """A Dia2 script's codes are the same alone (one-shot) and in a slot batch of 3 or 16, at any
+    slot, beside scripts with other sampling settings (greedy among them), other seeds and other
+    lengths: every pick is per script, with its own counter-based draws."""
+    from fastdia.dia2.slots import Dia2SlotBatch
+
+    g = preset._generator
+    scripts = ["[S1] First of them.", "[S2] A second one, longer than the first. [S1] Yes.", "[S1] Third. (laughs)"]
+    gens = [preset.generation_config(seed=1, max_steps=60),
+            preset.generation_config(seed=2, temperature=1.1, top_k=20, cfg_scale=3.0, max_steps=60),
+            preset.generation_config(temperature=0, text_temperature=0, max_steps=60),
+            preset.generation_config(seed=9, cfg_scale=1.0, cfg_filter_k=10, text_temperature=0.9, max_steps=60)]
+    asks = [(scripts[i % 3], gens[i % 4]) for i in range(16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        solo = [g.generate(preset._entries(text), gen).codes for text, gen in asks[:4]]
+    for size, order in ((3, [0, 1, 2]), (16, [3, 1, 0, 2] + list(range(4, 16)))):
+        batch = Dia2SlotBatch(g, size, 200)
+        slots = {}
+        for i in order[:size]:
+            slots[batch.join(asks[i][1], None, entries=preset._entries(asks[i][0]))] = i
+        done = {}
+        with torch.inference_mode():
+            while len(done) < len(slots):
+                batch.step()
+                for s, m in enumerate(batch.members):
+                    if m is not None and m.finished:
+                        done[s] = g.finish(m.run).codes
+                        batch.leave(s)
+        for s, i in slots.items():
+            if i < 4:
+                assert torch.equal(done[s], solo[i]), (size, i, s)

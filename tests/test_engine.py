@@ -41,17 +41,31 @@ def test_bad_input_fails_at_submit(engine):
         engine.submit_live(SpeechRequest(""))  # live text is Dia2's
 
 
-def test_engine_audio_equals_library_stream(engine, engine2):
-    # Alone in the batch the engine decodes the same rows as a one-shot call on this CPU path.
+@pytest.mark.parametrize("crowd", [0, 3])
+def test_engine_audio_equals_library_stream(engine, engine2, crowd):
+    """A seeded request gives the library's streamed audio, alone in the batch or beside `crowd`
+    others with other seeds, settings and lengths (one-shot == stream == server for a seed)."""
     script = "[S1] Same audio. [S2] Either way."
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = np.concatenate(list(engine.tts.stream(script, seed=4, max_tokens=100)))
         ref2 = np.concatenate([c.audio for c in engine2.tts.stream(script, seed=4, max_steps=40)])
-    got = _audio(engine.submit(SpeechRequest(script, options={"seed": 4, "max_tokens": 100})))
-    got2 = _audio(engine2.submit(SpeechRequest(script, options={"seed": 4, "max_steps": 40})))
-    np.testing.assert_allclose(got, ref, atol=1e-4)
-    np.testing.assert_allclose(got2, ref2, atol=1e-4)
+        one_shot = engine.tts.synthesize(script, seed=4, max_tokens=100).audio
+    np.testing.assert_allclose(one_shot, ref, atol=1e-4)
+    others = [(f"[S2] Company number {i}. [S1] Fine.", {"seed": 10 + i, "temperature": 0.9 + 0.2 * i})
+              for i in range(crowd)]
+    t1 = [engine.submit(SpeechRequest(text, options={**o, "max_tokens": 60 + 20 * i}))
+          for i, (text, o) in enumerate(others[:1])]
+    t2 = [engine2.submit(SpeechRequest(text, options={**o, "max_steps": 30 + 10 * i}))
+          for i, (text, o) in enumerate(others[:1])]
+    got = engine.submit(SpeechRequest(script, options={"seed": 4, "max_tokens": 100}))
+    got2 = engine2.submit(SpeechRequest(script, options={"seed": 4, "max_steps": 40}))
+    t1 += [engine.submit(SpeechRequest(text, options={**o, "max_tokens": 60})) for text, o in others[1:]]
+    t2 += [engine2.submit(SpeechRequest(text, options={**o, "max_steps": 30})) for text, o in others[1:]]
+    np.testing.assert_allclose(_audio(got), ref, atol=1e-4)
+    np.testing.assert_allclose(_audio(got2), ref2, atol=1e-4)
+    for t in t1 + t2:
+        assert len(_audio(t))
 
 
 def test_builtin_voice_is_a_fixed_seed(engine):
