@@ -43,6 +43,9 @@ BUILTIN_VOICES: dict[str, int] = {
 }
 
 
+ADMIT_PER_STEP = 2  # joins between two steps while other requests are decoding (None: no limit)
+
+
 class QueueFullError(FastDiaError):
     """Every slot is busy and the queue is full; retry after `retry_after` seconds (HTTP 429)."""
 
@@ -181,11 +184,14 @@ class Engine:
     """A loaded model with its batch scheduler. Create with `Engine.load`, then `start()`."""
 
     def __init__(self, model_id: str, tts, runner, *, max_batch: int, max_queue: int, timeout: float | None,
-                 metrics=None) -> None:
+                 metrics=None, admit_per_step: int | None = ADMIT_PER_STEP) -> None:
         self.model_id, self.tts, self.runner = model_id, tts, runner
         self.family = runner.family
         self.sample_rate = tts.sample_rate
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
+        # Joins (each a prefill) between two steps while others are decoding: a burst of arrivals
+        # then delays the running streams by this many prefills per step, not by all of them.
+        self.admit_per_step = admit_per_step
         self.metrics = metrics
         self.state = "ready"
         self._pending: collections.deque[Ticket] = collections.deque()
@@ -356,12 +362,16 @@ class Engine:
                 self.runner.drop(job)
         with self._cond:
             self._sweep_queue()
-        # Join: queued requests take the free slots, in order.
-        while self._pending and self.runner.free():
+        # Join: queued requests take the free slots, in order; while others are decoding, at most
+        # `admit_per_step` per step (the rest join at the next steps).
+        limit = self.admit_per_step if self.runner.active and self.admit_per_step else None
+        joined = 0
+        while self._pending and self.runner.free() and (limit is None or joined < limit):
             with self._cond:
                 ticket = self._pending.popleft()
             if self._expired(ticket, now):
                 continue
+            joined += 1
             try:
                 self.runner.join(ticket.job)
             except Exception as exc:

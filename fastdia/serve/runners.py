@@ -159,6 +159,8 @@ class Dia2Runner(_SlotRunner):
         # Room for a script at the model's full context plus a voice prefix of up to 30 s (375
         # frames); the cache is allocated once for every slot, so it is not sized for more.
         self.batch = Dia2SlotBatch(g, slots, runtime.max_context_steps + PREFIX_FRAMES + 2 * g.max_delay + 2)
+        self.poll_every = POLL_EVERY if tts.device.type == "cpu" else 2 * POLL_EVERY  # (Dia1Runner)
+        self._since = 0
         super().__init__()
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
@@ -188,35 +190,56 @@ class Dia2Runner(_SlotRunner):
         return bool(members) and all(m.waiting for m in members)
 
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
+        """One batched step; every `poll_every` steps (and whenever a member finished: the batch
+        knows it on the host), (job, new (audio, words) pieces, finished) for the jobs with news."""
         g = self.tts._generator
-        stepped = dict(self.batch.step())
-        for slot in stepped:
-            self.jobs[slot].steps += 1
+        self.batch.step()
+        self._since += 1
+        ended = any(m is not None and m.finished for m in self.batch.members)
+        if self._since < self.poll_every and not ended:
+            return []
+        self._since = 0
         out = []
         for slot, job in list(self.jobs.items()):
-            member = self.batch.members[slot]
-            new = [g.emit(member.run, stepped[slot])] if slot in stepped else []
-            finished = member.finished
+            run = self.batch.members[slot].run
+            job.steps = run.slot - run.p0  # loop steps taken (the prefix warm-up not counted)
+            new = []
+            if run.t > run.start and not run.warming:
+                emitted = g.emit(run, run.last)  # every frame that became final since the last poll
+                if emitted is not None:
+                    new.append(emitted)
+            finished = self.batch.members[slot].finished
             if finished:
-                g.finish(member.run)
-                new.append(g.emit_tail(member.run))
+                g.finish(run)
+                new.append(g.emit_tail(run))
                 self.drop(job)
             pieces = self._audio(job, [n for n in new if n is not None], finished)
-            out.append((job, pieces, finished))
+            if pieces or finished:
+                out.append((job, pieces, finished))
         return out
 
     def _audio(self, job: Job, new, finished: bool) -> list[tuple[np.ndarray, tuple]]:
-        """Decode new frames; hand audio out in pieces of at least `every` frames (all at the end)."""
+        """Decode new frames `every` at a time (a split that depends on the request alone, so its
+        audio is the same bytes in any company) and hand each piece out with the words known by
+        then; the rest at the end."""
         st = job.state
         for codes, words in new:
             if codes.shape[0]:
                 job.frames += codes.shape[0]
-                st["held"].append(np.clip(st["stream"].push(codes.cpu().numpy()), -1.0, 1.0))
+                st["held"].append(codes)
             st["words"] += words
-        held = sum(len(a) for a in st["held"]) // self.tts.codec.hop_length if st["held"] else 0
-        if not (held >= st["every"] or (finished and (st["held"] or st["words"]))):
-            return []
-        audio = np.concatenate(st["held"]) if st["held"] else np.zeros(0, np.float32)
-        piece = (audio, tuple(st["words"]))
-        st["held"], st["words"] = [], []
-        return [piece]
+        pieces = []
+        held = torch.cat(st["held"]) if st["held"] else None
+        at = 0
+        n = 0 if held is None else held.shape[0]
+        while n - at >= st["every"] or (finished and n > at):
+            take = min(st["every"], n - at)
+            audio = np.clip(st["stream"].push(held[at: at + take].cpu().numpy()), -1.0, 1.0)
+            pieces.append((audio, tuple(st["words"])))
+            st["words"] = []
+            at += take
+        st["held"] = [held[at:]] if held is not None and at < n else []
+        if finished and st["words"]:
+            pieces.append((np.zeros(0, np.float32), tuple(st["words"])))
+            st["words"] = []
+        return pieces
