@@ -56,38 +56,43 @@ static float kth_largest(const float *v, int n, int k, float *tmp) {
    can be drawn (the torch sampler's answer when every probability is zero). */
 static int draw_pair(const float *cond, const float *unc, int V, int limit, float scale, int cfg_k, float temperature,
                      int top_k, double u) {
-    float *m = malloc(sizeof(float) * 2 * (size_t)V);
+    /* One pass gathers the ids that can be drawn, in id order, with their cond logits (for the
+       usual 50 candidates of 2048, everything after it is on ~50 values): the same arithmetic in
+       the same order as over the whole row, so the same draw. */
+    float *m = malloc(sizeof(float) * 3 * (size_t)V + sizeof(int) * (size_t)V);
     if (!m) return 0;
-    float *tmp = m + V;
+    float *tmp = m + V, *val = m + 2 * (size_t)V;
+    int *ids = (int *)(m + 3 * (size_t)V);
     int cfg = scale != 1.0f && cfg_k > 0 && cfg_k < V;
     float cut = -INFINITY;
     if (cfg) {
         for (int i = 0; i < V; i++) m[i] = unc[i] + scale * (cond[i] - unc[i]);
         cut = kth_largest(m, V, cfg_k, tmp);
     }
+    int n = 0;
     float best = -INFINITY;
-    int kept = 0;
-    for (int i = 0; i < V; i++) {
+    for (int i = 0; i < limit; i++) { /* branch-free: kept ids are few and scattered */
         float c = cond[i];
-        int keep = c == c && (!cfg || m[i] >= cut) && i < limit;
-        m[i] = keep ? c : -INFINITY;
-        if (m[i] > -INFINITY) kept++;
-        if (m[i] > best) best = m[i];
+        int keep = c == c && c > -INFINITY && (!cfg || m[i] >= cut);
+        ids[n] = i;
+        val[n] = c;
+        best = keep && c > best ? c : best;
+        n += keep;
     }
-    if (kept == 0 || !isfinite(best)) { free(m); return 0; }
-    float cut2 = top_k > 0 && top_k < kept ? kth_largest(m, V, top_k, tmp) : -INFINITY;
+    if (n == 0 || !isfinite(best)) { free(m); return 0; }
+    float cut2 = top_k > 0 && top_k < n ? kth_largest(val, n, top_k, tmp) : -INFINITY;
     double total = 0.0;
-    for (int i = 0; i < V; i++) {
-        double p = m[i] > -INFINITY && m[i] >= cut2 ? exp((double)(m[i] - best) / temperature) : 0.0;
-        tmp[i] = (float)p;
+    for (int j = 0; j < n; j++) {
+        double p = val[j] >= cut2 ? exp((double)(val[j] - best) / temperature) : 0.0;
+        tmp[j] = (float)p;
         total += p;
     }
     double target = u * total, acc = 0.0;
     int last = 0;
-    for (int i = 0; i < V; i++) {
-        if (tmp[i] <= 0.0f) continue;
-        acc += tmp[i];
-        last = i;
+    for (int j = 0; j < n; j++) {
+        if (tmp[j] <= 0.0f) continue;
+        acc += tmp[j];
+        last = ids[j];
         if (acc > target) break;
     }
     free(m);
