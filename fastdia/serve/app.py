@@ -25,12 +25,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import FastDiaError
+from ..errors import FastDiaError, VoiceNotFoundError
 from ..text import MAX_SCRIPT_BYTES
 from .access_log import AccessLogMiddleware
 from .audio_formats import MEDIA_TYPES, stream_encoder
 from .metrics import Metrics
 from .common import authorize, voice_name
+from .json_body import parse_object
 from .live import add_live_route
 from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unavailable
 
@@ -258,12 +259,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _parse_speech(raw: bytes) -> SpeechBody:
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise bad_request("the request body must be a JSON object")
+    data = parse_object(raw or b"null")
     try:
         return SpeechBody.model_validate(data)
     except ValidationError as exc:
@@ -419,13 +415,13 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         authorize(server, request.headers.get("authorization"))
         if name in builtin_voices():
             raise bad_request(f"{name!r} is a built-in voice; it cannot be deleted", "name")
+        # One call, no separate existence check: of two DELETEs racing, the loser gets the 404.
         try:
-            exists = server.store.exists(name)
+            await asyncio.to_thread(server.store.remove, name)
+        except VoiceNotFoundError:
+            raise not_found(f"no saved voice named {name!r}", "name") from None
         except FastDiaError as exc:
             raise bad_request(str(exc), "name", "invalid_voice") from None
-        if not exists:
-            raise not_found(f"no saved voice named {name!r}", "name")
-        await asyncio.to_thread(server.store.remove, name)
         return {"id": name, "object": "voice.deleted", "deleted": True}
 
 

@@ -56,6 +56,17 @@ class _SlotRunner:
 
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
+        self.failed: list[tuple[Job, BaseException]] = []  # members that failed alone; the engine ends them
+
+    def take_failed(self) -> list[tuple[Job, BaseException]]:
+        """The jobs that failed on their own since the last call (already out of the batch)."""
+        failed, self.failed = self.failed, []
+        return failed
+
+    def fail(self, job: Job, exc: BaseException) -> None:
+        """One member's own failure: it leaves the batch and the others step on untouched."""
+        self.drop(job)
+        self.failed.append((job, exc))
 
     @property
     def active(self) -> int:
@@ -125,6 +136,9 @@ class Dia1Runner(_SlotRunner):
                 except StopIteration:
                     windows += job.state["stream"].plan_finish()
                     finished = True
+                except Exception as exc:  # its next chunk cannot start: this request fails, alone
+                    self.fail(job, exc)
+                    continue
             planned.append((job, windows, finished))
         # Every request's ready windows in one call: batched `codec_batch` at a time (fixed-size
         # batches, so a request's audio does not depend on the others; see decode_windows).
@@ -145,6 +159,7 @@ class Dia2Runner(_SlotRunner):
         # frames); the cache is allocated once for every slot, so it is not sized for more.
         self.batch = Dia2SlotBatch(g, slots, runtime.max_context_steps + PREFIX_FRAMES + 2 * g.max_delay + 2)
         super().__init__()
+        self.live: dict[int, Job] = {}  # the members whose text arrives live, by slot
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
              chunk_seconds: float, ticket, live: LiveText | None = None) -> Job:
@@ -166,6 +181,13 @@ class Dia2Runner(_SlotRunner):
         job.slot = self.batch.join(st["gen"], st["prefix"], entries=st["entries"], live=st["live"],
                                    tokenizer=self.tts.tokenizer)
         self.jobs[job.slot] = job
+        if st["live"] is not None:
+            self.live[job.slot] = job
+
+    def drop(self, job: Job) -> None:
+        if job.slot is not None and self.live.get(job.slot) is job:
+            del self.live[job.slot]
+        super().drop(job)
 
     def waiting(self) -> bool:
         """Every member is waiting for live text (the loop may sleep until some arrives)."""
@@ -174,21 +196,48 @@ class Dia2Runner(_SlotRunner):
 
     def step(self) -> list[tuple[Job, list[tuple[np.ndarray, tuple]], bool]]:
         g = self.tts._generator
+        if self.live:
+            self._feed_live()
         stepped = dict(self.batch.step())
         for slot in stepped:
             self.jobs[slot].steps += 1
         out = []
         for slot, job in list(self.jobs.items()):
             member = self.batch.members[slot]
-            new = [g.emit(member.run, stepped[slot])] if slot in stepped else []
-            finished = member.finished
-            if finished:
-                g.finish(member.run)
-                new.append(g.emit_tail(member.run))
-                self.drop(job)
-            pieces = self._audio(job, [n for n in new if n is not None], finished)
+            try:
+                new = [g.emit(member.run, stepped[slot])] if slot in stepped else []
+                finished = member.finished
+                if finished:
+                    g.finish(member.run)
+                    new.append(g.emit_tail(member.run))
+                    self.drop(job)
+                pieces = self._audio(job, [n for n in new if n is not None], finished)
+            except Exception as exc:  # this member's own output: it fails alone
+                self.fail(job, exc)
+                continue
             out.append((job, pieces, finished))
         return out
+
+    def _feed_live(self) -> None:
+        """Hand each live member its new text before the step, one member at a time.
+
+        The step would parse it itself (`Dia2SlotBatch._ready`), for all members at once, so text
+        that cannot be parsed would fail the whole batch. `CheckedLiveText` refuses such text when
+        it arrives; this is the guard behind that check: a member whose text still fails here
+        fails alone. Only live members are visited; the step then finds their text taken."""
+        for slot, job in list(self.live.items()):
+            live = job.state["live"]
+            state = self.batch.members[slot].run.state
+            if not live.pieces and (not live.ended or state.input_ended):
+                continue
+            try:
+                pieces, ended = live.take()
+                for piece in pieces:
+                    state.append_text(piece)
+                if ended:
+                    state.end_input()
+            except Exception as exc:
+                self.fail(job, exc)
 
     def _audio(self, job: Job, new, finished: bool) -> list[tuple[np.ndarray, tuple]]:
         """Decode new frames; hand audio out in pieces of at least `every` frames (all at the end)."""
