@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return cmd_serve_ray(args)
     import uvicorn
 
-    from ..serve.app import ServerConfig, create_app
+    from ..serve.app import MAX_BODY_BYTES, ServerConfig, create_app
 
     _QuietServer = _quiet_server_class()
 
@@ -75,9 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           codec_batch=args.codec_batch, api_key=args.api_key or os.environ.get("FASTDIA_API_KEY") or None,
                           drain_timeout=args.drain_timeout, on_load_failure=on_load_failure)
     app = create_app(config)
+    # The drain happens before uvicorn's own shutdown starts (see _quiet_server_class); what is left
+    # for uvicorn is to let the error events already ended requests send leave.
     server = _QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=int(args.drain_timeout) or 1,
-                                           ws="auto"))
+                                           access_log=False, timeout_graceful_shutdown=5, ws="auto",
+                                           ws_max_size=MAX_BODY_BYTES))
+    server.app_server = app.state.server
+    logging.getLogger("uvicorn.error").addFilter(_cut_stream_filter)
     holder["server"] = server
     threading.Thread(target=_announce, args=(server, args), daemon=True).start()
     server.run()  # Ctrl-C or SIGTERM: stop accepting, finish open requests, drain the engines
@@ -96,7 +100,34 @@ def _quiet_server_class():
 
     class QuietServer(uvicorn.Server):
         """uvicorn re-raises Ctrl-C/SIGTERM after its graceful shutdown, so that embedding programs see it;
-        here the shutdown *is* the program's end, and the re-raise would only print a traceback."""
+        here the shutdown *is* the program's end, and the re-raise would only print a traceback.
+
+        The first SIGTERM/SIGINT drains before uvicorn stops listening: new requests get 503 with
+        Retry-After (and /health says draining, so a load balancer moves on) while the running ones
+        finish; at --drain-timeout those still running end with an error event; then uvicorn stops.
+        A second signal cuts the drain short."""
+
+        app_server = None
+        _drain: threading.Thread | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.app_server is None or not self.started:
+                return super().handle_exit(sig, frame)
+            if self._drain is None:
+                print("fastdia serve: draining (new requests get 503); signal again to stop at once",
+                      file=sys.stderr, flush=True)
+                self._captured_signals.append(sig)
+                self._drain = threading.Thread(target=self._drain_then_exit, name="fastdia-drain", daemon=True)
+                self._drain.start()
+                return
+            self.app_server.cut_drain()
+            super().handle_exit(sig, frame)
+
+        def _drain_then_exit(self) -> None:
+            try:
+                self.app_server.shutdown()
+            finally:
+                self.should_exit = True
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -117,6 +148,13 @@ def _announce(server, args: argparse.Namespace) -> None:
         key = " (API key required)" if (args.api_key or os.environ.get("FASTDIA_API_KEY")) else ""
         print(f"fastdia serve: listening on http://{host}:{args.port}{key}; models loading: "
               f"{', '.join(args.model)} (GET /health); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+
+def _cut_stream_filter(record: logging.LogRecord) -> bool:
+    # fastdia ends a streamed response whose request failed after its headers left by returning with
+    # the body unfinished (serve.openai_errors.StreamCut); uvicorn then closes the connection and says
+    # so, while the request's access line already holds its id, status and reason.
+    return record.getMessage() != "ASGI callable returned without completing response."
 
 
 def _setup_logging(level: str) -> None:

@@ -33,7 +33,7 @@ from .metrics import Metrics
 from .common import authorize, voice_name
 from .json_body import parse_object
 from .live import add_live_route
-from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unavailable
+from .openai_errors import APIError, StreamCut, bad_request, from_exception, not_found, too_large, unavailable
 
 log = logging.getLogger("fastdia.serve")
 
@@ -109,6 +109,10 @@ class Server:
         self.store = VoiceStore(config.voices_dir)
         self.voice_encoder = VoiceEncoder(config.models, config.device)
         self.started = time.time()
+        self.live_sessions = 0  # open WebSocket sessions (the drain lets their last events leave)
+        self._shutdown_lock = threading.Lock()
+        self._stopped = False
+        self._cut = threading.Event()
 
     def load_all(self) -> None:
         """Load every model in order (blocking; run in a thread) and start its scheduler."""
@@ -135,15 +139,36 @@ class Server:
             log.info("model %s ready (%s, %d Hz)", model, engine.family, engine.sample_rate)
 
     def shutdown(self) -> None:
-        """Stop taking requests, let the running ones finish (up to drain_timeout), stop the engines."""
-        self.draining = True
-        for model, engine in list(self.engines.items()):
-            self.states[model] = "draining"
-            try:
-                engine.drain(self.config.drain_timeout)
-            finally:
-                engine.close()
+        """Stop taking requests (503 with Retry-After), let the running ones finish for up to
+        drain_timeout seconds (all engines together), end those still running with an error that says
+        so (an SSE or WebSocket client gets it as its error event), and stop the engines.
+
+        Idempotent: uvicorn's lifespan calls it again after the signal handler's drain."""
+        with self._shutdown_lock:
+            if self._stopped:
+                return
+            self.draining = True
+            engines = list(self.engines.items())
+            for model, engine in engines:
+                self.states[model] = "draining"
+                engine.drain(0)  # refuses new requests from now on
+            limit = self.config.drain_timeout
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline and not self._cut.is_set() and any(_busy(e) for _, e in engines):
+                self._cut.wait(0.05)
+            for model, engine in engines:
+                engine.close(f"the server shut down before this request finished (its drain period, {limit:g} s, "
+                             "ran out); retry it")
                 self.states[model] = "stopped"
+            # The ended sessions' error events are on their way: let them leave before uvicorn closes sockets.
+            end = time.monotonic() + 5.0
+            while self.live_sessions > 0 and time.monotonic() < end:
+                time.sleep(0.02)
+            self._stopped = True
+
+    def cut_drain(self) -> None:
+        """End the drain period now (a second Ctrl-C)."""
+        self._cut.set()
 
     def engine(self, name: str):
         """The ready engine serving `name`; APIError 400 for an unknown model, 503 while not ready."""
@@ -180,6 +205,11 @@ class Server:
                               "voice_not_found")
 
 
+def _busy(engine) -> bool:
+    stats = engine.stats()
+    return bool(stats.get("active") or stats.get("queued"))
+
+
 def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
     """The server app. Models start loading when the app starts (its lifespan)."""
     metrics = metrics or Metrics()
@@ -206,7 +236,7 @@ def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, err: APIError) -> JSONResponse:
         metrics.errors.labels(type=err.code or err.type).inc()
-        request.state.error = err.code or err.type
+        request.state.error, request.state.reason = err.code or err.type, err.message
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(APIError)
@@ -427,8 +457,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
 def _mapped(exc: Exception) -> APIError:
     err = from_exception(exc)
-    if err.status >= 500 and err.status != 503:
-        log.exception("speech request failed", exc_info=exc)
+    if err.code == "internal_error":  # a bug; timeouts, overload and bad input are one access line each
+        log.error("speech request failed", exc_info=exc)
     return err
 
 
@@ -450,9 +480,11 @@ async def _audio_chunks(first, pieces, ticket, encoder, request: Request):
             yield tail
     except Exception as exc:
         # Headers are gone: the only honest signal left is a broken (incomplete) response.
-        request.state.error = type(exc).__name__
-        log.error("speech stream failed after it started: %s: %s", type(exc).__name__, exc)
-        raise
+        err = from_exception(exc)
+        request.state.error, request.state.reason = err.code or err.type, err.message
+        if err.code == "internal_error":
+            log.error("speech stream failed after it started", exc_info=exc)
+        raise StreamCut(err) from None
     finally:
         if not finished:
             ticket.cancel()
@@ -466,7 +498,8 @@ async def _sse_events(chunks, ticket):
         async for data in chunks:
             yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
     except Exception as exc:
-        yield event({"type": "error", "error": from_exception(exc).body()["error"]})
+        err = exc.error if isinstance(exc, StreamCut) else from_exception(exc)
+        yield event({"type": "error", "error": err.body()["error"]})
         return
     usage = getattr(ticket, "usage", None) or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     yield event({"type": "speech.audio.done", "usage": usage})

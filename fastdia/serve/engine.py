@@ -195,6 +195,7 @@ class Engine:
         self._stop = False
         self._durations: collections.deque[float] = collections.deque(maxlen=32)
         self._open = 0  # accepted requests not yet ended: queued, being prefilled, or decoding
+        self._stopped_reason = f"model {model_id!r} stopped"
         self.steps = 0
 
     @classmethod
@@ -295,16 +296,18 @@ class Engine:
         while (self._pending or self.runner.active) and time.monotonic() < end:
             time.sleep(0.05)
 
-    def close(self) -> None:
-        """Stop the scheduler; requests still open get EngineUnavailableError."""
+    def close(self, reason: str | None = None) -> None:
+        """Stop the scheduler; requests still open get EngineUnavailableError(`reason`)."""
         self.state = "stopped"
+        if reason:
+            self._stopped_reason = reason
         with self._cond:
             self._stop = True
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
         for ticket in list(self._pending):
-            ticket._fail(EngineUnavailableError(f"model {self.model_id!r} stopped"))
+            ticket._fail(EngineUnavailableError(self._stopped_reason))
         self._pending.clear()
 
     def _release(self) -> None:
@@ -339,7 +342,7 @@ class Engine:
                         job.ticket._fail(shared)
         for job in list(self.runner.jobs.values()):
             self.runner.drop(job)
-            job.ticket._fail(EngineUnavailableError(f"model {self.model_id!r} stopped"))
+            job.ticket._fail(EngineUnavailableError(self._stopped_reason))
 
     def _idle(self) -> bool:
         """Nothing can step: every active request waits for live text and none has been cancelled."""

@@ -44,6 +44,7 @@ def add_live_route(app: FastAPI, server) -> None:
     async def live(ws: WebSocket):
         await ws.accept()
         live_ticket = None
+        server.live_sessions += 1  # one event loop: no lock needed
         try:
             key = ws.headers.get("authorization") or (
                 f"Bearer {ws.query_params['api_key']}" if "api_key" in ws.query_params else None)
@@ -80,14 +81,16 @@ def add_live_route(app: FastAPI, server) -> None:
             err = exc if isinstance(exc, APIError) else from_exception(exc)
             if err.code == "internal_error":  # a bug in fastdia; the client's mistakes are one access line
                 log.exception("live speech failed", exc_info=exc)
-            ws.state.error = err.code or err.type
+            ws.state.error, ws.state.reason = err.code or err.type, err.message
             server.metrics.errors.labels(type=err.code or err.type).inc()
             try:
                 await ws.send_json({"type": "error", "error": err.body()["error"]})
-                await ws.close(code=close_code(err))
+                # 1001 "going away" when it is the server that is stopping, not an overload.
+                await ws.close(code=1001 if server.draining and err.status == 503 else close_code(err))
             except Exception:  # the client is already gone
                 pass
         finally:
+            server.live_sessions -= 1
             if live_ticket is not None:
                 live_ticket.cancel()
 
