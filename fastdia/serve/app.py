@@ -16,13 +16,13 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FastDiaError, VoiceNotFoundError
@@ -33,6 +33,9 @@ from .metrics import Metrics
 from .common import authorize, voice_name
 from .json_body import parse_object
 from .live import add_live_route
+from .openapi import API_DESCRIPTION, publish_schema, package_version
+from .schemas import (SPEECH_RESPONSES, VOICE_UPLOAD_BODY, Health, ModelList, ModelObject, SpeechBody, VoiceDeleted,
+                      VoiceList, VoiceObject, errors, speech_body_schema)
 from .openai_errors import APIError, StreamCut, bad_request, from_exception, not_found, too_large, unavailable
 
 log = logging.getLogger("fastdia.serve")
@@ -65,30 +68,6 @@ class ServerConfig:
     api_key: str | None = None
     drain_timeout: float = 30.0
     on_load_failure: Callable[[str, BaseException], None] | None = field(default=None, repr=False)
-
-
-class SpeechBody(BaseModel):
-    """POST /v1/audio/speech. Unknown fields are refused, so a typo in `extra_body` is not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    input: str
-    voice: str | dict
-    instructions: str | None = None  # accepted and ignored: Dia is steered by the script itself
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = 1.0
-    stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
-    max_tokens: int | None = None
-    cfg_scale: float | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    cfg_filter_top_k: int | None = None
-    text_temperature: float | None = None
-    top_k: int | None = None
-    cfg_filter_k: int | None = None
-    max_steps: int | None = None
 
 
 class Server:
@@ -221,8 +200,12 @@ def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
         yield
         await asyncio.to_thread(server.shutdown)
 
-    app = FastAPI(title="fastdia", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The schema and its page are open like /health: clients and generators read them before they
+    # have a key, and they hold nothing secret (the models served are behind the key, at /v1/models).
+    app = FastAPI(title="fastdia", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", description=API_DESCRIPTION)
     app.state.server = server
+    publish_schema(app, bool(config.api_key), STATIC_DIR)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     _add_error_handlers(app, metrics)
     _add_routes(app, server)
@@ -316,7 +299,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
             raise not_found("no web page is installed; the API is under /v1")
         return FileResponse(page, media_type="text/html")
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health, "description": "every model is ready"},
+                                   503: {"model": Health, "description": "loading, failed or draining"}})
     async def health():
         models = {}
         for model, state in server.states.items():
@@ -334,7 +318,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return JSONResponse({"status": status, "models": models, "uptime": round(time.time() - server.started, 1)},
                             status_code=200 if status == "ok" else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                          "description": "Prometheus text format"}})
     async def metrics_route():
         for model, engine in list(server.engines.items()):
             stats = engine.stats()  # the engine also sets these per step; this keeps them fresh when idle
@@ -343,21 +328,22 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         data, content_type = server.metrics.render()
         return Response(data, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelList}})
     async def list_models(request: Request):
         authorize(server, request.headers.get("authorization"))
         created = int(server.started)
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "fastdia"}
                                            for m in server.config.models]}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses={200: {"model": ModelObject}, **errors(404)})
     async def get_model(model: str, request: Request):
         authorize(server, request.headers.get("authorization"))
         if model not in server.states:
             raise not_found(f"model {model!r} is not served here", "model")
         return {"id": model, "object": "model", "created": int(server.started), "owned_by": "fastdia"}
 
-    @app.post("/v1/audio/speech")
+    # The body is read by hand (a size limit before parsing, depth-checked JSON), so its schema is given here.
+    @app.post("/v1/audio/speech", responses=SPEECH_RESPONSES, openapi_extra={"requestBody": speech_body_schema()})
     async def speech(request: Request):
         authorize(server, request.headers.get("authorization"))
         body = _parse_speech(await _read_body(request, MAX_BODY_BYTES))
@@ -404,7 +390,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     from .voices import builtin_object, builtin_voices, voice_object
 
-    @app.get("/v1/audio/voices")
+    @app.get("/v1/audio/voices", responses={200: {"model": VoiceList}})
     async def list_voices(request: Request):
         authorize(server, request.headers.get("authorization"))
         broken: list = []
@@ -414,7 +400,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         data = [builtin_object(n) for n in builtin_voices()] + [voice_object(v) for v in saved]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/audio/voices")
+    @app.post("/v1/audio/voices", responses={200: {"model": VoiceObject}, **errors(400, 413)},
+              openapi_extra={"requestBody": VOICE_UPLOAD_BODY})
     async def add_voice(request: Request):
         authorize(server, request.headers.get("authorization"))
         declared = request.headers.get("content-length")
@@ -440,7 +427,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                                  "transcript" if type(exc).__name__ == "ScriptError" else "name") from None
         return voice_object(voice)
 
-    @app.delete("/v1/audio/voices/{name}")
+    @app.delete("/v1/audio/voices/{name}", responses={200: {"model": VoiceDeleted}, **errors(400, 404)})
     async def delete_voice(name: str, request: Request):
         authorize(server, request.headers.get("authorization"))
         if name in builtin_voices():
