@@ -109,9 +109,10 @@ class Server:
                 engine.start()
             except BaseException as exc:  # reported on /health and by the CLI, never lost in a thread
                 self.states[model], self.failures[model] = "failed", f"{type(exc).__name__}: {exc}"
-                log.error("could not load model %s: %s", model, exc)
-                if self.config.on_load_failure is not None:
+                if self.config.on_load_failure is not None:  # the CLI says it, as its one error line
                     self.config.on_load_failure(model, exc)
+                else:
+                    log.error("could not load model %s: %s", model, exc)
                 return
             self.engines[model] = engine
             self.states[model] = "ready"
