@@ -249,7 +249,8 @@ def _valid_name(name: Any) -> bool:
 
 def _check_name(name: Any) -> str:
     if not _valid_name(name):
-        raise VoiceError(f"invalid voice name {name!r}: use 1-64 ASCII letters, digits, '.', '_' or '-', "
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."  # a name can be anything a client sent
+        raise VoiceError(f"invalid voice name {shown}: use 1-64 ASCII letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit, without '/' or '..' (e.g. alice or narrator_2)")
     return name
 

@@ -155,7 +155,8 @@ class Server:
         if name in OPENAI_MODEL_ALIASES:
             name = self.config.models[0]
         if name not in self.states:
-            raise bad_request(f"unknown model {name!r}; this server serves {', '.join(self.config.models)} "
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            raise bad_request(f"unknown model {shown}; this server serves {', '.join(self.config.models)} "
                               f"(or {OPENAI_MODEL_ALIASES[0]}-style names for the first)", "model", "model_not_found")
         if self.draining:
             raise unavailable("the server is shutting down")

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import VoiceError
+from ..errors import AudioError, VoiceError
 from ..voices import Voice, VoiceStore
 
 _SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
@@ -91,6 +91,9 @@ class VoiceEncoder:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             wave, rate = read_audio(tmp)
+        except AudioError as exc:  # its message names the temp file, which is the server's business
+            shown = repr(Path(filename).name[:80]) if filename else "the upload"
+            raise AudioError(str(exc).replace(repr(tmp), shown).replace(tmp, shown)) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         with self._lock:
