@@ -166,7 +166,7 @@ def test_a_signal_drains_then_exits_zero(tmp_path, sig):
                 out["ws"] = _live_events(ws)
 
         def short():  # finishes within the drain
-            body = {"model": DIA2, "voice": "alloy", "input": "[S1] Quick.", "max_steps": 40, "response_format": "wav"}
+            body = {"model": DIA2, "voice": "alloy", "input": "[S1] Quick.", "max_steps": 100, "response_format": "wav"}
             r = httpx.post(srv.url + "/v1/audio/speech", json=body, timeout=120)
             out["short"] = (r.status_code, r.content)
 
@@ -178,7 +178,10 @@ def test_a_signal_drains_then_exits_zero(tmp_path, sig):
             time.sleep(0.02)
         threads.append(threading.Thread(target=short))
         threads[-1].start()
-        time.sleep(0.05)
+        # The signal comes once the short request is admitted (beside the waiting live session).
+        while "short" not in out and _health(srv)["models"][DIA2].get("active", 0) < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
         signalled = time.monotonic()
         srv.proc.send_signal(sig)
         while "draining" not in srv.stderr() and time.monotonic() < signalled + 30:
