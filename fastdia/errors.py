@@ -32,3 +32,7 @@ class GenerationError(FastDiaError, ValueError):
 
 class VoiceError(FastDiaError, ValueError):
     """A saved voice cannot be stored or used (bad name, unknown voice, broken file, other codec)."""
+
+
+class VoiceNotFoundError(VoiceError):
+    """No saved voice has that name (the server's DELETE answers 404 for it)."""

@@ -185,6 +185,25 @@ def read_safetensors_files(files: Sequence[Path]) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_source(model: str | Path, presets, what: str = "model") -> None:
+    """Raise ModelNotFoundError at once, without the network, for a name that can be neither a
+    preset, a local directory nor a hub repository id (so a server refuses it before it listens)."""
+    if str(model) in presets:
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ModelNotFoundError(
+            f"{what} {str(model)!r} is a file; pass the directory that holds config.json and the weights"
+        )
+    if not _REPO_ID.match(str(model)):
+        raise ModelNotFoundError(
+            f"{what} {str(model)!r} is not a local directory, a preset or a hub repository id "
+            f"(owner/name). {OFFLINE_HINT}"
+        )
+
+
 def local_source(model: str | Path, presets, choose: Callable[[Sequence[str]], Sequence[str]], what: str) -> str | Path:
     """A preset name or a local path as it is; a hub id fetched (into the hub cache) to its
     folder, so a loader can read its config (its size, for dtype "auto") before loading it."""

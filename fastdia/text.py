@@ -67,6 +67,11 @@ def validate_script(text: str, what: str = "script", max_tokens: int = MAX_TEXT_
         raise ScriptError(
             f"the {what} must start with a speaker tag [S1] or [S2], e.g. \"[S1] {stripped[:40]}\""
         )
+    if not _TURN.sub("", stripped).strip():
+        # Tags alone leave no words: the long-script planner would have no chunk to speak.
+        raise ScriptError(
+            f"the {what} has speaker tags but nothing to say; write words after them, e.g. \"[S1] Hello there.\""
+        )
     n = len(tokenize(text))
     if n > max_tokens:
         if max_tokens >= MAX_SCRIPT_BYTES:

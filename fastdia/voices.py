@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VoiceError
+from .errors import VoiceError, VoiceNotFoundError
 
 FORMAT_VERSION = 1
 AUDIO_RATE = 24000  # the kept waveform's rate (Mimi's): another codec encodes the voice from it
@@ -173,10 +173,12 @@ class VoiceStore:
                 np.savez(f, codes=arr, meta=meta, **extra)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if force or not _link(tmp, path, name):
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        Path(tmp).unlink(missing_ok=True)  # after a link, the voice's other name
         kept = None if audio is None else _pcm16(audio).astype(np.float32) / 32768
         return Voice(name, arr, text, codec, int(sample_rate), metadata, kept)
 
@@ -187,7 +189,7 @@ class VoiceStore:
         if not path.is_file():
             names = [p.stem for p in self._files()]
             have = f"saved voices: {', '.join(names)}" if names else f"none are saved there; add one with: {ADD_HINT}"
-            raise VoiceError(f"no voice named {name!r} in {self.directory}; {have}")
+            raise VoiceNotFoundError(f"no voice named {name!r} in {self.directory}; {have}")
         return _load(path)
 
     def list(self, broken: list[VoiceError] | None = None) -> list[Voice]:
@@ -213,11 +215,14 @@ class VoiceStore:
 
     def remove(self, name: str) -> Path:
         """Delete voice `name`, also when its file is unreadable (the fix for a broken one), and
-        return the deleted path; VoiceError for an invalid name or an unknown voice."""
+        return the deleted path; VoiceError for an invalid name, VoiceNotFoundError for an unknown
+        voice (also one that another process removed first)."""
         path = self.path(name)
-        if not path.is_file():
+        try:
+            path.unlink()
+        except (FileNotFoundError, IsADirectoryError):
             self.get(name)  # raises the unknown-voice error, which names the voices that exist
-        path.unlink()
+            raise VoiceNotFoundError(f"no voice named {name!r} in {self.directory}") from None
         return path
 
     def _files(self) -> list[Path]:
@@ -226,13 +231,26 @@ class VoiceStore:
         return sorted(p for p in self.directory.glob("*.npz") if p.is_file() and _valid_name(p.stem))
 
 
+def _link(tmp: str, path: Path, name: str) -> bool:
+    """Give the finished file its name only if no voice has it, in one step (two clients adding the
+    same new name: one wins, the other is told it exists). False where the filesystem has no hard links."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise VoiceError(f"voice {name!r} exists; use --force to replace it") from None
+    except OSError:
+        return False
+    return True
+
+
 def _valid_name(name: Any) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
 
 
 def _check_name(name: Any) -> str:
     if not _valid_name(name):
-        raise VoiceError(f"invalid voice name {name!r}: use 1-64 ASCII letters, digits, '.', '_' or '-', "
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."  # a name can be anything a client sent
+        raise VoiceError(f"invalid voice name {shown}: use 1-64 ASCII letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit, without '/' or '..' (e.g. alice or narrator_2)")
     return name
 

@@ -138,6 +138,7 @@ def test_bad_inputs(tmp_path):
     _fails_cleanly(say("[S1] hi", "-o", str(tmp_path / "nope" / "o.wav"), *base), "does not exist")
     _fails_cleanly(say("", "-o", out, *base), "empty")
     _fails_cleanly(say("Hello", "-o", out, *base), "[S1]")
+    _fails_cleanly(say("[S1][S2][S1]", "-o", out, *base), "nothing to say")  # tags only: was an IndexError
     _fails_cleanly(say("-o", out, *base), "no script")
     _fails_cleanly(say("[S1] hi", "-o", out, "--prompt-text", "[S1] x", *base), "--audio-prompt")
 

@@ -41,6 +41,9 @@ def test_tokenizer_matches_spec_example():
     ("[S1] Hi [S3] who?", "unknown tag [S3]"),
     ("[S1] Hi [laughs]", "unknown tag [laughs]"),
     ("[S1] " + "a" * 1100, "at most 1024"),
+    ("[S1]", "nothing to say"),
+    ("[S1][S2][S1]", "nothing to say"),
+    ("[S1]   [S2]\n", "nothing to say"),
 ])
 def test_bad_scripts(text, words, tiny):
     with pytest.raises(ScriptError, match=words.replace("[", r"\[").replace("]", r"\]")):

@@ -50,14 +50,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise FastDiaError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.port < 65536:
         raise FastDiaError(f"--port must be 1-65535, got {args.port}")
+    _check_models(args.model)
+    api_key = args.api_key or os.environ.get("FASTDIA_API_KEY") or None
+    if not api_key and not _loopback(args.host):
+        print(f"fastdia serve: warning: listening on {args.host} with no API key: anyone who can reach this port can "
+              "use it; set --api-key or FASTDIA_API_KEY", file=sys.stderr, flush=True)
     if getattr(args, "ray", False):
         from ..serve.ray_app import cmd_serve_ray
 
         return cmd_serve_ray(args)
     import uvicorn
 
-    from ..serve.app import ServerConfig, create_app
+    from ..serve.app import MAX_BODY_BYTES, ServerConfig, create_app
 
+    _check_port(args.host, args.port)
     _QuietServer = _quiet_server_class()
 
     _setup_logging(args.log_level)
@@ -72,21 +78,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(models=args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                           max_queue=args.max_queue, timeout=args.timeout, voices_dir=args.voices_dir,
-                          codec_batch=args.codec_batch, api_key=args.api_key or os.environ.get("FASTDIA_API_KEY") or None,
+                          codec_batch=args.codec_batch, api_key=api_key,
                           drain_timeout=args.drain_timeout, on_load_failure=on_load_failure)
     app = create_app(config)
+    # The drain happens before uvicorn's own shutdown starts (see _quiet_server_class); what is left
+    # for uvicorn is to let the error events already ended requests send leave.
     server = _QuietServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=int(args.drain_timeout) or 1,
-                                           ws="auto"))
+                                           access_log=False, timeout_graceful_shutdown=5, ws="auto",
+                                           ws_max_size=MAX_BODY_BYTES))
+    server.app_server = app.state.server
+    logging.getLogger("uvicorn.error").addFilter(_cut_stream_filter)
     holder["server"] = server
     threading.Thread(target=_announce, args=(server, args), daemon=True).start()
-    server.run()  # Ctrl-C or SIGTERM: stop accepting, finish open requests, drain the engines
+    try:
+        server.run()  # Ctrl-C or SIGTERM: drain (503s), finish or end open requests, stop
+    except SystemExit:  # uvicorn's way to say it could not bind (the port taken since _check_port)
+        pass
     if failed:
         raise FastDiaError(failed[0])
     if not server.started:
         raise FastDiaError(f"could not listen on {args.host}:{args.port} (in use, or not an address of this machine)")
     print("fastdia serve: stopped", file=sys.stderr)
     return 0
+
+
+def _check_models(models: list[str]) -> None:
+    """Names that cannot be a model fail before the server listens (loading itself is in the background)."""
+    from ..dia1.config import PRESETS
+    from ..dia2.config import DIA2_PRESETS
+    from ..hub import check_source
+
+    for model in models:
+        check_source(model, set(PRESETS) | set(DIA2_PRESETS))
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR) and let it go: a taken port or a foreign
+    address is one clear error before any model starts loading."""
+    import errno
+    import socket
+
+    from ..errors import FastDiaError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise FastDiaError(f"--host {host!r} is not an address this machine can listen on ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = " (another server is using it: choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+            raise FastDiaError(f"could not listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
 
 
 def _quiet_server_class():
@@ -96,7 +152,34 @@ def _quiet_server_class():
 
     class QuietServer(uvicorn.Server):
         """uvicorn re-raises Ctrl-C/SIGTERM after its graceful shutdown, so that embedding programs see it;
-        here the shutdown *is* the program's end, and the re-raise would only print a traceback."""
+        here the shutdown *is* the program's end, and the re-raise would only print a traceback.
+
+        The first SIGTERM/SIGINT drains before uvicorn stops listening: new requests get 503 with
+        Retry-After (and /health says draining, so a load balancer moves on) while the running ones
+        finish; at --drain-timeout those still running end with an error event; then uvicorn stops.
+        A second signal cuts the drain short."""
+
+        app_server = None
+        _drain: threading.Thread | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.app_server is None or not self.started:
+                return super().handle_exit(sig, frame)
+            if self._drain is None:
+                print("fastdia serve: draining (new requests get 503); signal again to stop at once",
+                      file=sys.stderr, flush=True)
+                self._captured_signals.append(sig)
+                self._drain = threading.Thread(target=self._drain_then_exit, name="fastdia-drain", daemon=True)
+                self._drain.start()
+                return
+            self.app_server.cut_drain()
+            super().handle_exit(sig, frame)
+
+        def _drain_then_exit(self) -> None:
+            try:
+                self.app_server.shutdown()
+            finally:
+                self.should_exit = True
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -117,6 +200,13 @@ def _announce(server, args: argparse.Namespace) -> None:
         key = " (API key required)" if (args.api_key or os.environ.get("FASTDIA_API_KEY")) else ""
         print(f"fastdia serve: listening on http://{host}:{args.port}{key}; models loading: "
               f"{', '.join(args.model)} (GET /health); Ctrl-C to stop", file=sys.stderr, flush=True)
+
+
+def _cut_stream_filter(record: logging.LogRecord) -> bool:
+    # fastdia ends a streamed response whose request failed after its headers left by returning with
+    # the body unfinished (serve.openai_errors.StreamCut); uvicorn then closes the connection and says
+    # so, while the request's access line already holds its id, status and reason.
+    return record.getMessage() != "ASGI callable returned without completing response."
 
 
 def _setup_logging(level: str) -> None:

@@ -16,23 +16,27 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import FastDiaError
+from ..errors import FastDiaError, VoiceNotFoundError
 from ..text import MAX_SCRIPT_BYTES
 from .access_log import AccessLogMiddleware
 from .audio_formats import MEDIA_TYPES, stream_encoder
 from .metrics import Metrics
 from .common import authorize, voice_name
+from .json_body import parse_object
 from .live import add_live_route
-from .openai_errors import APIError, bad_request, from_exception, not_found, too_large, unavailable
+from .openapi import API_DESCRIPTION, publish_schema, package_version
+from .schemas import (SPEECH_RESPONSES, VOICE_UPLOAD_BODY, Health, ModelList, ModelObject, SpeechBody, VoiceDeleted,
+                      VoiceList, VoiceObject, errors, speech_body_schema)
+from .openai_errors import APIError, StreamCut, bad_request, from_exception, not_found, too_large, unavailable
 
 log = logging.getLogger("fastdia.serve")
 
@@ -66,30 +70,6 @@ class ServerConfig:
     on_load_failure: Callable[[str, BaseException], None] | None = field(default=None, repr=False)
 
 
-class SpeechBody(BaseModel):
-    """POST /v1/audio/speech. Unknown fields are refused, so a typo in `extra_body` is not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    input: str
-    voice: str | dict
-    instructions: str | None = None  # accepted and ignored: Dia is steered by the script itself
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
-    speed: float = 1.0
-    stream_format: Literal["audio", "sse"] = "audio"
-    seed: int | None = None
-    max_tokens: int | None = None
-    cfg_scale: float | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    cfg_filter_top_k: int | None = None
-    text_temperature: float | None = None
-    top_k: int | None = None
-    cfg_filter_k: int | None = None
-    max_steps: int | None = None
-
-
 class Server:
     """The engines and their loading state; shared by the routes."""
 
@@ -108,6 +88,10 @@ class Server:
         self.store = VoiceStore(config.voices_dir)
         self.voice_encoder = VoiceEncoder(config.models, config.device)
         self.started = time.time()
+        self.live_sessions = 0  # open WebSocket sessions (the drain lets their last events leave)
+        self._shutdown_lock = threading.Lock()
+        self._stopped = False
+        self._cut = threading.Event()
 
     def load_all(self) -> None:
         """Load every model in order (blocking; run in a thread) and start its scheduler."""
@@ -125,31 +109,54 @@ class Server:
                 engine.start()
             except BaseException as exc:  # reported on /health and by the CLI, never lost in a thread
                 self.states[model], self.failures[model] = "failed", f"{type(exc).__name__}: {exc}"
-                log.error("could not load model %s: %s", model, exc)
-                if self.config.on_load_failure is not None:
+                if self.config.on_load_failure is not None:  # the CLI says it, as its one error line
                     self.config.on_load_failure(model, exc)
+                else:
+                    log.error("could not load model %s: %s", model, exc)
                 return
             self.engines[model] = engine
             self.states[model] = "ready"
             log.info("model %s ready (%s, %d Hz)", model, engine.family, engine.sample_rate)
 
     def shutdown(self) -> None:
-        """Stop taking requests, let the running ones finish (up to drain_timeout), stop the engines."""
-        self.draining = True
-        for model, engine in list(self.engines.items()):
-            self.states[model] = "draining"
-            try:
-                engine.drain(self.config.drain_timeout)
-            finally:
-                engine.close()
+        """Stop taking requests (503 with Retry-After), let the running ones finish for up to
+        drain_timeout seconds (all engines together), end those still running with an error that says
+        so (an SSE or WebSocket client gets it as its error event), and stop the engines.
+
+        Idempotent: uvicorn's lifespan calls it again after the signal handler's drain."""
+        with self._shutdown_lock:
+            if self._stopped:
+                return
+            self.draining = True
+            engines = list(self.engines.items())
+            for model, engine in engines:
+                self.states[model] = "draining"
+                engine.drain(0)  # refuses new requests from now on
+            limit = self.config.drain_timeout
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline and not self._cut.is_set() and any(_busy(e) for _, e in engines):
+                self._cut.wait(0.05)
+            for model, engine in engines:
+                engine.close(f"the server shut down before this request finished (its drain period, {limit:g} s, "
+                             "ran out); retry it")
                 self.states[model] = "stopped"
+            # The ended sessions' error events are on their way: let them leave before uvicorn closes sockets.
+            end = time.monotonic() + 5.0
+            while self.live_sessions > 0 and time.monotonic() < end:
+                time.sleep(0.02)
+            self._stopped = True
+
+    def cut_drain(self) -> None:
+        """End the drain period now (a second Ctrl-C)."""
+        self._cut.set()
 
     def engine(self, name: str):
         """The ready engine serving `name`; APIError 400 for an unknown model, 503 while not ready."""
         if name in OPENAI_MODEL_ALIASES:
             name = self.config.models[0]
         if name not in self.states:
-            raise bad_request(f"unknown model {name!r}; this server serves {', '.join(self.config.models)} "
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            raise bad_request(f"unknown model {shown}; this server serves {', '.join(self.config.models)} "
                               f"(or {OPENAI_MODEL_ALIASES[0]}-style names for the first)", "model", "model_not_found")
         if self.draining:
             raise unavailable("the server is shutting down")
@@ -179,6 +186,11 @@ class Server:
                               "voice_not_found")
 
 
+def _busy(engine) -> bool:
+    stats = engine.stats()
+    return bool(stats.get("active") or stats.get("queued"))
+
+
 def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
     """The server app. Models start loading when the app starts (its lifespan)."""
     metrics = metrics or Metrics()
@@ -190,8 +202,12 @@ def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
         yield
         await asyncio.to_thread(server.shutdown)
 
-    app = FastAPI(title="fastdia", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The schema and its page are open like /health: clients and generators read them before they
+    # have a key, and they hold nothing secret (the models served are behind the key, at /v1/models).
+    app = FastAPI(title="fastdia", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", description=API_DESCRIPTION)
     app.state.server = server
+    publish_schema(app, bool(config.api_key), STATIC_DIR)
     app.add_middleware(AccessLogMiddleware, metrics=metrics)
     _add_error_handlers(app, metrics)
     _add_routes(app, server)
@@ -205,7 +221,7 @@ def create_app(config: ServerConfig, metrics: Metrics | None = None) -> FastAPI:
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def respond(request: Request, err: APIError) -> JSONResponse:
         metrics.errors.labels(type=err.code or err.type).inc()
-        request.state.error = err.code or err.type
+        request.state.error, request.state.reason = err.code or err.type, err.message
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(APIError)
@@ -258,12 +274,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _parse_speech(raw: bytes) -> SpeechBody:
-    try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise bad_request("the request body must be a JSON object")
+    data = parse_object(raw or b"null")
     try:
         return SpeechBody.model_validate(data)
     except ValidationError as exc:
@@ -290,7 +301,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
             raise not_found("no web page is installed; the API is under /v1")
         return FileResponse(page, media_type="text/html")
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health, "description": "every model is ready"},
+                                   503: {"model": Health, "description": "loading, failed or draining"}})
     async def health():
         models = {}
         for model, state in server.states.items():
@@ -308,7 +320,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return JSONResponse({"status": status, "models": models, "uptime": round(time.time() - server.started, 1)},
                             status_code=200 if status == "ok" else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                                          "description": "Prometheus text format"}})
     async def metrics_route():
         for model, engine in list(server.engines.items()):
             stats = engine.stats()  # the engine also sets these per step; this keeps them fresh when idle
@@ -317,21 +330,22 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         data, content_type = server.metrics.render()
         return Response(data, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelList}})
     async def list_models(request: Request):
         authorize(server, request.headers.get("authorization"))
         created = int(server.started)
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "fastdia"}
                                            for m in server.config.models]}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses={200: {"model": ModelObject}, **errors(404)})
     async def get_model(model: str, request: Request):
         authorize(server, request.headers.get("authorization"))
         if model not in server.states:
             raise not_found(f"model {model!r} is not served here", "model")
         return {"id": model, "object": "model", "created": int(server.started), "owned_by": "fastdia"}
 
-    @app.post("/v1/audio/speech")
+    # The body is read by hand (a size limit before parsing, depth-checked JSON), so its schema is given here.
+    @app.post("/v1/audio/speech", responses=SPEECH_RESPONSES, openapi_extra={"requestBody": speech_body_schema()})
     async def speech(request: Request):
         authorize(server, request.headers.get("authorization"))
         body = _parse_speech(await _read_body(request, MAX_BODY_BYTES))
@@ -378,7 +392,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     from .voices import builtin_object, builtin_voices, voice_object
 
-    @app.get("/v1/audio/voices")
+    @app.get("/v1/audio/voices", responses={200: {"model": VoiceList}})
     async def list_voices(request: Request):
         authorize(server, request.headers.get("authorization"))
         broken: list = []
@@ -388,7 +402,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         data = [builtin_object(n) for n in builtin_voices()] + [voice_object(v) for v in saved]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/audio/voices")
+    @app.post("/v1/audio/voices", responses={200: {"model": VoiceObject}, **errors(400, 413)},
+              openapi_extra={"requestBody": VOICE_UPLOAD_BODY})
     async def add_voice(request: Request):
         authorize(server, request.headers.get("authorization"))
         declared = request.headers.get("content-length")
@@ -414,25 +429,25 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                                  "transcript" if type(exc).__name__ == "ScriptError" else "name") from None
         return voice_object(voice)
 
-    @app.delete("/v1/audio/voices/{name}")
+    @app.delete("/v1/audio/voices/{name}", responses={200: {"model": VoiceDeleted}, **errors(400, 404)})
     async def delete_voice(name: str, request: Request):
         authorize(server, request.headers.get("authorization"))
         if name in builtin_voices():
             raise bad_request(f"{name!r} is a built-in voice; it cannot be deleted", "name")
+        # One call, no separate existence check: of two DELETEs racing, the loser gets the 404.
         try:
-            exists = server.store.exists(name)
+            await asyncio.to_thread(server.store.remove, name)
+        except VoiceNotFoundError:
+            raise not_found(f"no saved voice named {name!r}", "name") from None
         except FastDiaError as exc:
             raise bad_request(str(exc), "name", "invalid_voice") from None
-        if not exists:
-            raise not_found(f"no saved voice named {name!r}", "name")
-        await asyncio.to_thread(server.store.remove, name)
         return {"id": name, "object": "voice.deleted", "deleted": True}
 
 
 def _mapped(exc: Exception) -> APIError:
     err = from_exception(exc)
-    if err.status >= 500 and err.status != 503:
-        log.exception("speech request failed", exc_info=exc)
+    if err.code == "internal_error":  # a bug; timeouts, overload and bad input are one access line each
+        log.error("speech request failed", exc_info=exc)
     return err
 
 
@@ -454,9 +469,11 @@ async def _audio_chunks(first, pieces, ticket, encoder, request: Request):
             yield tail
     except Exception as exc:
         # Headers are gone: the only honest signal left is a broken (incomplete) response.
-        request.state.error = type(exc).__name__
-        log.error("speech stream failed after it started: %s: %s", type(exc).__name__, exc)
-        raise
+        err = from_exception(exc)
+        request.state.error, request.state.reason = err.code or err.type, err.message
+        if err.code == "internal_error":
+            log.error("speech stream failed after it started", exc_info=exc)
+        raise StreamCut(err) from None
     finally:
         if not finished:
             ticket.cancel()
@@ -470,7 +487,8 @@ async def _sse_events(chunks, ticket):
         async for data in chunks:
             yield event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
     except Exception as exc:
-        yield event({"type": "error", "error": from_exception(exc).body()["error"]})
+        err = exc.error if isinstance(exc, StreamCut) else from_exception(exc)
+        yield event({"type": "error", "error": err.body()["error"]})
         return
     usage = getattr(ticket, "usage", None) or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
     yield event({"type": "speech.audio.done", "usage": usage})

@@ -29,6 +29,7 @@ import torch
 
 from ..errors import FastDiaError, GenerationError
 from ..dia2.slots import LiveText
+from .live_text import checked_live_text
 from .runners import Dia1Runner, Dia2Runner, Job
 
 log = logging.getLogger("fastdia.serve")
@@ -166,7 +167,7 @@ class Ticket:
             self.engine._release()
 
     def _finish(self, frames: int) -> None:
-        text_tokens = len(self.request.text.encode("utf-8"))
+        text_tokens = getattr(self.live, "size", None) or len(self.request.text.encode("utf-8"))
         # OpenAI's usage shape: the script's tokens (UTF-8 bytes, as Dia reads them) and the
         # codec frames generated.
         self.usage = {"input_tokens": text_tokens, "output_tokens": frames, "total_tokens": text_tokens + frames}
@@ -200,6 +201,7 @@ class Engine:
         self._stop = False
         self._durations: collections.deque[float] = collections.deque(maxlen=32)
         self._open = 0  # accepted requests not yet ended: queued, being prefilled, or decoding
+        self._stopped_reason = f"model {model_id!r} stopped"
         self.steps = 0
 
     @classmethod
@@ -250,7 +252,7 @@ class Engine:
         """A Dia2 request whose script arrives later through `ticket.push()` / `ticket.end()`."""
         if self.family != "dia2":
             raise GenerationError(f"live text input needs a Dia2 model; {self.model_id} is Dia-1")
-        return self._submit(request, live=LiveText())
+        return self._submit(request, live=checked_live_text(self.tts))
 
     def _submit(self, request: SpeechRequest, live: LiveText | None) -> Ticket:
         if self.state != "ready":
@@ -300,16 +302,18 @@ class Engine:
         while (self._pending or self.runner.active) and time.monotonic() < end:
             time.sleep(0.05)
 
-    def close(self) -> None:
-        """Stop the scheduler; requests still open get EngineUnavailableError."""
+    def close(self, reason: str | None = None) -> None:
+        """Stop the scheduler; requests still open get EngineUnavailableError(`reason`)."""
         self.state = "stopped"
+        if reason:
+            self._stopped_reason = reason
         with self._cond:
             self._stop = True
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=30)
         for ticket in list(self._pending):
-            ticket._fail(EngineUnavailableError(f"model {self.model_id!r} stopped"))
+            ticket._fail(EngineUnavailableError(self._stopped_reason))
         self._pending.clear()
 
     def _release(self) -> None:
@@ -337,12 +341,14 @@ class Engine:
                     self._cycle()
                 except Exception as exc:  # a bug: fail what is running rather than hang it
                     log.exception("engine %s: step failed", self.model_id)
+                    # Not the members' fault, and another request's message is not theirs to read.
+                    shared = RuntimeError(f"the batched step failed ({type(exc).__name__}); see the server log")
                     for job in list(self.runner.jobs.values()):
                         self.runner.drop(job)
-                        job.ticket._fail(exc)
+                        job.ticket._fail(shared)
         for job in list(self.runner.jobs.values()):
             self.runner.drop(job)
-            job.ticket._fail(EngineUnavailableError(f"model {self.model_id!r} stopped"))
+            job.ticket._fail(EngineUnavailableError(self._stopped_reason))
 
     def _idle(self) -> bool:
         """Nothing can step: every active request waits for live text and none has been cancelled."""
@@ -382,6 +388,8 @@ class Engine:
         occupancy = self.runner.active / self.max_batch
         results = self.runner.step()
         self.steps += 1
+        for job, exc in self.runner.take_failed():
+            self._member_failed(job, exc)
         if self.metrics is not None:
             self.metrics.decode_steps.labels(model=self.model_id).inc()
             self.metrics.batch_occupancy.labels(model=self.model_id).observe(occupancy)
@@ -399,6 +407,14 @@ class Engine:
             if finished:
                 self._durations.append(time.monotonic() - ticket.submitted)
                 ticket._finish(job.frames)
+
+    def _member_failed(self, job: Job, exc: BaseException) -> None:
+        """A request that failed on its own during a step: it alone ends, with its own error."""
+        if isinstance(exc, FastDiaError):
+            log.info("engine %s: a request failed during its step: %s", self.model_id, exc)
+        else:  # a bug in fastdia, confined to this request
+            log.error("engine %s: a request failed during its step", self.model_id, exc_info=exc)
+        job.ticket._fail(exc)
 
     def _sweep_queue(self) -> None:
         """Queued requests that were cancelled or timed out leave the queue (and free its places).

@@ -40,6 +40,18 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class StreamCut(Exception):
+    """A streamed response failed after its headers left: the only honest signal left is to end the
+    connection without the body's last chunk, so the client sees an incomplete response. Raised by
+    the body's generator and caught by the access log middleware, which records `error` and ends
+    the response without handing uvicorn a traceback (the client's mistake or an expected timeout
+    is not a bug)."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     """A 400 for input the client can fix."""
     return APIError(400, message, "invalid_request_error", param, code)

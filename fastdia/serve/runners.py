@@ -57,6 +57,17 @@ class _SlotRunner:
 
     def __init__(self) -> None:
         self.jobs: dict[int, Job] = {}
+        self.failed: list[tuple[Job, BaseException]] = []  # members that failed alone; the engine ends them
+
+    def take_failed(self) -> list[tuple[Job, BaseException]]:
+        """The jobs that failed on their own since the last call (already out of the batch)."""
+        failed, self.failed = self.failed, []
+        return failed
+
+    def fail(self, job: Job, exc: BaseException) -> None:
+        """One member's own failure: it leaves the batch and the others step on untouched."""
+        self.drop(job)
+        self.failed.append((job, exc))
 
     @property
     def active(self) -> int:
@@ -139,6 +150,9 @@ class Dia1Runner(_SlotRunner):
                 except StopIteration:
                     windows += st["stream"].plan_finish()
                     finished = True
+                except Exception as exc:  # its next chunk cannot start: this request fails, alone
+                    self.fail(job, exc)
+                    continue
             if windows or finished:
                 planned.append((job, windows, finished))
         # Every request's ready windows in one call: batched `codec_batch` at a time (fixed-size
@@ -162,6 +176,7 @@ class Dia2Runner(_SlotRunner):
         self.poll_every = POLL_EVERY if tts.device.type == "cpu" else 2 * POLL_EVERY  # (Dia1Runner)
         self._since = 0
         super().__init__()
+        self.live: dict[int, Job] = {}  # the members whose text arrives live, by slot
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
              chunk_seconds: float, ticket, live: LiveText | None = None) -> Job:
@@ -183,6 +198,13 @@ class Dia2Runner(_SlotRunner):
         job.slot = self.batch.join(st["gen"], st["prefix"], entries=st["entries"], live=st["live"],
                                    tokenizer=self.tts.tokenizer)
         self.jobs[job.slot] = job
+        if st["live"] is not None:
+            self.live[job.slot] = job
+
+    def drop(self, job: Job) -> None:
+        if job.slot is not None and self.live.get(job.slot) is job:
+            del self.live[job.slot]
+        super().drop(job)
 
     def waiting(self) -> bool:
         """Every member is waiting for live text (the loop may sleep until some arrives)."""
@@ -193,6 +215,8 @@ class Dia2Runner(_SlotRunner):
         """One batched step; every `poll_every` steps (and whenever a member finished: the batch
         knows it on the host), (job, new (audio, words) pieces, finished) for the jobs with news."""
         g = self.tts._generator
+        if self.live:
+            self._feed_live()
         self.batch.step()
         self._since += 1
         ended = any(m is not None and m.finished for m in self.batch.members)
@@ -201,22 +225,48 @@ class Dia2Runner(_SlotRunner):
         self._since = 0
         out = []
         for slot, job in list(self.jobs.items()):
-            run = self.batch.members[slot].run
+            member = self.batch.members[slot]
+            run = member.run
             job.steps = run.slot - run.p0  # loop steps taken (the prefix warm-up not counted)
-            new = []
-            if run.t > run.start and not run.warming:
-                emitted = g.emit(run, run.last)  # every frame that became final since the last poll
-                if emitted is not None:
-                    new.append(emitted)
-            finished = self.batch.members[slot].finished
-            if finished:
-                g.finish(run)
-                new.append(g.emit_tail(run))
-                self.drop(job)
-            pieces = self._audio(job, [n for n in new if n is not None], finished)
+            try:
+                new = []
+                if run.t > run.start and not run.warming:
+                    emitted = g.emit(run, run.last)  # every frame that became final since the last poll
+                    if emitted is not None:
+                        new.append(emitted)
+                finished = member.finished
+                if finished:
+                    g.finish(run)
+                    new.append(g.emit_tail(run))
+                    self.drop(job)
+                pieces = self._audio(job, [n for n in new if n is not None], finished)
+            except Exception as exc:  # this member's own output: it fails alone
+                self.fail(job, exc)
+                continue
             if pieces or finished:
                 out.append((job, pieces, finished))
         return out
+
+    def _feed_live(self) -> None:
+        """Hand each live member its new text before the step, one member at a time.
+
+        The step would parse it itself (`Dia2SlotBatch._ready`), for all members at once, so text
+        that cannot be parsed would fail the whole batch. `CheckedLiveText` refuses such text when
+        it arrives; this is the guard behind that check: a member whose text still fails here
+        fails alone. Only live members are visited; the step then finds their text taken."""
+        for slot, job in list(self.live.items()):
+            live = job.state["live"]
+            state = self.batch.members[slot].run.state
+            if not live.pieces and (not live.ended or state.input_ended):
+                continue
+            try:
+                pieces, ended = live.take()
+                for piece in pieces:
+                    state.append_text(piece)
+                if ended:
+                    state.end_input()
+            except Exception as exc:
+                self.fail(job, exc)
 
     def _audio(self, job: Job, new, finished: bool) -> list[tuple[np.ndarray, tuple]]:
         """Decode new frames `every` at a time (a split that depends on the request alone, so its

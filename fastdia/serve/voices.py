@@ -8,12 +8,15 @@ and kept.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
 
-from ..errors import VoiceError
+from ..errors import AudioError, VoiceError
 from ..voices import Voice, VoiceStore
+
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
 
 # OpenAI's built-in voice names; the engine maps each to a voice of its own.
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
@@ -78,12 +81,19 @@ class VoiceEncoder:
         if store.exists(name) and not force:
             raise VoiceError(f"voice {name!r} exists; send force=true to replace it")
         validate_script(transcript, what="voice transcript")
-        suffix = Path(filename or "").suffix.lower() or ".wav"
+        # The client's file name is only a hint of the format (libsndfile reads the content): an
+        # extension that is not a short plain word would make an invalid or over-long temp name.
+        suffix = Path(filename or "").suffix.lower()
+        if not _SUFFIX.fullmatch(suffix):
+            suffix = ".wav"
         fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="fastdia-voice-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             wave, rate = read_audio(tmp)
+        except AudioError as exc:  # its message names the temp file, which is the server's business
+            shown = repr(Path(filename).name[:80]) if filename else "the upload"
+            raise AudioError(str(exc).replace(repr(tmp), shown).replace(tmp, shown)) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         with self._lock:
