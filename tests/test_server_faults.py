@@ -7,7 +7,6 @@ figures the README quotes are printed (`-s`) by these tests.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os

@@ -10,7 +10,7 @@ cannot fail, and a bad session fails alone, on its own thread, with its own mess
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..dia2.slots import LiveText
 from ..dia2.text import ScriptParser
