@@ -165,6 +165,11 @@ class Ticket:
         if not self._ended:
             self._ended = True
             self.engine._release()
+            if self.job is not None:
+                # The job's working state (codec stream, held frames, the run) goes now: a ticket and
+                # its job refer to each other, so only the cycle collector would free them, and a
+                # step that allocates few Python objects seldom runs it.
+                self.job.state = {}
 
     def _finish(self, frames: int) -> None:
         text_tokens = getattr(self.live, "size", None) or len(self.request.text.encode("utf-8"))
