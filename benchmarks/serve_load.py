@@ -1,8 +1,8 @@
 """Load benchmark for the server's engine: concurrent streams in one batch vs one after another.
 
-For n = 1, 2, 4, 8 concurrent requests (different seeds, same length), it measures
+For n = 1, 4, 16, 64 concurrent requests (different seeds, same length), it measures
 
-* batched: one engine with 8 slots; all n requests submitted at once and decoded together;
+* batched: one engine with 64 slots (`--slots`); all n requests submitted at once and decoded together;
 * one after another: the same requests through an engine with 1 slot (a one-request-at-a-time
   server: later requests wait in its queue),
 
@@ -73,8 +73,8 @@ def main() -> None:
     ap.add_argument("--model", default="dia-1.6b-random")
     ap.add_argument("--quantize", choices=["int8", "int4"], default=None)
     ap.add_argument("--max-tokens", type=int, default=120, help="Dia-1 decode steps per request (Dia2: max_steps)")
-    ap.add_argument("--concurrency", default="1,2,4,8")
-    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--codes-only", action="store_true", help="skip the codec (decode throughput alone)")
     ap.add_argument("--codec", default=None,
