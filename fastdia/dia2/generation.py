@@ -12,7 +12,9 @@ options. Each step t:
      depformer's stages sample codebooks 1..C-1 one after another, each fed the previous one.
 
 After end of speech the loop runs `max_delay + 6` more steps so every codebook's last frame is
-written, then the delayed buffer is undelayed and cropped. What the reference lacks and fastdia
+written, then the delayed buffer is undelayed and cropped. A step runs for a group of scripts at
+once (`Dia2Group`, `Dia2Generator.step_group`): a one-shot generation is a group of one, the
+server's slot batch (fastdia.dia2.slots) a group of many, through the same code. What the reference lacks and fastdia
 adds: a seed (counter-based draws, fastdia.nn.rng: each a function of the seed, the step and the
 choice, so a seed fixes the audio on every path and in any batch) and
 a step limit that is an option. Greedy (temperature 0) output equals the reference exactly
