@@ -34,7 +34,7 @@ from fastdia.bench.runner import _machine
 
 def dia2_runner(model: str, quantize: str | None):
     from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts, roofline_inputs_dia2, step_weight_bytes_dia2
-    from fastdia.dia2.generation import Dia2GenerationConfig
+    from fastdia.dia2.options import Dia2GenerationConfig
     from fastdia.dia2.slots import Dia2SlotBatch
 
     tts, _ = load_tts({"model": model, "device": "cpu", "dtype": "auto", "quantize": quantize})

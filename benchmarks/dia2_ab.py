@@ -26,7 +26,7 @@ from fastdia.backends.cpu import layer_plan
 from fastdia.bench.common import measure_bandwidth
 from fastdia.bench.runner import _machine
 from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts
-from fastdia.dia2.generation import Dia2GenerationConfig
+from fastdia.dia2.options import Dia2GenerationConfig
 
 
 def _loop_run(self):

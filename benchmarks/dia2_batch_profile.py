@@ -24,7 +24,7 @@ import torch
 
 from fastdia.backends.cpu import layer_plan
 from fastdia.bench.dia2 import DEFAULT_TEXT_DIA2, load_tts
-from fastdia.dia2.generation import Dia2GenerationConfig
+from fastdia.dia2.options import Dia2GenerationConfig
 from fastdia.dia2.slots import Dia2SlotBatch
 
 

@@ -218,7 +218,7 @@ def test_the_c_frame_picks_what_the_stage_loop_picks():
     C call) against the stage-by-stage loop (`stage`, then `pick`): the same sampled codes for a
     seeded run alone and for two scripts of other seeds and temperatures in one slot batch; the
     same greedy codes (the C pick against torch's argmax) alone and beside a sampling script."""
-    from fastdia.dia2.generation import Dia2GenerationConfig
+    from fastdia.dia2.options import Dia2GenerationConfig
     from fastdia.dia2.slots import Dia2SlotBatch
 
     with warnings.catch_warnings():

@@ -13,7 +13,8 @@ import torch
 from tests.conftest import dia2_fixtures
 from fastdia.dia2.checkpoint import load_dia2
 from fastdia.errors import GenerationError
-from fastdia.dia2.generation import Dia2GenerationConfig, Dia2Generator, Prefix
+from fastdia.dia2.generation import Dia2Generator, Prefix
+from fastdia.dia2.options import Dia2GenerationConfig
 from fastdia.dia2.text import Dia2Tokenizer, build_prefix_plan, parse_script
 
 FIXTURES = dia2_fixtures()

@@ -23,7 +23,7 @@ from fastdia.loader import convert
 from fastdia.dia2.checkpoint import load_dia2
 from fastdia.dia2.config import DIA2_PRESETS
 from fastdia.errors import FastDiaError
-from fastdia.dia2.generation import Dia2GenerationConfig
+from fastdia.dia2.options import Dia2GenerationConfig
 from fastdia.dia2.slots import Dia2SlotBatch
 from fastdia.dia2.model import Dia2Model
 from fastdia.dia2 import quantized as quant_dia2

@@ -197,7 +197,7 @@ def _fused(tts) -> bool:
 def child_speed(spec: dict) -> dict:
     import torch
 
-    from ..dia2.generation import Dia2GenerationConfig
+    from ..dia2.options import Dia2GenerationConfig
     from ..dia2.slots import Dia2SlotBatch
 
     t0 = time.perf_counter()
@@ -296,7 +296,7 @@ def child_profile(spec: dict) -> dict:
     """
     import torch
 
-    from ..dia2.generation import Dia2GenerationConfig
+    from ..dia2.options import Dia2GenerationConfig
 
     tts, quantize = load_tts(spec)
     g, model = tts._generator, tts.model

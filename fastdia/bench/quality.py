@@ -20,7 +20,7 @@ def record_greedy(tts, text: str, steps: int):
     Returns (inputs: list of (tokens (2, 1, C+2), positions, slots)), buffer (C, total))."""
     import torch
 
-    from ..dia2.generation import Dia2GenerationConfig
+    from ..dia2.options import Dia2GenerationConfig
 
     g = tts._generator
     inputs = []
@@ -87,7 +87,7 @@ class Parts:
     Dia2GenerationConfig's). fastdia.bench.original feeds it the original runtime's logits."""
 
     def __init__(self, scale: float | None = None) -> None:
-        from ..dia2.generation import Dia2GenerationConfig
+        from ..dia2.options import Dia2GenerationConfig
 
         self.scale = Dia2GenerationConfig().cfg_scale if scale is None else scale
         self.pairs: dict[str, list] = {"action": [], "cb0": [], "stages": []}
@@ -154,7 +154,7 @@ def sampling_distance(test: dict, ref: dict, gen=None) -> dict:
     mean over the steps, for the action and every codebook. 0: the same draws; 1: disjoint.
     Top-1 agreement counts a near-tie that flips as a miss; this counts it by how much
     probability actually moved, which is what a sampling decoder hears."""
-    from ..dia2.generation import Dia2GenerationConfig
+    from ..dia2.options import Dia2GenerationConfig
 
     gen = gen or Dia2GenerationConfig()
 

@@ -104,7 +104,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def add_say(sub) -> None:
-    from ..dia2.generation import Dia2GenerationConfig
+    from ..dia2.options import Dia2GenerationConfig
     from ..dia1.options import GenerationConfig
     from ..text import DEFAULT_CHUNK_TOKENS
 

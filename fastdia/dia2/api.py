@@ -16,7 +16,8 @@ from ..backends.device import resolve_device, resolve_dtype
 from .checkpoint import LoadedDia2, codec_source, load_dia2, load_tokenizer
 from .config import DEFAULT_CODEC, DIA2_PRESETS, PRESET_CODECS, is_dia2  # noqa: F401  (is_dia2: part of this module's API)
 from ..errors import AudioError, FastDiaError, GenerationError, ScriptError
-from .generation import Dia2GenerationConfig, Dia2Generator, Prefix
+from .generation import Dia2Generator, Prefix
+from .options import Dia2GenerationConfig
 from ..speech import Speech, SpeechChunk, VoicePrompt
 from .text import Dia2Tokenizer, build_prefix_plan, parse_script
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from ..errors import GenerationError
 from ..backends.cpu.packed import rows_independent
 from ..nn.cache import ROW_GRANULE, round_rows
-from .generation import Dia2Generator, Dia2GenerationConfig, Dia2Group, Prefix, _Run
+from .generation import Dia2Generator, Dia2Group, Prefix, _Run
+from .options import Dia2GenerationConfig
 
 
 @dataclass

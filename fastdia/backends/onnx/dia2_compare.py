@@ -79,7 +79,8 @@ def top1_agreement_dia2(reference, candidate, scripts=SCRIPTS, max_steps: int = 
         {"top1": fraction in [0, 1], "positions": compared (row, head) cells,
          "max_abs_logit_diff": largest |difference| of the logits}.
     """
-    from ...dia2.generation import Dia2GenerationConfig, Dia2Generator
+    from ...dia2.generation import Dia2Generator
+    from ...dia2.options import Dia2GenerationConfig
     from ...dia2.text import builtin_tokenizer, parse_script
     from .dia2_runtime import ort_tokenizer
 

@@ -223,7 +223,8 @@ def _copy_tokenizer(files: list[Path], out: Path) -> list[str]:
 def record_calibration(src: Path, options: ExportOptions) -> dict[str, list[dict]]:
     """Decoder and depformer feeds recorded while the float graphs in `src` speak the calibration
     scripts greedily (for the qdq quantizer)."""
-    from ...dia2.generation import Dia2GenerationConfig, Dia2Generator
+    from ...dia2.generation import Dia2Generator
+    from ...dia2.options import Dia2GenerationConfig
     from ...dia2.text import parse_script
     from .dia2_runtime import OrtDia2Model, ort_tokenizer
     from .common import Recorder
