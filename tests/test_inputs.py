@@ -82,6 +82,8 @@ def test_unlisted_nonverbal_tag_warns():
     (dict(max_tokens=0), "max_tokens"),
     (dict(max_tokens=5000), "exceeds"),
     (dict(cfg_scale=float("nan")), "cfg_scale"),
+    (dict(temperature=1e308), "temperature must be at most"),  # was a RuntimeError from torch
+    (dict(cfg_scale=-1e9), "cfg_scale must be at most"),
     (dict(seed="x"), "seed"),
     (dict(top_q=0.5), "unknown generation option"),
 ])

@@ -8,6 +8,9 @@ from dataclasses import dataclass, fields, replace
 from ..errors import GenerationError
 
 
+MAX_SETTING = 1000.0  # the largest cfg_scale / temperature accepted
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     """Options of one generation; names and defaults follow the original `Dia.generate`.
@@ -40,6 +43,8 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(f"{name} must be a finite number, got {value!r}")
+            if abs(value) > MAX_SETTING:  # sampled in float32, per row; beyond this nothing changes
+                raise bad(f"{name} must be at most {MAX_SETTING:g} in size, got {value!r}")
         if self.temperature < 0:
             raise bad(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -10,6 +10,9 @@ import torch
 from ..errors import GenerationError
 
 
+MAX_SETTING = 1000.0  # the largest cfg_scale / temperature accepted
+
+
 @dataclass(frozen=True)
 class Dia2GenerationConfig:
     """Options of one Dia2 generation (spec 5.1 defaults; `seed` and `max_steps` are ours).
@@ -39,6 +42,8 @@ class Dia2GenerationConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise GenerationError(f"{name} must be a finite number >= 0, got {v!r}")
+            if v > MAX_SETTING:  # sampled in float32, per script; beyond this nothing changes
+                raise GenerationError(f"{name} must be at most {MAX_SETTING:g}, got {v!r}")
         if self.cfg_scale <= 0:
             raise GenerationError(f"cfg_scale must be > 0 (1 turns guidance off), got {self.cfg_scale}")
         for name in ("top_k", "cfg_filter_k"):
