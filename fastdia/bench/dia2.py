@@ -290,7 +290,7 @@ def child_profile(spec: dict) -> dict:
     (the hooks off), one with forward hooks accumulating the time inside every projection
     (through the modules: prepared layer plans off for that pass).
 
-    Both passes run the depformer stage by stage (`stage`, then `pick`) to time its parts, not
+    Both passes run the depformer stage by stage (`stage`, then a pick call) to time its parts, not
     in the one C call a real step makes (`FusedDia2.frame`), so their steps are slower than the
     speed run's (`benchmarks/dia2_ab.py --switch frame` measures the difference).
     """
@@ -304,36 +304,54 @@ def child_profile(spec: dict) -> dict:
     steps = spec["steps"]
 
     def run_steps(timers):
+        """The generator's own step (`step_group`, a group of one), its parts timed by wrapping
+        them on this instance: the decoder call, the head (action and codebook-0 picks with the
+        text state machine), the depformer stages, and the depformer's pick calls."""
         run = g.start(Dia2GenerationConfig(seed=0, max_steps=steps + 4), None, entries=entries)
+        run.group.widths = [run.gen.cfg_filter_k, run.gen.top_k]
+        clock = {"decoder": 0.0, "head_sampling": 0.0, "depformer": 0.0, "depformer_sampling": 0.0}
+        in_head = [False]
+
+        def timed(name, fn):
+            def call(*args, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if not (name == "depformer_sampling" and in_head[0]):
+                        clock[name] += time.perf_counter() - t0
+            return call
+
+        def head(*args, **kwargs):
+            in_head[0] = True
+            try:
+                return timed("head_sampling", real_heads)(*args, **kwargs)
+            finally:
+                in_head[0] = False
+
+        real_heads = g._heads
+        g.transformer, g.stage = timed("decoder", real[0]), timed("depformer", real[1])
+        g.pick_rows, g._heads = timed("depformer_sampling", real[2]), head
+        g.frame = None  # stage by stage, to time the parts
         n = 0
-        with torch.inference_mode():
-            for t in range(run.start, run.start + steps + 1):
-                if g.done(run, t):
-                    break
-                run.last = t
-                c0 = time.perf_counter()
-                dec = g._decode(run, t)
-                c1 = time.perf_counter()
-                _, token, text = g.head(run, t, dec.action_logits[:, 0], dec.cb0_logits[:, 0])
-                c2 = time.perf_counter()
-                hidden = dec.hidden[:, 0]
-                dep_s = pick_s = 0.0
-                for s in range(g.n_codebooks - 1):
-                    d0 = time.perf_counter()
-                    logits = g.stage(s, hidden, token.expand(2), run.dep_cache, text if s == 0 else None)
-                    d1 = time.perf_counter()
-                    token = g.pick(run, t, s + 1, logits)
-                    dep_s += d1 - d0
-                    pick_s += time.perf_counter() - d1
-                if n > 0 and timers is not None:  # the first step warms caches and allocators
-                    timers["decoder"] += c1 - c0
-                    timers["head_sampling"] += c2 - c1
-                    timers["depformer"] += dep_s
-                    timers["depformer_sampling"] += pick_s
-                    timers["step"] += time.perf_counter() - c0
-                n += 1
+        try:
+            with torch.inference_mode():
+                while not g.finished(run) and n <= steps:
+                    before = dict(clock)
+                    c0 = time.perf_counter()
+                    g.step_group(run.group, 2, run.cache, run.dep_cache, [(0, run)], kv_len=run.slot + 1)
+                    if n > 0 and timers is not None:  # the first step warms caches and allocators
+                        for k in clock:
+                            timers[k] += clock[k] - before[k]
+                        timers["step"] += time.perf_counter() - c0
+                    n += 1
+        finally:
+            for name in ("transformer", "stage", "pick_rows", "_heads", "frame"):
+                g.__dict__.pop(name, None)
+            g.transformer, g.stage, g.frame = real[0], real[1], real[3]
         return max(n - 1, 1)
 
+    real = (g.transformer, g.stage, g.pick_rows, g.frame)
     phases: dict[str, float] = defaultdict(float)
     n = run_steps(phases)
     matmul: dict[str, float] = defaultdict(float)

@@ -26,8 +26,8 @@ def record_greedy(tts, text: str, steps: int):
     inputs = []
     real = g.inputs
 
-    def spy(run, t):
-        out = real(run, t)
+    def spy(group, n):
+        out = real(group, n)
         inputs.append(tuple(x.clone() for x in out))
         return out
 

@@ -141,7 +141,6 @@ class Dia2Generator:
         # The picks of a step for all its scripts in one call: fastdia's C picks on a CPU with its
         # kernels (the torch picks' distribution, greedy bit for bit), else torch's.
         self._c_pick = cpu_kernels.cfg_pick_rows if device.type == "cpu" and cpu_kernels.available() else None
-        self._c_draw = cpu_kernels.cfg_draw if self._c_pick is not None else None
         # The decoder step and the depformer stage: fastdia's fused CPU path where it applies,
         # else the model's own forward (same signatures), chosen once here.
         # `frame`: stages 1.. of a frame with their draws in one call, where the fused path has it;
