@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -327,7 +328,12 @@ def test_ws_error_events_name_their_close_codes(server):
 def test_client_mistakes_are_one_access_line_with_id_and_reason(server):
     r = post_speech(server.url, _speech(DIA1, input="[S1]"), headers={"X-Request-Id": "fuzz-line-1"})
     assert r.status_code == 400 and r.headers["x-request-id"] == "fuzz-line-1"
-    lines = [json.loads(ln) for ln in server.stderr_path.read_text().splitlines() if '"fuzz-line-1"' in ln]
+    deadline = time.monotonic() + 10  # the access line is written as the response ends, maybe just after
+    while True:
+        lines = [json.loads(ln) for ln in server.stderr_path.read_text().splitlines() if '"fuzz-line-1"' in ln]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(lines) == 1 and lines[0]["status"] == 400 and lines[0]["error"] == "invalid_input"
     assert "nothing to say" in lines[0]["reason"]
     assert post_speech(server.url, _speech(DIA1), headers={"X-Request-Id": "bad id!"}).headers["x-request-id"] != "bad id!"

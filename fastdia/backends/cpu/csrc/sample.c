@@ -14,41 +14,59 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* A lower bound of the k-th largest of v[0..n) (NaN counted as -inf), 1 <= k <= n: the values
+   split into k lanes (index mod k), and the smallest lane maximum has at least k values at or
+   above it. Written as elementwise maxima of k-wide rows, so the compiler vectorises it. lane
+   holds k floats. */
+static float kth_floor(const float *v, int n, int k, float *lane) {
+    for (int j = 0; j < k; j++) lane[j] = -INFINITY;
+    int full = n - n % k;
+    for (int b = 0; b < full; b += k)
+        for (int j = 0; j < k; j++) {
+            float x = v[b + j] == v[b + j] ? v[b + j] : -INFINITY;
+            lane[j] = x > lane[j] ? x : lane[j];
+        }
+    for (int j = 0; j < n - full; j++) {
+        float x = v[full + j] == v[full + j] ? v[full + j] : -INFINITY;
+        lane[j] = x > lane[j] ? x : lane[j];
+    }
+    float floor_v = INFINITY;
+    for (int j = 0; j < k; j++) floor_v = lane[j] < floor_v ? lane[j] : floor_v;
+    return floor_v;
+}
+
+/* the k-th largest of t[0..m) (k <= m), in place */
+static float select_kth(float *t, int m, int k) {
+    int lo = 0, hi = m - 1, want = k - 1;
+    while (lo < hi) { /* quickselect, descending */
+        float pivot = t[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (t[i] > pivot) i++;
+            while (t[j] < pivot) j--;
+            if (i <= j) { float x = t[i]; t[i] = t[j]; t[j] = x; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else break;
+    }
+    return t[want];
+}
+
 /* the k-th largest of v[0..n) (k >= 1), NaN counted as -inf; tmp holds n floats (it may be v).
-   The values split into k runs; the smallest of the k run maxima has at least k values at or above
-   it, so only those (for 2048 logits and k = 50, ~150) go through the quickselect. */
+   Only the values at or above kth_floor (for 2048 logits and k = 50, ~150) go through the
+   quickselect. */
 static float kth_largest(const float *v, int n, int k, float *tmp) {
     if (k > n) k = n;
-    float floor_v = INFINITY;
-    for (int run = 0; run < k; run++) {
-        int a = (int)((int64_t)run * n / k), b = (int)((int64_t)(run + 1) * n / k);
-        float best = -INFINITY;
-        for (int i = a; i < b; i++) {
-            float x = v[i] != v[i] ? -INFINITY : v[i];
-            best = x > best ? x : best;
-        }
-        floor_v = best < floor_v ? best : floor_v;
-    }
+    float lane[k];
+    float floor_v = kth_floor(v, n, k, lane);
     int m = 0;
     for (int i = 0; i < n; i++) { /* branch-free compaction (tmp may alias v: m <= i) */
         float x = v[i] != v[i] ? -INFINITY : v[i];
         tmp[m] = x;
         m += x >= floor_v;
     }
-    int lo = 0, hi = m - 1, want = k - 1;
-    while (lo < hi) { /* quickselect, descending */
-        float pivot = tmp[lo + (hi - lo) / 2];
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (tmp[i] > pivot) i++;
-            while (tmp[j] < pivot) j--;
-            if (i <= j) { float t = tmp[i]; tmp[i] = tmp[j]; tmp[j] = t; i++; j--; }
-        }
-        if (want <= j) hi = j;
-        else if (want >= i) lo = i;
-        else break;
-    }
-    return tmp[want];
+    return select_kth(tmp, m, k);
 }
 
 /* cond, uncond: V logits each; only ids below `limit` may be drawn (the guidance cut still ranks
@@ -56,29 +74,49 @@ static float kth_largest(const float *v, int n, int k, float *tmp) {
    can be drawn (the torch sampler's answer when every probability is zero). */
 static int draw_pair(const float *cond, const float *unc, int V, int limit, float scale, int cfg_k, float temperature,
                      int top_k, double u) {
-    /* One pass gathers the ids that can be drawn, in id order, with their cond logits (for the
-       usual 50 candidates of 2048, everything after it is on ~50 values): the same arithmetic in
-       the same order as over the whole row, so the same draw. */
-    float *m = malloc(sizeof(float) * 3 * (size_t)V + sizeof(int) * (size_t)V);
+    /* The ids that can be drawn, in id order, with their cond logits: with guidance, one pass
+       keeps the ids whose guided logit reaches kth_floor (a superset of the cfg_k best, ~150 of
+       2048), and the cut and everything after it work on those alone. The same arithmetic in the
+       same order as over the whole row, so the same draw. */
+    float *m = malloc(sizeof(float) * 4 * (size_t)V + sizeof(int) * (size_t)V);
     if (!m) return 0;
-    float *tmp = m + V, *val = m + 2 * (size_t)V;
-    int *ids = (int *)(m + 3 * (size_t)V);
+    float *tmp = m + V, *val = m + 2 * (size_t)V, *gd = m + 3 * (size_t)V;
+    int *ids = (int *)(m + 4 * (size_t)V);
     int cfg = scale != 1.0f && cfg_k > 0 && cfg_k < V;
-    float cut = -INFINITY;
+    int n = 0;
     if (cfg) {
         for (int i = 0; i < V; i++) m[i] = unc[i] + scale * (cond[i] - unc[i]);
-        cut = kth_largest(m, V, cfg_k, tmp);
+        float lane[cfg_k];
+        float floor_v = kth_floor(m, V, cfg_k, lane);
+        int c = 0;
+        for (int i = 0; i < V; i++) { /* branch-free compaction of the guided candidates */
+            float x = m[i] != m[i] ? -INFINITY : m[i];
+            ids[c] = i;
+            gd[c] = m[i];
+            tmp[c] = x;
+            c += x >= floor_v;
+        }
+        for (int j = 0; j < c; j++) val[j] = tmp[j];
+        float cut = select_kth(val, c, cfg_k);
+        for (int j = 0; j < c; j++) { /* in id order: ids[] ascend */
+            int i = ids[j];
+            float cv = cond[i];
+            int keep = cv == cv && cv > -INFINITY && gd[j] >= cut && i < limit;
+            ids[n] = i;
+            val[n] = cv;
+            n += keep;
+        }
+    } else {
+        for (int i = 0; i < limit; i++) {
+            float cv = cond[i];
+            int keep = cv == cv && cv > -INFINITY;
+            ids[n] = i;
+            val[n] = cv;
+            n += keep;
+        }
     }
-    int n = 0;
     float best = -INFINITY;
-    for (int i = 0; i < limit; i++) { /* branch-free: kept ids are few and scattered */
-        float c = cond[i];
-        int keep = c == c && c > -INFINITY && (!cfg || m[i] >= cut);
-        ids[n] = i;
-        val[n] = c;
-        best = keep && c > best ? c : best;
-        n += keep;
-    }
+    for (int j = 0; j < n; j++) best = val[j] > best ? val[j] : best;
     if (n == 0 || !isfinite(best)) { free(m); return 0; }
     float cut2 = top_k > 0 && top_k < n ? kth_largest(val, n, top_k, tmp) : -INFINITY;
     double total = 0.0;
