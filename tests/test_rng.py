@@ -144,3 +144,32 @@ def test_the_kernels_candidate_search_is_top_ids_bit_for_bit():
     for width in (1, 2, 45, 100, 1027, 1028, 5000):
         assert torch.equal(kernels.top_ids(x, width), top_ids(x, width)), width
     assert torch.equal(kernels.top_ids(x[:, :, :3], 2), top_ids(x[:, :, :3], 2))
+
+
+def test_a_long_prompt_is_prefilled_between_steps_and_draws_its_solo_codes(tts):
+    """A request with a voice prompt longer than one prefill chunk joins a running batch: its
+    prefill runs one chunk per step while the running member keeps decoding, and its codes equal
+    its one-shot generation's (the same chunks either way)."""
+    from fastdia.dia1.generation import PREFILL_CHUNK
+    from fastdia.dia1.options import GenerationConfig
+    from fastdia.dia1.slots import SlotBatch
+    from fastdia.text import tokenize
+
+    g = tts._generator
+    frames = 2 * PREFILL_CHUNK + 40
+    prompt = torch.randint(0, 1024, (frames, 9), generator=torch.Generator().manual_seed(5))
+    text = tokenize("[S1] A prompt before this. [S2] And the answer.")
+    gen = GenerationConfig(max_tokens=frames + 60, seed=3)
+    with torch.inference_mode():
+        solo = g.generate([text], [prompt], gen)[0]
+        batch = SlotBatch(g, 2, frames + 60)
+        runner = batch.join(tokenize("[S1] Already speaking."), None, GenerationConfig(max_tokens=frames + 60, seed=1))
+        batch.step()
+        before = int(batch.t[runner])
+        slot = batch.join(text, prompt, gen)
+        assert batch.prefilling == [slot] and not bool(batch.in_use[slot])
+        batch.step()  # a second chunk; the running member decodes on meanwhile
+        assert batch.prefilling == [slot] and int(batch.t[runner]) == before + 1
+        while not batch.members[slot].finished:
+            batch.step()
+        assert torch.equal(batch.codes(slot), solo)

@@ -34,6 +34,10 @@ FRAME_RATE = 44100 / 512  # decoder steps per second of audio
 # Seeds are int64 in the counter-based draws; any Python int is reduced into 0..2**63-1
 # (documented), so seed=2**70 works and seeds that fit are used as they are.
 SEED_MODULUS = 2**63
+# Prompt positions one prefill pass covers: a voice prompt longer than this (~3 s) is prefilled in
+# several passes, which a slot batch runs between its steps so a joining request does not stall
+# the running ones for its whole prompt. (A prompt within it is one pass, as it always was.)
+PREFILL_CHUNK = 256
 
 
 @dataclass
@@ -51,6 +55,7 @@ class DecodeState:
     width: int  # candidate columns `sample_rows` keeps (the largest top_k)
     t: int  # current decoder position (host int; all rows advance together in one generation)
     max_tokens: int
+    prefilled: int = 0  # prompt positions whose K/V the cache holds (`prefill`); t when done
 
 
 class Dia1Generator:
@@ -104,11 +109,13 @@ class Dia1Generator:
         prompts: list[torch.Tensor | None],
         gen: GenerationConfig,
         cache_len: int | None = None,
+        prefill: bool = True,
     ) -> DecodeState:
         """Encode the texts, build the prompt grid and prefill the KV cache.
 
         `cache_len` sizes the KV cache (default max_tokens); a scheduler that moves the prefilled
-        rows into its own cache asks for only the prefill's length.
+        rows into its own cache asks for only the prefill's length. `prefill=False` leaves the
+        prefill to `prefill(state, frames)` calls (a scheduler spreads it over its steps).
         """
         cfg, dev = self.cfg, self.device
         b = len(texts)
@@ -161,12 +168,26 @@ class Dia1Generator:
             t=t,
             max_tokens=max_tokens,
         )
-        if t > 0:
-            # Prefill the rows every item knows, in one causal pass; logits are not needed.
-            known = tokens[:, :t].repeat_interleave(2, dim=0)  # (2B, t, C)
-            positions = torch.arange(t, device=dev).expand(2 * b, t)
-            self.model.decoder(known, positions, cache, cross, kv_len=t, compute_logits=False)
+        if prefill:
+            while not self.prefill(state):
+                pass
         return state
+
+    def prefill(self, state: DecodeState, frames: int = PREFILL_CHUNK) -> bool:
+        """Prefill up to `frames` more of the rows every item knows (causal passes of at most
+        PREFILL_CHUNK positions; logits are not needed); True once all t are in the cache. The
+        chunks are the same whoever calls (a one-shot generation, a slot batch between its steps),
+        so a prompt's K/V, and what follows from it, do not depend on the caller."""
+        t, done = state.t, state.prefilled
+        if done >= t:
+            return True
+        b2 = state.cache.k[0].shape[0]
+        end = min(t, done + min(frames, PREFILL_CHUNK))
+        known = state.tokens[:, done:end].repeat_interleave(2, dim=0)  # (2B, n, C)
+        positions = torch.arange(done, end, device=self.device).expand(b2, end - done)
+        self.model.decoder(known, positions, state.cache, state.cross, kv_len=end, compute_logits=False)
+        state.prefilled = end
+        return end >= t
 
     # ------------------------------------------------------------------ one step
     def step(self, state: DecodeState) -> None:

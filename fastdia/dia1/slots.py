@@ -80,6 +80,7 @@ class SlotBatch:
         self.cache = KVCache(cfg, self.rows, self.max_len, generator.device, generator.dtype)
         self.cross: CrossState | None = None  # allocated at the first join, widened for longer texts
         self.members: list[SlotMember | None] = [None] * slots
+        self.prefilling: list[int] = []  # joined slots whose prompt prefill is not complete, in order
         # Per-slot state as tensors, so one step samples, counts down and writes every member at
         # once: the delayed token grid, position, limits, EOS countdown, seed and settings.
         dev, n_ch = generator.device, cfg.n_channels
@@ -109,12 +110,34 @@ class SlotBatch:
         return self.slots - self.active
 
     def join(self, tokens: list[int], prompt: torch.Tensor | None, gen: GenerationConfig) -> int:
-        """Prefill one generation on its own and place it into a free slot; returns the slot."""
+        """Encode one generation's text and place it into a free slot; returns the slot. Its
+        prompt is prefilled on its own, one chunk now and one chunk before each later step
+        (`Dia1Generator.prefill`), so a long voice prompt does not stall the running members for
+        its whole length; the member decodes from the step after its prefill is complete."""
         if gen.max_tokens > self.max_len:
             raise ValueError(f"max_tokens={gen.max_tokens} exceeds this batch's {self.max_len}")
         slot = self.members.index(None)  # the caller checks free() first
         frames = 0 if prompt is None else int(prompt.shape[0])
-        state = self.g.prepare([tokens], [prompt], gen, cache_len=frames + 1)
+        state = self.g.prepare([tokens], [prompt], gen, cache_len=frames + 1, prefill=False)
+        self.members[slot] = SlotMember(state, gen, self.t[slot: slot + 1])
+        self.width = max(m.state.width for m in self.members if m is not None)
+        # Held out of the steps until placed: not in use, not finished, nothing final yet.
+        self.in_use[slot] = False
+        self.t[slot], self.countdown[slot], self.finished_step[slot] = 0, -1, -1
+        self.max_tokens[slot], self.prefill[slot] = gen.max_tokens, state.prefill_steps[0]
+        self.tokens[slot] = UNKNOWN  # its rows run (harmlessly) in the steps meanwhile: real ids at t = 0
+        self.tokens[slot, :state.tokens.shape[1]] = state.tokens[0]
+        if self.g.prefill(state):
+            self._place(slot)
+        else:
+            self.prefilling.append(slot)
+        return slot
+
+    def _place(self, slot: int) -> None:
+        """A member whose prefill is complete: its rows move into the shared stores and its
+        per-slot state into the batch's tensors; it decodes from the next step."""
+        member = self.members[slot]
+        state = member.state
         t, rows = state.t, slice(2 * slot, 2 * slot + 2)
         for own, shared in ((state.cache.k, self.cache.k), (state.cache.v, self.cache.v)):
             for i in range(len(shared)):
@@ -125,7 +148,7 @@ class SlotBatch:
         length = state.tokens.shape[1]
         self.tokens[slot] = UNKNOWN
         self.tokens[slot, :length] = state.tokens[0]
-        self.t[slot], self.max_tokens[slot] = t, gen.max_tokens
+        self.t[slot], self.max_tokens[slot] = t, member.gen.max_tokens
         self.prefill[slot], self.countdown[slot] = state.prefill_steps[0], state.countdown[0]
         self.finished_step[slot] = state.finished_step[0]
         self.seeds[slot] = state.seeds[0]
@@ -136,13 +159,12 @@ class SlotBatch:
         state.prefill_steps = self.prefill[slot: slot + 1]
         state.countdown = self.countdown[slot: slot + 1]
         state.finished_step = self.finished_step[slot: slot + 1]
-        self.members[slot] = SlotMember(state, gen, self.t[slot: slot + 1])
-        self.width = max(m.state.width for m in self.members if m is not None)
-        return slot
 
     def leave(self, slot: int) -> None:
         """Free a slot (finished, cancelled or timed out); its stale rows are masked by position."""
         self.members[slot] = None
+        if slot in self.prefilling:
+            self.prefilling.remove(slot)
         self.in_use[slot] = False
         self.t[slot] = 0  # a free row decodes position 0 (it is overwritten at the next join)
         self.countdown[slot] = 0
@@ -183,6 +205,8 @@ class SlotBatch:
         """Decode one position for every member at once: one model call, one sampling call for all
         rows (each with its own settings, seed and step), the EOS countdown and the writes as
         tensor ops. No Python runs per member."""
+        if self.prefilling and self.g.prefill(self.members[self.prefilling[0]].state):
+            self._place(self.prefilling.pop(0))  # one prefill chunk per step, first joined first
         occupied = [s for s, m in enumerate(self.members) if m is not None]
         if not occupied:
             return
