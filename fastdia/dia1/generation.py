@@ -34,10 +34,11 @@ FRAME_RATE = 44100 / 512  # decoder steps per second of audio
 # Seeds are int64 in the counter-based draws; any Python int is reduced into 0..2**63-1
 # (documented), so seed=2**70 works and seeds that fit are used as they are.
 SEED_MODULUS = 2**63
-# Prompt positions one prefill pass covers: a voice prompt longer than this (~3 s) is prefilled in
-# several passes, which a slot batch runs between its steps so a joining request does not stall
-# the running ones for its whole prompt. (A prompt within it is one pass, as it always was.)
-PREFILL_CHUNK = 256
+# Prompt positions one prefill pass covers (~0.37 s of audio): a longer voice prompt is prefilled
+# in several passes, which a slot batch runs one per step, so a joining request does not stall the
+# running ones for its whole prompt (benchmarks/prefill_stall.py: a 10 s prompt on the full-size
+# int8 model stalled them 5.8 s in passes of 256). One-shot calls prefill in the same passes.
+PREFILL_CHUNK = 32
 
 
 @dataclass
@@ -173,7 +174,7 @@ class Dia1Generator:
                 pass
         return state
 
-    def prefill(self, state: DecodeState, frames: int = PREFILL_CHUNK) -> bool:
+    def prefill(self, state: DecodeState, frames: int | None = None) -> bool:
         """Prefill up to `frames` more of the rows every item knows (causal passes of at most
         PREFILL_CHUNK positions; logits are not needed); True once all t are in the cache. The
         chunks are the same whoever calls (a one-shot generation, a slot batch between its steps),
@@ -182,7 +183,7 @@ class Dia1Generator:
         if done >= t:
             return True
         b2 = state.cache.k[0].shape[0]
-        end = min(t, done + min(frames, PREFILL_CHUNK))
+        end = min(t, done + min(frames or PREFILL_CHUNK, PREFILL_CHUNK))
         known = state.tokens[:, done:end].repeat_interleave(2, dim=0)  # (2B, n, C)
         positions = torch.arange(done, end, device=self.device).expand(b2, end - done)
         self.model.decoder(known, positions, state.cache, state.cross, kv_len=end, compute_logits=False)
