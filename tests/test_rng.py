@@ -173,3 +173,28 @@ def test_a_long_prompt_is_prefilled_between_steps_and_draws_its_solo_codes(tts):
         while not batch.members[slot].finished:
             batch.step()
         assert torch.equal(batch.codes(slot), solo)
+
+
+def test_a_batch_whose_only_member_is_prefilling_steps_its_prefill_alone(tts):
+    """The first request into an empty batch has a long prompt: the steps run its prefill passes
+    (nothing decodes, nothing is read from stores not made yet) until it decodes."""
+    from fastdia.dia1.generation import PREFILL_CHUNK
+    from fastdia.dia1.options import GenerationConfig
+    from fastdia.dia1.slots import SlotBatch
+    from fastdia.text import tokenize
+
+    g = tts._generator
+    frames = 4 * PREFILL_CHUNK + 10
+    prompt = torch.randint(0, 1024, (frames, 9), generator=torch.Generator().manual_seed(6))
+    gen = GenerationConfig(max_tokens=frames + 40, seed=4)
+    text = tokenize("[S1] Alone with a prompt.")
+    with torch.inference_mode():
+        solo = g.generate([text], [prompt], gen)[0]
+        batch = SlotBatch(g, 3, frames + 40)
+        slot = batch.join(text, prompt, gen)
+        batch.step()
+        batch.step()
+        assert batch.prefilling == [slot]
+        while not batch.members[slot].finished:
+            batch.step()
+        assert torch.equal(batch.codes(slot), solo)

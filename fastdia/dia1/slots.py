@@ -208,7 +208,7 @@ class SlotBatch:
         if self.prefilling and self.g.prefill(self.members[self.prefilling[0]].state):
             self._place(self.prefilling.pop(0))  # one prefill chunk per step, first joined first
         occupied = [s for s, m in enumerate(self.members) if m is not None]
-        if not occupied:
+        if len(occupied) == len(self.prefilling):  # nobody decodes yet (each still prefilling)
             return
         g, cfg = self.g, self.g.cfg
         rows = round_rows(2 * (occupied[-1] + 1), self.rows, self.granule)

@@ -1,4 +1,4 @@
-"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/backends/cpu/csrc, built on first use).
+"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/backends/cpu/csrc, built at install).
 
 * `csrc/wonly.c`: weight-only matrix-vector kernels (int8, int4, float32, bfloat16) for
   decode-sized inputs. Decoding multiplies 2 rows (one utterance with CFG) by every weight, so
@@ -26,25 +26,25 @@ in blocks of 64 inputs (byte j of block b holds input 64b + j in its low nibble 
 64b + 32 + j in its high nibble), a uint8 step multiplier per (row, group), a float32 unit per
 row, and an int8 offset per (row, group) with a float32 offset scale per row.
 
-The library is compiled with the system C compiler into a per-user cache directory and loaded
-with ctypes; threads come from the OpenMP runtime torch already loaded (same soname), so the
-kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
+The library is compiled with the system C compiler when the package is built (`pip install`,
+`pip wheel`: fastdia/backends/cpu/kernel_build.py, one library per ISA variant in `prebuilt/`);
+a checkout whose sources changed since, or an install made without a compiler, compiles at first
+use into a per-user cache directory instead. It is loaded with ctypes; threads come from the
+OpenMP runtime torch already loaded (same soname), so the kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
 VNNI, `available()` is False and fastdia falls back to torch (fastdia.quant.modules, fastdia.backends.cpu.packed).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from . import kernel_build
 from .features import announce, cpu_features
 
 # The most activation rows one kernel call takes: a batched decode step (two CFG rows per request,
@@ -55,22 +55,7 @@ from .features import announce, cpu_features
 # (encoder, prefill) are compute-bound and go to the dense fallback.
 MAX_ROWS = 64
 
-_SOURCE_DIR = Path(__file__).parent / "csrc"
-# weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw; prepared plans run in C
-_SOURCES = ("wonly.c", "amx.c", "decode.c", "sample.c", "plan.c")
-
-
-def _source() -> str:
-    return "\n".join((_SOURCE_DIR / name).read_text() for name in _SOURCES)
-
-
-_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma",
-          "-mf16c"]
-_BF16_FLAGS = ["-mavx512bf16"]  # only where the CPU has it (the bf16 kernel is compiled in then)
-# Linked against libm explicitly: unlinked, a shared object's exp/expf bind at run time to glibc's
-# oldest symbol versions, compatibility wrappers about 3x slower than the current ones (measured
-# on the C draw: 10 us a pick against 3.4).
-_LIBS = ["-lm"]
+_SOURCE_DIR = kernel_build.SOURCE_DIR
 _lib = None
 _tried = False
 _error: str | None = None
@@ -81,14 +66,22 @@ def _cache_dir() -> Path:
     return Path(base) / "fastdia" / "kernels"
 
 
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        raise RuntimeError("no C compiler (gcc/cc) found")
-    flags = _FLAGS + (_BF16_FLAGS if cpu_features().bf16_kernel else [])
+def _source() -> str:
+    return kernel_build.source_text()
+
+
+def _library_path() -> Path:
+    """The library for this CPU: the one installed with the package when it was built from these
+    sources (no compile at first use), else one compiled now into the per-user cache."""
+    variant = "avx512bf16" if cpu_features().bf16_kernel else "avx512"
     source = _source()
-    digest = hashlib.sha256((source + " ".join(flags + _LIBS) + cc).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"fastdia_wonly_{digest}.so"
+    installed = kernel_build.prebuilt(variant, source)
+    if installed is not None:
+        return installed
+    cc = kernel_build.find_compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc/cc) found and no kernels were built at install")
+    out = _cache_dir() / f"fastdia_kernels_{kernel_build.digest(source, variant)}.so"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
@@ -97,14 +90,12 @@ def _build() -> ctypes.CDLL:
         out = Path(tempfile.gettempdir()) / f"fastdia-kernels-{os.getuid()}" / out.name
         out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "wonly.c"
-            src.write_text(source)
-            tmp_out = Path(tmp) / out.name
-            proc = subprocess.run([cc, *flags, str(src), "-o", str(tmp_out), *_LIBS], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"compiling the int8/int4 kernels failed: {proc.stderr.strip()[-500:]}")
-            os.replace(tmp_out, out)  # atomic: concurrent builders never see a partial file
+        kernel_build.compile_library(cc, source, variant, out)
+    return out
+
+
+def _build() -> ctypes.CDLL:
+    out = _library_path()
     lib = ctypes.CDLL(str(out))
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, i, p, i]

@@ -15,7 +15,7 @@
 enum { OP_Q8 = 1, OP_Q4, OP_ADD_RMSNORM, OP_QK_NORM, OP_SELF_ATTN, OP_SILU_MUL, OP_CROSS_ATTN, OP_ROPE };
 
 /* The kernels are those of wonly.c and decode.c, which come first in the one compilation unit
-   (fastdia.backends.cpu.kernels._SOURCES). */
+   (fastdia.backends.cpu.kernel_build.SOURCES). */
 
 static inline float as_float(int64_t word) {
     double d;
