@@ -169,6 +169,14 @@ def available() -> bool:
     return _lib is not None
 
 
+def library_origin() -> str | None:
+    """Where the loaded kernels came from: "installed" (built with the package) or "compiled at
+    first use" (the per-user cache); None when they are off."""
+    if not available():
+        return None
+    return "installed" if Path(_lib._name).parent == kernel_build.PREBUILT_DIR else "compiled at first use"
+
+
 def unavailable_reason() -> str | None:
     available()
     return _error

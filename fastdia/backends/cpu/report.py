@@ -72,7 +72,7 @@ def cpu_report() -> dict:
         "threads": torch.get_num_threads(),
         "features": cpu.reported,
         "features_emulated": cpu.emulated,
-        "kernels": "fastdia avx512-vnni" if kernels.available() else "torch",
+        "kernels": f"fastdia avx512-vnni ({kernels.library_origin()})" if kernels.available() else "torch",
         "kernels_off_because": kernels.unavailable_reason(),
         "amx": kernels.amx_status(),
         "onednn_bf16": onednn_bf16(),
