@@ -36,4 +36,22 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildWithKernels}, distclass=BinaryDistribution)
+commands = {"build_py": BuildWithKernels}
+try:  # setuptools >= 70.1 has bdist_wheel itself
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # older setuptools: the wheel package's
+    from wheel.bdist_wheel import bdist_wheel
+
+
+class PlatformWheel(bdist_wheel):
+    """The libraries are loaded with ctypes, not imported: any Python 3 on this platform can use
+    them, so the wheel is py3-none-<platform>, not tied to one CPython ABI."""
+
+    def get_tag(self):
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+commands["bdist_wheel"] = PlatformWheel
+
+setup(cmdclass=commands, distclass=BinaryDistribution)
