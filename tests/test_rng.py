@@ -198,3 +198,36 @@ def test_a_batch_whose_only_member_is_prefilling_steps_its_prefill_alone(tts):
         while not batch.members[slot].finished:
             batch.step()
         assert torch.equal(batch.codes(slot), solo)
+
+
+def test_the_kernels_draw_is_the_torch_draw():
+    """fastdia's C finish of a Dia-1 draw (kernels.sample_finish): greedy picks bit for bit the
+    torch path's; sampled picks too wherever expf and torch's exp do not round a cut apart (all
+    of 2,880 here), with EOS rules, top_k, top_p and mixed settings per row."""
+    import pytest
+
+    from fastdia.backends.cpu import kernels
+
+    if not kernels.available():
+        pytest.skip(f"fastdia's CPU kernels are not available here: {kernels.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(0)
+    same = total = 0
+    for trial in range(20):
+        b, c, v = 16, 9, 1028
+        logits = torch.randn(b, 2, c, v, generator=gen) * (1 + trial % 3)
+        if trial % 4 == 0:
+            logits[:, 1, 0, 1024] = logits[:, 1, 0].max(-1).values + 1  # EOS on top of channel 0
+        cfg = torch.rand(b, generator=gen) * 4
+        k = torch.randint(1, 60, (b,), generator=gen)
+        temp = torch.where(torch.rand(b, generator=gen) < 0.3, 0.0, torch.rand(b, generator=gen) * 1.5 + 0.1)
+        top_p = torch.where(torch.rand(b, generator=gen) < 0.5, 1.0, torch.rand(b, generator=gen) * 0.9 + 0.1)
+        seeds = torch.randint(-2**62, 2**62, (b,), generator=gen)
+        steps = torch.randint(0, 3000, (b,), generator=gen)
+        args = (logits, cfg, k, temp, top_p, seeds, steps, 1024, int(k.max()))
+        torch_pick = sample_rows(*args, select=kernels.top_ids)
+        c_pick = sample_rows(*args, select=kernels.top_ids, finish=kernels.sample_finish)
+        greedy = (temp == 0).view(b, 1).expand(b, c)
+        assert torch.equal(torch_pick[greedy], c_pick[greedy]), trial
+        same += int((torch_pick == c_pick).sum())
+        total += torch_pick.numel()
+    assert same >= 0.995 * total, same / total

@@ -76,7 +76,11 @@ class Dia1Generator:
         self.decode = decode_step(model.decoder, device, dtype)
         # The candidate search of every draw (nn.sampling.top_ids): fastdia's C selection where the
         # kernels run, the same ids bit for bit (tests/test_rng.py), else torch's.
-        self.top_ids = cpu_kernels.top_ids if device.type == "cpu" and cpu_kernels.available() else None
+        kernels_here = device.type == "cpu" and cpu_kernels.available()
+        self.top_ids = cpu_kernels.top_ids if kernels_here else None
+        # ... and the rest of a draw, per row in C (greedy picks bit for bit torch's; a sampled
+        # pick the same but where expf and torch's exp round a cut differently).
+        self.sample_finish = cpu_kernels.sample_finish if kernels_here else None
         # Completion checks read a flag back to the host; on GPU do it every few steps only.
         self.sync_every = 1 if device.type == "cpu" else 8
 
@@ -206,7 +210,9 @@ class Dia1Generator:
         slot batch (fastdia.dia1.slots) makes for all its members at once."""
         t = state.t
         steps = torch.full((logits.shape[0],), t + 1, dtype=torch.long, device=logits.device)
-        pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width, select=self.top_ids)
+        pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width,
+                           select=self.top_ids,
+                           finish=self.sample_finish)
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
         # Teacher forcing: prompt and BOS cells already in the grid are kept.

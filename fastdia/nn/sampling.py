@@ -29,6 +29,7 @@ def sample_rows(
     width: int,
     stream: int = 0,
     select=None,
+    finish=None,
 ) -> torch.Tensor:
     """CFG filter and draw for a batch whose rows each have their own settings, in one call.
 
@@ -50,6 +51,8 @@ def sample_rows(
         seeds, steps: `(B,)` int64 (seeds are ignored for greedy rows).
         eos: the EOS id; width: candidate columns, `max(top_k)` or more, a host int.
         select: `top_ids` or a function giving the same ids (a backend's kernel); default top_ids.
+        finish: a backend's kernel for the rest, from the candidates on (the same greedy picks and
+            uniforms; fastdia.backends.cpu.kernels.sample_finish); default the tensor ops below.
 
     Returns:
         `(B, C)` long ids.
@@ -58,6 +61,8 @@ def sample_rows(
     b, c, v = cond.shape
     guided = cond + cfg_scale.view(b, 1, 1) * (cond - uncond)
     order = (select or top_ids)(guided, width)  # (B, C, W)
+    if finish is not None:
+        return finish(logits, order, top_k, temperature, top_p, seeds, steps, stream, eos)
     rank = torch.arange(order.shape[-1], device=order.device)
     ok = rank.view(1, 1, -1) < top_k.view(b, 1, 1)
     ok = ok & (order <= eos)

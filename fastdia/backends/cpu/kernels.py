@@ -122,6 +122,8 @@ def _build() -> ctypes.CDLL:
     lib.fd_cfg_draw.restype = i
     lib.fd_cfg_pick_rows.argtypes = [p, i, i, i, i, p, p, p, p, p, p, p]
     lib.fd_cfg_pick_rows.restype = i
+    lib.fd_sample_finish.argtypes = [p, p, i, i, i, i, p, p, p, p, p, i, i, p]
+    lib.fd_sample_finish.restype = i
     lib.fd_top_ids.argtypes = [p, i, i, i, p]
     lib.fd_top_ids.restype = i
     lib.fd_cfg_greedy.argtypes = [p, i, ctypes.c_float, i]
@@ -250,6 +252,23 @@ def cfg_pick_rows(logits: torch.Tensor, first: torch.Tensor, limit: int, scale: 
                                                    *(a.data_ptr() for a in args), out.data_ptr())
     if status:
         raise MemoryError("cfg_pick_rows: out of memory")
+    return out
+
+
+def sample_finish(logits: torch.Tensor, order: torch.Tensor, top_k: torch.Tensor, temperature: torch.Tensor,
+                  top_p: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor, stream: int, eos: int) -> torch.Tensor:
+    """fastdia.nn.sampling.sample_rows from its candidates `order (B, C, W)` on, for every row and
+    channel in one call (csrc/sample.c fd_sample_finish): greedy picks and uniforms bit for bit
+    the torch path's. `logits (B, 2, C, V)` float32. Returns `(B, C)` int64."""
+    logits = logits.contiguous()
+    order = order.contiguous()
+    b, _, c, v = logits.shape
+    args = [top_k.to(torch.int64).contiguous(), temperature.to(torch.float32).contiguous(),
+            top_p.to(torch.float32).contiguous(), seeds.to(torch.int64).contiguous(),
+            torch.as_tensor(steps, dtype=torch.int64).expand(b).contiguous()]
+    out = torch.empty((b, c), dtype=torch.int64)
+    (_lib or _library()).fd_sample_finish(logits.data_ptr(), order.data_ptr(), b, c, v, order.shape[-1],
+                                          *(a.data_ptr() for a in args), stream, eos, out.data_ptr())
     return out
 
 

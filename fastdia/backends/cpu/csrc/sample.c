@@ -292,3 +292,86 @@ int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
     }
     return failed ? -1 : 0;
 }
+
+/* Dia-1's draw after the candidate search, for every (row, channel) of a step in one call:
+   fastdia.nn.sampling.sample_rows from its candidates on (`order`, from fd_top_ids), the same
+   operations in the same order on the <= width candidates of each row (fastdia.backends.cpu
+   .kernels.sample_finish). Greedy picks and the counter-based uniforms are bit for bit the torch
+   path's (comparisons and integer hashing only); a sampled pick can differ only where expf and
+   torch's exp round differently and that moves a top_p cut or the draw (tests/test_rng.py).
+
+   logits: (B, 2, C, V) float32 (uncond, cond); order: (B, C, W) candidate ids, best first. */
+static uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+static double uniform_key(int64_t seed, int64_t step, int stream, int64_t index) {
+    uint64_t s = (uint64_t)seed;
+    uint32_t k = mix32((uint32_t)(s & 0xFFFFFFFFu));
+    k = mix32(k ^ (uint32_t)((s >> 32) & 0xFFFFFFFFu));
+    k = mix32(k ^ (uint32_t)((uint64_t)step & 0xFFFFFFFFu));
+    k = mix32(k ^ (uint32_t)stream);
+    uint32_t h = mix32(mix32(k ^ (uint32_t)((uint64_t)index & 0xFFFFFFFFu)) ^ 0x9E3779B9u);
+    return ((double)h + 0.5) / 4294967296.0;
+}
+
+int fd_sample_finish(const float *logits, const int64_t *order, int B, int C, int V, int W, const int64_t *top_k,
+                     const float *temperature, const float *top_p, const int64_t *seeds, const int64_t *steps,
+                     int stream, int eos, int64_t *out) {
+    #pragma omp parallel for schedule(static) if (B * C > 64)
+    for (int rc = 0; rc < B * C; rc++) {
+        int b = rc / C, c = rc % C;
+        const float *cond = logits + ((size_t)(2 * b + 1) * C + c) * V;
+        const int64_t *ids = order + (size_t)rc * W;
+        float vals[W], w[W], sw[W], mass[W];
+        int idx[W], drop[W];
+        float top = -INFINITY;
+        for (int j = 0; j < W; j++) {
+            int64_t id = ids[j];
+            int ok = j < top_k[b] && id <= eos && !(c > 0 && id == eos);
+            vals[j] = ok ? cond[id] : -INFINITY;
+            top = vals[j] > top ? vals[j] : top;
+        }
+        int64_t greedy = V;
+        for (int j = 0; j < W; j++)
+            if (vals[j] == top && ids[j] < greedy) greedy = ids[j];
+        if (!(temperature[b] > 0.0f)) { out[rc] = greedy; continue; }
+        float t = temperature[b];
+        int eos_top = greedy == eos;
+        float mx = -INFINITY;
+        for (int j = 0; j < W; j++) {
+            float x = vals[j] / t;
+            if (eos_top && ids[j] < eos) x = -INFINITY;
+            if (!eos_top && ids[j] == eos) x = -INFINITY;
+            vals[j] = x;
+            mx = x > mx ? x : mx;
+        }
+        for (int j = 0; j < W; j++) w[j] = expf(vals[j] - mx);
+        /* top_p: weights sorted descending (stable), running mass (double accumulation, as
+           torch's cumsum), a column dropped once the mass before it passes top_p of the total */
+        for (int j = 0; j < W; j++) {
+            int k = j;
+            while (k > 0 && w[idx[k - 1]] < w[j]) { idx[k] = idx[k - 1]; k--; }
+            idx[k] = j;
+        }
+        double acc = 0.0;
+        for (int k = 0; k < W; k++) { sw[k] = w[idx[k]]; acc += sw[k]; mass[k] = (float)acc; }
+        float limit = top_p[b] * mass[W - 1];
+        for (int k = 0; k < W; k++) drop[idx[k]] = k > 0 && mass[k - 1] > limit;
+        double cum = 0.0, total = 0.0;
+        for (int j = 0; j < W; j++) total += drop[j] ? 0.0 : (double)w[j];
+        double target = uniform_key(seeds[b], steps[b], stream, c) * total;
+        int won = 0;
+        for (int j = 0; j < W; j++) {
+            cum += drop[j] ? 0.0 : (double)w[j];
+            won += cum <= target;
+        }
+        if (won > W - 1) won = W - 1;
+        out[rc] = ids[won];
+    }
+    return 0;
+}
