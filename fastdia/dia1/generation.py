@@ -274,9 +274,13 @@ class Dia1Generator:
         max_delay is written, i.e. for j <= t - max_delay; an item that emitted EOS at row s
         has s - start frames in all.
         """
-        ready = state.t + 1 - self.cfg.max_delay
-        limit = torch.where(state.finished_step < 0, ready, state.finished_step.clamp(max=ready))
-        return (limit - state.prefill_steps).clamp(min=0).tolist()
+        return self.final_counts(state.t, state.finished_step, state.prefill_steps).tolist()
+
+    def final_counts(self, t, finished_step: torch.Tensor, prefill_steps: torch.Tensor) -> torch.Tensor:
+        """`final_lengths` as a tensor, for rows at positions `t` (an int or a tensor)."""
+        ready = t + 1 - self.cfg.max_delay
+        limit = torch.where(finished_step < 0, ready, finished_step.clamp(max=ready))
+        return (limit - prefill_steps).clamp(min=0)
 
     def frames(self, state: DecodeState, item: int, a: int, b: int) -> torch.Tensor:
         """Reverted codes `(b - a, C)` of frames a..b-1 of `item` (final ones), clamped to 0..1023."""

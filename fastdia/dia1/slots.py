@@ -145,11 +145,9 @@ class SlotBatch:
         self._place_cross(rows, state.cross)
         state.cache = state.cross = None  # the rows live in the shared stores now
         # The request's rows of the per-slot state; its DecodeState keeps views of them.
+        # (tokens, max_tokens and prefill were written at join; steps leave an unplaced row alone)
         length = state.tokens.shape[1]
-        self.tokens[slot] = UNKNOWN
-        self.tokens[slot, :length] = state.tokens[0]
-        self.t[slot], self.max_tokens[slot] = t, member.gen.max_tokens
-        self.prefill[slot], self.countdown[slot] = state.prefill_steps[0], state.countdown[0]
+        self.t[slot], self.countdown[slot] = t, state.countdown[0]
         self.finished_step[slot] = state.finished_step[0]
         self.seeds[slot] = state.seeds[0]
         self.in_use[slot] = True
@@ -248,21 +246,15 @@ class SlotBatch:
     def poll(self) -> tuple[list[int], list[int], list[bool]]:
         """Every slot's position, count of final frames and whether it has finished, in one host
         read (the only sync of a step loop; a runner makes it every few steps)."""
-        g = self.g
-        ready = self.t + 1 - g.cfg.max_delay
-        limit = torch.where(self.finished_step < 0, ready, self.finished_step.clamp(max=ready))
-        final = (limit - self.prefill).clamp(min=0)
+        final = self.g.final_counts(self.t, self.finished_step, self.prefill)
         done = (self.t >= self.max_tokens) | (self.countdown == 0)
         t, final, done = torch.stack((self.t, final, done.long())).tolist()
         return t, final, [bool(d) for d in done]
 
-    def new_frames(self, slot: int, final: int | None = None) -> torch.Tensor:
+    def new_frames(self, slot: int, final: int) -> torch.Tensor:
         """The member's frames `(n, C)` that became final since the last call; `final`: its count
-        of final frames from `poll` (else read here)."""
+        of final frames from `poll`."""
         m = self.members[slot]
-        if final is None:
-            m.state.t = int(m.t[0])
-            final = self.g.final_lengths(m.state)[0]
         out = self.g.frames(m.state, 0, m.given, final)
         m.given = max(m.given, final)
         return out

@@ -132,6 +132,7 @@ class Dia2Generator:
         self.max_delay = max(self.delay)
         self.flush_tail = self.max_delay + MAX_PADDING  # steps after end of speech (spec 5.4 step 11)
         self._delay = torch.tensor(self.delay, device=device)
+        self._uncond_text = torch.tensor([ids.zero, data.text_pad_token_id], device=device)  # CFG row's text
         # Delayed column t + 1 of codebook c >= 1 is read (as decoder input or as audio) only from
         # column delay[c] on: before that the decoder is fed audio BOS and the undelay skips it.
         # A step whose column lies before every depformer codebook's delay (the first 17 steps
@@ -294,7 +295,7 @@ class Dia2Generator:
         t = group.t[:n]
         column = group.buffer[:n].gather(2, t.view(n, 1, 1).expand(n, self.n_codebooks, 1)).squeeze(2)  # (n, C)
         audio = torch.where(self._delay.view(1, -1) > t.view(n, 1), data.audio_bos_token_id, column)
-        uncond = torch.tensor([self.ids.zero, data.text_pad_token_id], device=self.device).expand(n, 2)
+        uncond = self._uncond_text.expand(n, 2)
         text = torch.stack((group.text[:n], uncond), dim=1)  # (n, 2, 2)
         tokens = torch.cat((text, audio.unsqueeze(1).expand(n, 2, self.n_codebooks)), dim=2).view(2 * n, 1, -1)
         pos = t.repeat_interleave(2).view(2 * n, 1)
@@ -410,7 +411,7 @@ class Dia2Generator:
         size = self.cfg.data.codebook_size
         for stage in range(self.n_codebooks - 1):
             logits = self.stage(stage, hidden, token, cache, text if stage == 0 else None)
-            picked = self.pick_rows(logits, first, size, *settings[:2], settings[2], settings[3], u[:, stage + 2],
+            picked = self.pick_rows(logits, first, size, *settings, u[:, stage + 2],
                                     group.widths)
             group.buffer[idx, stage + 1, t + 1] = picked
             token = token.clone()

@@ -69,10 +69,6 @@ class Dia2Member:
     def warming(self) -> bool:
         return self.run.warming
 
-    @property
-    def steps_taken(self) -> int:
-        return self.run.slot
-
 
 class _CacheView:
     def __init__(self, cache, rows: int) -> None:
@@ -104,6 +100,9 @@ class Dia2SlotBatch:
         # One view per row count, kept: the CPU backend prepares its C calls once per cache object
         # (fastdia.backends.cpu.layer_plan), so a new view each step would re-prepare them each step.
         self._views: dict = {}
+        # Set when a member finishes, cleared by `take_ended`: the runner asks once a step instead
+        # of looking at every member.
+        self.ended = False
 
     @property
     def active(self) -> int:
@@ -182,3 +181,9 @@ class Dia2SlotBatch:
     def _check_done(self, m: Dia2Member) -> None:
         if self.g.finished(m.run):
             m.finished = True
+            self.ended = True
+
+    def take_ended(self) -> bool:
+        """Whether a member finished since the last call."""
+        ended, self.ended = self.ended, False
+        return ended

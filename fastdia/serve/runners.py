@@ -219,7 +219,7 @@ class Dia2Runner(_SlotRunner):
             self._feed_live()
         self.batch.step()
         self._since += 1
-        ended = any(m is not None and m.finished for m in self.batch.members)
+        ended = self.batch.take_ended()
         if self._since < self.poll_every and not ended:
             return []
         self._since = 0

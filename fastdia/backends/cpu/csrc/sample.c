@@ -230,7 +230,7 @@ int fd_cfg_pick_rows(const float *logits, int ld, int V, int limit, int n, const
    Per row: the keys split into `width` runs; each run's largest key is a key, so the smallest of
    those `width` maxima has at least `width` keys at or above it and bounds the answer from below.
    One pass keeps the keys at or above it (for 1028 random logits and width 45, ~100), a
-   quickselect finds the best `width` of them and an insertion sort orders those. */
+   quickselect finds the best `width` of them and qsort orders those. */
 static void select_top(int64_t *k, int n, int want) { /* k[0..want) = the want largest, any order */
     int lo = 0, hi = n - 1;
     while (lo < hi) {
