@@ -19,10 +19,26 @@ from .say import add_say
 from .serve import add_serve
 from .voice import add_voice
 
+
+class _Version(argparse.Action):
+    """`--version`: the package version and what runs its matmuls on this CPU (the kernel dispatch)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .. import __version__
+        from ..backends.cpu import kernels
+
+        print(f"fastdia {__version__} (CPU kernels: {kernels.dispatch()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastdia", description="Fast inference for Nari Labs' Dia dialogue text-to-speech models."
     )
+    parser.add_argument("--version", action=_Version, help="print the version and the CPU kernel dispatch, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

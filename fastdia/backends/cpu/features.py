@@ -2,9 +2,10 @@
 
 fastdia's matmuls have several CPU paths, and each needs something of the CPU:
 
-* fastdia's C kernels (int8/int4/float32 GEMV, the fused decode steps): AVX-512 with VNNI.
-  Their bfloat16 GEMV also needs AVX512-BF16; their AMX tiles AMX-INT8/BF16 (checked by the
-  kernels themselves, see kernels.amx_status).
+* fastdia's C kernels (int8/int4/float32 GEMV, the fused decode steps): one build per ISA
+  variant (`KERNEL_VARIANTS`, best first), from AVX2 + FMA up to AVX-512 VNNI with BF16. Their
+  bfloat16 GEMV needs AVX512-BF16; their AMX tiles AMX-INT8/BF16 (checked by the kernels
+  themselves, see kernels.amx_status).
 * oneDNN's packed linears (PackedLinear): float32 on any x86-64 CPU; bfloat16 only with
   AVX512BW+VL+DQ or AVX-NE-CONVERT (torch refuses the bfloat16 reorder elsewhere, with a
   RuntimeError: the crash AVX2-only CPUs such as AMD Zen 3 used to meet).
@@ -32,7 +33,17 @@ log = logging.getLogger("fastdia.cpu")
 # The flags worth naming in a report, roughly oldest first.
 REPORTED = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512dq", "avx512bw", "avx512vl",
             "avx512_vnni", "avx512_bf16", "avx_ne_convert", "amx_tile", "amx_int8", "amx_bf16")
-KERNEL_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512_vnni"})
+_AVX2 = frozenset({"avx2", "fma", "f16c"})
+_AVX512 = _AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+# fastdia's kernel builds (fastdia/backends/cpu/kernel_build.py) and the CPU flags each needs, best
+# first: a CPU runs the first it can (or a lower one it names in FASTDIA_KERNELS). Above them all,
+# AMX, which the avx512bf16 build switches on where the CPU and the OS allow it; below them, torch.
+KERNEL_VARIANTS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("avx512bf16", _AVX512 | {"avx512_bf16"}),
+    ("avx512", _AVX512),
+    ("avx2vnni", _AVX2 | {"avx_vnni"}),
+    ("avx2", _AVX2),
+)
 _ONEDNN_BF16_FLAGS = frozenset({"avx512bw", "avx512vl", "avx512dq"})
 
 
@@ -53,14 +64,19 @@ class CpuFeatures:
         return [f for f in REPORTED if f in self.flags]
 
     @property
+    def kernel_variants(self) -> list[str]:
+        """The builds of fastdia's C kernels this CPU can run, best first (`KERNEL_VARIANTS`)."""
+        return [name for name, needs in KERNEL_VARIANTS if needs <= self.flags]
+
+    @property
     def fastdia_kernels(self) -> bool:
-        """The ISA fastdia's C kernels are compiled for (AVX-512 + VNNI)."""
-        return KERNEL_FLAGS <= self.flags
+        """fastdia's C kernels run here (AVX2 + FMA + F16C at least)."""
+        return bool(self.kernel_variants)
 
     @property
     def bf16_kernel(self) -> bool:
         """fastdia's bfloat16 GEMV kernel (AVX512-BF16 dot products) can be compiled in."""
-        return self.fastdia_kernels and "avx512_bf16" in self.flags
+        return "avx512bf16" in self.kernel_variants
 
     @property
     def native_bf16(self) -> bool:

@@ -23,14 +23,24 @@ from pathlib import Path
 SOURCE_DIR = Path(__file__).parent / "csrc"
 PREBUILT_DIR = Path(__file__).parent / "prebuilt"
 # weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw; prepared plans run in C
-SOURCES = ("wonly.c", "amx.c", "decode.c", "sample.c", "plan.c")
+# the vector layer first (every kernel file is written against it); then the weight-only GEMV
+# kernels; their AMX paths; decode-step glue; the draws; prepared plans run in C
+SOURCES = ("simd.h", "wonly.c", "amx.c", "decode.c", "sample.c", "plan.c")
 
-BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp"]
-# The variants, by the CPU features they need (fastdia.backends.cpu.features picks one at run time).
+# -ffp-contract=off: a multiply and an add written apart stay apart (GCC fuses them into FMAs by
+# default, and where it does depends on the ISA), so every variant computes the same float
+# operations and returns the same bits (csrc/simd.h).
+BASE_FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off"]
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c"]
+# The variants, by the CPU features they need; fastdia.backends.cpu.features.KERNEL_VARIANTS says
+# which CPU runs which (the best it can), kernels.py loads it.
 VARIANTS = {
-    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c"],
-    # the bfloat16 kernel is compiled in only where the CPU has AVX-512 BF16
-    "avx512bf16": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-mf16c", "-mavx512bf16"],
+    "avx2": _AVX2,  # AMD Zen 1-3, Intel Haswell to Comet Lake: vpmaddwd + vpaddd
+    "avx2vnni": _AVX2 + ["-mavxvnni"],  # Intel Alder Lake and later clients: vpdpwssd on ymm
+    "avx512": _AVX512,  # Ice Lake, Zen 4 without the bfloat16 kernel
+    # the bfloat16 kernel is compiled in only where the CPU has AVX-512 BF16 (AMX comes with it)
+    "avx512bf16": _AVX512 + ["-mavx512bf16"],
 }
 # Linked against libm explicitly: unlinked, a shared object's exp/expf bind at run time to glibc's
 # oldest symbol versions, compatibility wrappers about 3x slower than the current ones (measured

@@ -1,4 +1,11 @@
-"""fastdia's CPU kernels for x86 with AVX-512 VNNI (C in fastdia/backends/cpu/csrc, built at install).
+"""fastdia's CPU kernels for x86 (C in fastdia/backends/cpu/csrc, built at install), one build per ISA.
+
+Dispatch, best first (`dispatch()`): AMX > AVX-512 VNNI (`avx512bf16`, `avx512`) > AVX2 with
+AVX-VNNI (`avx2vnni`) > AVX2 + FMA (`avx2`) > torch. Every kernel is written once against a
+16-lane vector layer (`csrc/simd.h`: one zmm, or two ymm) and compiled for each build, so the
+builds compute the same operations in the same order: their int8/int4 results are identical bit
+for bit, and so are their float ones (tests/test_kernel_variants.py runs every build the CPU can).
+`FASTDIA_KERNELS=<build>` picks a lower build than the best (benchmarks of another CPU kind).
 
 * `csrc/wonly.c`: weight-only matrix-vector kernels (int8, int4, float32, bfloat16) for
   decode-sized inputs. Decoding multiplies 2 rows (one utterance with CFG) by every weight, so
@@ -30,12 +37,14 @@ The library is compiled with the system C compiler when the package is built (`p
 `pip wheel`: fastdia/backends/cpu/kernel_build.py, one library per ISA variant in `prebuilt/`);
 a checkout whose sources changed since, or an install made without a compiler, compiles at first
 use into a per-user cache directory instead. It is loaded with ctypes; threads come from the
-OpenMP runtime torch already loaded (same soname), so the kernels share torch's thread pool and `torch.set_num_threads`. Without a compiler or without
-VNNI, `available()` is False and fastdia falls back to torch (fastdia.quant.modules, fastdia.backends.cpu.packed).
+OpenMP runtime torch already loaded (same soname), so the kernels share torch's thread pool and
+`torch.set_num_threads`. Without a compiler (and no build from install) or without AVX2,
+`available()` is False and fastdia falls back to torch (fastdia.quant.modules, fastdia.backends.cpu.packed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -70,10 +79,29 @@ def _source() -> str:
     return kernel_build.source_text()
 
 
-def _library_path() -> Path:
-    """The library for this CPU: the one installed with the package when it was built from these
+VARIANT_ENV = "FASTDIA_KERNELS"
+_variant: str | None = None
+
+
+def _choose_variant() -> str:
+    """The best build this CPU runs, or the one `FASTDIA_KERNELS` names (when the CPU runs it)."""
+    runnable = cpu_features().kernel_variants
+    wanted = os.environ.get(VARIANT_ENV, "").strip().lower()
+    if wanted and wanted in runnable:
+        return wanted
+    if wanted:
+        known = ", ".join(kernel_build.VARIANTS)
+        why = "this CPU cannot run it" if wanted in kernel_build.VARIANTS else f"not one of {known}"
+        import warnings
+
+        warnings.warn(f"fastdia: {VARIANT_ENV}={wanted} ignored ({why}); using the {runnable[0]} kernels",
+                      RuntimeWarning, stacklevel=2)
+    return runnable[0]
+
+
+def _library_path(variant: str) -> Path:
+    """The library of `variant`: the one installed with the package when it was built from these
     sources (no compile at first use), else one compiled now into the per-user cache."""
-    variant = "avx512bf16" if cpu_features().bf16_kernel else "avx512"
     source = _source()
     installed = kernel_build.prebuilt(variant, source)
     if installed is not None:
@@ -94,9 +122,8 @@ def _library_path() -> Path:
     return out
 
 
-def _build() -> ctypes.CDLL:
-    out = _library_path()
-    lib = ctypes.CDLL(str(out))
+def _build(variant: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(_library_path(variant)))
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.fd_q8_gemv.argtypes = [p, i, i, p, p, i, p, i, p, i]
     lib.fd_q8_gemv.restype = None
@@ -147,8 +174,9 @@ def _build() -> ctypes.CDLL:
 
 
 def available() -> bool:
-    """True when the kernels can run here (x86 AVX-512 VNNI CPU, a C compiler, not disabled)."""
-    global _lib, _tried, _error
+    """True when the kernels can run here (x86 CPU with AVX2 + FMA at least, built at install or a
+    C compiler now, not disabled)."""
+    global _lib, _tried, _error, _variant
     if _tried:
         return _lib is not None
     _tried = True
@@ -157,18 +185,49 @@ def available() -> bool:
     elif sys.platform != "linux":
         _error = "needs Linux"
     elif not cpu_features().fastdia_kernels:
-        _error = "needs AVX-512 VNNI, which this CPU lacks"
+        _error = "needs AVX2 with FMA and F16C, which this CPU lacks"
     else:
+        variant = _choose_variant()
         try:
-            _lib = _build()
+            _lib = _build(variant)
         except (RuntimeError, OSError) as exc:
             _error = str(exc)
         else:
+            _variant = variant
             _init_amx()
     if _lib is None:
         announce(f"fastdia's CPU kernels are off ({_error}): int8/int4 run on torch's weight-only kernels, "
                  f"float projections on oneDNN")
     return _lib is not None
+
+
+def variant() -> str | None:
+    """The kernel build in use ("avx512bf16", "avx512", "avx2vnni" or "avx2"); None when off."""
+    return _variant if available() else None
+
+
+def dispatch() -> str:
+    """What runs the matmuls here, in one phrase: AMX > AVX-512 VNNI > AVX2-VNNI > AVX2 > torch."""
+    if not available():
+        return f"torch ({_error})"
+    return f"{_variant} + AMX" if amx_status() == "on" else _variant
+
+
+@contextlib.contextmanager
+def use_variant(name: str):
+    """Run the kernels of build `name` (one this CPU runs) inside the block, then the default again:
+    tests and benchmarks compare the builds in one process. Raises ValueError for one it cannot."""
+    global _lib, _variant
+    if not available():
+        raise ValueError(f"fastdia's CPU kernels are off: {_error}")
+    if name not in cpu_features().kernel_variants:
+        raise ValueError(f"this CPU cannot run the {name!r} kernels (it runs {cpu_features().kernel_variants})")
+    before = _lib, _variant
+    _lib, _variant = _build(name), name
+    try:
+        yield _lib
+    finally:
+        _lib, _variant = before
 
 
 def library_origin() -> str | None:
@@ -316,6 +375,9 @@ def _init_amx() -> None:
     global _amx_state
     if os.environ.get("FASTDIA_AMX", "").strip().lower() in ("0", "off", "no", "false"):
         _amx_state = "off (FASTDIA_AMX=0)"
+        return
+    if not (_variant or "").startswith("avx512"):
+        _amx_state = "not in this build"  # AMX comes with the AVX-512 builds (csrc/amx.c)
         return
     if not cpu_features().has("amx_tile", "amx_int8", "amx_bf16"):
         _amx_state = "not present"  # (or hidden by FASTDIA_CPU_FEATURES: then not probed either)

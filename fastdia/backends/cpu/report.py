@@ -24,6 +24,9 @@ _FLOAT_PATHS = {
     "torch": "torch {dtype} linears",
 }
 _SHORT = {"fastdia": "fastdia's GEMV kernel", "onednn": "oneDNN", "bf16-blocks": "float32 blocks", "torch": "torch"}
+# the instructions each kernel build multiplies with (fastdia.backends.cpu.kernel_build.VARIANTS)
+_ISA = {"avx512bf16": "AVX-512 VNNI", "avx512": "AVX-512 VNNI", "avx2vnni": "AVX-VNNI on AVX2",
+        "avx2": "AVX2 vpmaddwd"}
 _LIBRARIES = ("numpy", "transformers", "onnxruntime", "ctranslate2", "faster-whisper", "fastapi", "ray")
 
 
@@ -37,14 +40,15 @@ def variant_paths() -> dict[str, dict[str, str]]:
     """For each weight variant ("float32", "bfloat16", "int8", "int4"): its `path` (a short
     name) and a line saying what its projections and decode steps run on, on this CPU."""
     on = kernels.available()
+    isa = _ISA.get(kernels.variant() or "", "")
     amx = ", AMX tiles for 4+ rows" if kernels.amx_status() == "on" else ""
     f32_path, f32 = _float_path(torch.float32)
     bf16_path, bf16 = _float_path(torch.bfloat16)
     out = {"float32": {"path": f32_path, "runs_on": f32}, "bfloat16": {"path": bf16_path, "runs_on": bf16}}
     if on:
-        out["int8"] = {"path": "fastdia", "runs_on": f"fastdia's int8 kernel (AVX-512 VNNI{amx}), float32 "
+        out["int8"] = {"path": "fastdia", "runs_on": f"fastdia's int8 kernel ({isa}{amx}), float32 "
                                                       f"activations, fused decode steps in C"}
-        out["int4"] = {"path": "fastdia", "runs_on": "fastdia's int4 kernel (AVX-512 VNNI), float32 activations, "
+        out["int4"] = {"path": "fastdia", "runs_on": f"fastdia's int4 kernel ({isa}), float32 activations, "
                                                      "fused decode steps in C"}
     else:
         out["int8"] = {"path": "torch", "runs_on": "torch's _weight_int8pack_mm, bfloat16 activations"}
@@ -72,7 +76,9 @@ def cpu_report() -> dict:
         "threads": torch.get_num_threads(),
         "features": cpu.reported,
         "features_emulated": cpu.emulated,
-        "kernels": f"fastdia avx512-vnni ({kernels.library_origin()})" if kernels.available() else "torch",
+        "kernels": f"fastdia {kernels.variant()} ({kernels.library_origin()})" if kernels.available() else "torch",
+        "kernel_dispatch": kernels.dispatch(),
+        "kernel_builds": cpu.kernel_variants,
         "kernels_off_because": kernels.unavailable_reason(),
         "amx": kernels.amx_status(),
         "onednn_bf16": onednn_bf16(),
@@ -90,6 +96,8 @@ def report_lines(report: dict) -> list[str]:
         f"features           {' '.join(report['features']) or 'none known'}"
         f"{'  (emulated: FASTDIA_CPU_FEATURES)' if report['features_emulated'] else ''}",
         f"kernels            {kern}; AMX {report['amx']}; torch's ATen kernels {report['torch_cpu_capability']}",
+        f"dispatch           {report['kernel_dispatch']} (builds this CPU runs, best first: "
+        f"{', '.join(report['kernel_builds']) or 'none'}; AMX > AVX-512 > AVX2-VNNI > AVX2 > torch)",
     ]
     for name, v in report["variants"].items():
         lines.append(f"  {name:16s} {v['runs_on']}")

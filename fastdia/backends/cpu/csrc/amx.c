@@ -35,6 +35,8 @@
 #include <sys/syscall.h>
 #include <cpuid.h>
 
+#ifdef V_ISA_AVX512 /* every AMX CPU has AVX-512: the AVX2 variants carry no AMX path (stubs at the end) */
+
 #define AMX_MIN_ROWS 4
 #define AMX_PAIRS 16 /* weight row pairs per int8 A tile */
 #define AMX_C_TILES 6 /* tiles 2..7 accumulate; A is tile 0, B tile 1 */
@@ -343,5 +345,16 @@ static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, f
         tiles_end(emu);
     }
     return 16 * blocks;
+}
+#endif
+
+#else
+long fd_amx_emulated(void) { return 0; }
+int fd_amx_probe(void) { return 0; }
+int fd_set_amx(int mode, int kinds) { (void)mode; (void)kinds; return 0; } /* always off */
+static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t *w, const float *scale, int N,
+                  float *y, int ldy, int nthreads) {
+    (void)xq; (void)sx; (void)M; (void)K; (void)w; (void)scale; (void)N; (void)y; (void)ldy; (void)nthreads;
+    return 0;
 }
 #endif

@@ -12,7 +12,6 @@
      - fd_rope:        RoPE in place on the heads of each row (Dia-1 v0.1's cross-attention queries)
    Layouts: activations (B, width) contiguous; caches (B, Hkv, T, D); query head h reads KV head
    h / (Hq / Hkv). */
-#include <immintrin.h>
 #include <stdint.h>
 #include <math.h>
 #include <float.h>
@@ -22,89 +21,84 @@
 
 /* exp(x) to ~2 ulp: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n by scalef
    (which also flushes very negative inputs to 0 and overflows to +inf like expf). */
-INLINE __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-    __m512 r2 = _mm512_mul_ps(r, r);
-    p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    return _mm512_scalef_ps(p, n);
+INLINE vf exp16(vf x) {
+    x = vf_max(x, vf_set1(-104.f));
+    vf n = vf_round(vf_mul(x, vf_set1(1.44269504088896341f)));
+    vf r = vf_fnmadd(n, vf_set1(0.693359375f), x);
+    r = vf_fnmadd(n, vf_set1(-2.12194440e-4f), r);
+    vf p = vf_set1(1.9875691500E-4f);
+    p = vf_fmadd(p, r, vf_set1(1.3981999507E-3f));
+    p = vf_fmadd(p, r, vf_set1(8.3334519073E-3f));
+    p = vf_fmadd(p, r, vf_set1(4.1665795894E-2f));
+    p = vf_fmadd(p, r, vf_set1(1.6666665459E-1f));
+    p = vf_fmadd(p, r, vf_set1(5.0000001201E-1f));
+    vf r2 = vf_mul(r, r);
+    p = vf_fmadd(p, r2, vf_add(r, vf_set1(1.f)));
+    return vf_scalef(p, n);
 }
 
-INLINE __mmask16 tail_mask(int remaining) {
-    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
-}
+#define tail_mask v_tail
 
 INLINE float dot(const float *a, const float *b, int n) {
-    __m512 acc = _mm512_setzero_ps();
+    vf acc = vf_zero();
     for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+        vmask m = tail_mask(n - i);
+        acc = vf_fmadd(vf_loadz(m, a + i), vf_loadz(m, b + i), acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    return vf_reduce_add(acc);
 }
 
 /* dot / axpy against a float16 row (a quantized model's cross-attention K/V, stored half size) */
-INLINE __m512 load_h(const uint16_t *p, __mmask16 m) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
+INLINE vf load_h(const uint16_t *p, vmask m) { return vf_load_h(m, p); }
 
 INLINE float dot_h(const float *a, const uint16_t *b, int n) {
-    __m512 acc = _mm512_setzero_ps();
+    vf acc = vf_zero();
     for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_h(b + i, m), acc);
+        vmask m = tail_mask(n - i);
+        acc = vf_fmadd(vf_loadz(m, a + i), load_h(b + i, m), acc);
     }
-    return _mm512_reduce_add_ps(acc);
+    return vf_reduce_add(acc);
 }
 
 INLINE void axpy_h(float *out, float p, const uint16_t *v, int n) {
-    __m512 pv = _mm512_set1_ps(p);
+    vf pv = vf_set1(p);
     for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 o = _mm512_maskz_loadu_ps(m, out + i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(pv, load_h(v + i, m), o));
+        vmask m = tail_mask(n - i);
+        vf o = vf_loadz(m, out + i);
+        vf_storem(out + i, m, vf_fmadd(pv, load_h(v + i, m), o));
     }
 }
 
 /* out[i] += p * v[i] for i < n */
 INLINE void axpy(float *out, float p, const float *v, int n) {
-    __m512 pv = _mm512_set1_ps(p);
+    vf pv = vf_set1(p);
     for (int i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask(n - i);
-        __m512 o = _mm512_maskz_loadu_ps(m, out + i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v + i), o));
+        vmask m = tail_mask(n - i);
+        vf o = vf_loadz(m, out + i);
+        vf_storem(out + i, m, vf_fmadd(pv, vf_loadz(m, v + i), o));
     }
 }
 
 void fd_add_rmsnorm(float *x, const float *d, const float *w, float eps, int M, int E, float *y) {
     for (int m = 0; m < M; m++) {
         float *xr = x + (int64_t)m * E;
-        __m512 ss = _mm512_setzero_ps();
+        vf ss = vf_zero();
         for (int k = 0; k < E; k += 16) {
-            __mmask16 mk = tail_mask(E - k);
-            __m512 v = _mm512_maskz_loadu_ps(mk, xr + k);
+            vmask mk = tail_mask(E - k);
+            vf v = vf_loadz(mk, xr + k);
             if (d) {
-                v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, d + (int64_t)m * E + k));
-                _mm512_mask_storeu_ps(xr + k, mk, v);
+                v = vf_add(v, vf_loadz(mk, d + (int64_t)m * E + k));
+                vf_storem(xr + k, mk, v);
             }
-            ss = _mm512_fmadd_ps(v, v, ss);
+            ss = vf_fmadd(v, v, ss);
         }
-        float r = 1.f / sqrtf(_mm512_reduce_add_ps(ss) / (float)E + eps);
-        __m512 rv = _mm512_set1_ps(r);
+        float r = 1.f / sqrtf(vf_reduce_add(ss) / (float)E + eps);
+        vf rv = vf_set1(r);
         float *yr = y + (int64_t)m * E;
         for (int k = 0; k < E; k += 16) {
-            __mmask16 mk = tail_mask(E - k);
-            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), rv);
-            _mm512_mask_storeu_ps(yr + k, mk, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, w + k)));
+            vmask mk = tail_mask(E - k);
+            vf v = vf_mul(vf_loadz(mk, xr + k), rv);
+            vf_storem(yr + k, mk, vf_mul(v, vf_loadz(mk, w + k)));
         }
     }
 }
@@ -114,11 +108,11 @@ void fd_silu_mul(const float *gu, int M, int F, float *out) {
         const float *g = gu + (int64_t)m * 2 * F, *u = g + F;
         float *o = out + (int64_t)m * F;
         for (int k = 0; k < F; k += 16) {
-            __mmask16 mk = tail_mask(F - k);
-            __m512 gv = _mm512_maskz_loadu_ps(mk, g + k);
-            __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
-            __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.f), e));
-            _mm512_mask_storeu_ps(o + k, mk, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mk, u + k)));
+            vmask mk = tail_mask(F - k);
+            vf gv = vf_loadz(mk, g + k);
+            vf e = exp16(vf_sub(vf_zero(), gv));
+            vf s = vf_div(gv, vf_add(vf_set1(1.f), e));
+            vf_storem(o + k, mk, vf_mul(s, vf_loadz(mk, u + k)));
         }
     }
 }
@@ -145,22 +139,22 @@ void fd_rope(float *x, const float *cos, const float *sin, int B, int H, int D) 
 
 /* Softmax in place over n scores (n >= 1). */
 INLINE void softmax(float *sc, int n) {
-    __m512 mx = _mm512_set1_ps(-INFINITY);
+    vf mx = vf_set1(-INFINITY);
     for (int s = 0; s < n; s += 16)
-        mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail_mask(n - s), sc + s));
-    __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
-    __m512 sum = _mm512_setzero_ps();
+        mx = vf_max(mx, vf_load_or(vf_set1(-INFINITY), tail_mask(n - s), sc + s));
+    vf mv = vf_set1(vf_reduce_max(mx));
+    vf sum = vf_zero();
     for (int s = 0; s < n; s += 16) {
-        __mmask16 mk = tail_mask(n - s);
-        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, sc + s), mv));
-        e = _mm512_maskz_mov_ps(mk, e);
-        _mm512_mask_storeu_ps(sc + s, mk, e);
-        sum = _mm512_add_ps(sum, e);
+        vmask mk = tail_mask(n - s);
+        vf e = exp16(vf_sub(vf_loadz(mk, sc + s), mv));
+        e = vf_keep(mk, e);
+        vf_storem(sc + s, mk, e);
+        sum = vf_add(sum, e);
     }
-    __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
+    vf inv = vf_set1(1.f / vf_reduce_add(sum));
     for (int s = 0; s < n; s += 16) {
-        __mmask16 mk = tail_mask(n - s);
-        _mm512_mask_storeu_ps(sc + s, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, sc + s), inv));
+        vmask mk = tail_mask(n - s);
+        vf_storem(sc + s, mk, vf_mul(vf_loadz(mk, sc + s), inv));
     }
 }
 
@@ -248,17 +242,17 @@ void fd_qk_norm(float *qkv, const float *qw, const float *kw, float eps, int B, 
         for (int h = 0; h < Hq + Hkv; h++) {
             float *x = qkv + (int64_t)b * W + (int64_t)h * D;
             const float *w = h < Hq ? qw : kw;
-            __m512 ss = _mm512_setzero_ps();
+            vf ss = vf_zero();
             for (int k = 0; k < D; k += 16) {
-                __mmask16 mk = tail_mask(D - k);
-                __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
-                ss = _mm512_fmadd_ps(v, v, ss);
+                vmask mk = tail_mask(D - k);
+                vf v = vf_loadz(mk, x + k);
+                ss = vf_fmadd(v, v, ss);
             }
-            __m512 rv = _mm512_set1_ps(1.f / sqrtf(_mm512_reduce_add_ps(ss) / (float)D + eps));
+            vf rv = vf_set1(1.f / sqrtf(vf_reduce_add(ss) / (float)D + eps));
             for (int k = 0; k < D; k += 16) {
-                __mmask16 mk = tail_mask(D - k);
-                __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + k), rv);
-                _mm512_mask_storeu_ps(x + k, mk, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(mk, w + k)));
+                vmask mk = tail_mask(D - k);
+                vf v = vf_mul(vf_loadz(mk, x + k), rv);
+                vf_storem(x + k, mk, vf_mul(v, vf_loadz(mk, w + k)));
             }
         }
 }
@@ -281,14 +275,13 @@ int fd_embed_add(float *x, const float *base, int ntab, const int64_t *qptr, con
         for (int c = 0; c < ntab; c++) {
             int64_t id = ids[(int64_t)r * ld_ids + c];
             const int8_t *q = (const int8_t *)(intptr_t)qptr[c] + id * D;
-            __m512 s = _mm512_set1_ps(((const float *)(intptr_t)sptr[c])[id]);
+            vf s = vf_set1(((const float *)(intptr_t)sptr[c])[id]);
             const float *src = c == 0 ? br : xr;
             for (int k = 0; k < D; k += 16) {
-                __mmask16 mk = tail_mask(D - k);
-                __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, q + k)));
-                __m512 t = _mm512_mul_round_ps(w, s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                _mm512_mask_storeu_ps(xr + k, mk, _mm512_add_round_ps(_mm512_maskz_loadu_ps(mk, src + k), t,
-                                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                vmask mk = tail_mask(D - k);
+                /* separate multiply and add: every variant is built with -ffp-contract=off */
+                vf t = vf_mul(vf_load_i8(mk, q + k), s);
+                vf_storem(xr + k, mk, vf_add(vf_loadz(mk, src + k), t));
             }
         }
     }

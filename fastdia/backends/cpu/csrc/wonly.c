@@ -1,8 +1,8 @@
 /* Weight-only GEMV kernels (int8, int4, fp32, bf16) for decode-sized inputs; see fastdia/backends/cpu/kernels.py. */
-#include <immintrin.h>
 #include <stdint.h>
 #include <math.h>
 #include <omp.h>
+/* (the vector layer, csrc/simd.h, comes first in the compiled source) */
 
 #define MAXM 8 /* the most rows one register kernel instance holds */
 /* Rows per call. A call runs the register kernel over blocks of up to 8 rows on each weight row
@@ -20,9 +20,10 @@
         int mm = M - m0 < B ? M - m0 : B; \
         switch (mm) { CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) } \
     }
-#define Q8_BLOCK 8
-#define Q4_BLOCK 8
-#define F_BLOCK 8
+/* (AVX2's 16 registers hold fewer rows: V_ROW_BLOCK is 2 there, csrc/simd.h) */
+#define Q8_BLOCK V_ROW_BLOCK
+#define Q4_BLOCK V_ROW_BLOCK
+#define F_BLOCK V_ROW_BLOCK
 /* Software prefetch distance in bytes. The int8/int4 kernels read one tiled stream and prefetch
    8 KB ahead into L2 (measured: 23 -> 29 GB/s streaming the int8 decoder; into L1 it gained
    nothing). The float kernels read two rows side by side and prefetch PF ahead into L1 and 4 PF
@@ -35,16 +36,15 @@
 static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
     for (int m = 0; m < M; m++) {
         const float *r = x + (int64_t)m * K;
-        __m512 amax = _mm512_setzero_ps();
-        for (int k = 0; k < K; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(r + k)));
-        float a = _mm512_reduce_max_ps(amax);
+        vf amax = vf_zero();
+        for (int k = 0; k < K; k += 16) amax = vf_max(amax, vf_abs(vf_load(r + k)));
+        float a = vf_reduce_max(amax);
         float s = a > 0.f ? a / 16383.f : 1.f;
-        __m512 inv = _mm512_set1_ps(1.f / s);
+        vf inv = vf_set1(1.f / s);
         sx[m] = s;
         int16_t *q = xq + (int64_t)m * K;
         for (int k = 0; k < K; k += 16) /* round to nearest even, as lrintf */
-            _mm256_storeu_si256((__m256i *)(q + k),
-                                _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(r + k), inv))));
+            vf_store_i16(q + k, vf_mul(vf_load(r + k), inv));
     }
 }
 
@@ -58,11 +58,7 @@ static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t
 static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads);
 #endif
 
-/* acc += dot products, in place. Through the intrinsics GCC copies each accumulator to a scratch
-   register and back around every vpdpwssd (the instruction overwrites its accumulator) and, with
-   16 accumulators, spills one to the stack inside the loop; the "+v" constraint keeps each in
-   its register (measured: 134 -> 158 G int16 MAC/s on 2 Zen 4 cores with 2-row blocks). */
-#define DPWSSD(acc, x, w) __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
+#define DPWSSD V_DPWSSD /* acc += pairwise int16 dot products, in place (csrc/simd.h) */
 
 /* Two weight rows at a time share every activation load; M (rows of x) is a compile-time
    constant in each specialisation so the accumulators live in registers.
@@ -70,15 +66,15 @@ static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, f
    the rows, row 2p's chunk then row 2p+1's, so a pass reads one sequential stream. Reading two
    rows side by side instead halves the DRAM bandwidth of this CPU's hardware prefetchers
    (measured: 17 vs 35 GB/s on 2 Zen 4 cores). */
-INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, __m512i *a0, __m512i *a1) {
+INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vi *a0, vi *a1) {
     /* tile: the pair's weights from input k0 on */
     const int8_t *w0 = tile - 2 * (int64_t)k0, *w1 = w0 + 32;
     for (int k = k0; k < k1; k += 32) {
         _mm_prefetch((const char *)(w0 + 2 * k + PF), _MM_HINT_T1);
-        __m512i v0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w0 + 2 * k)));
-        __m512i v1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(w1 + 2 * k)));
+        vi v0 = vi_i8_to_i16(w0 + 2 * k);
+        vi v1 = vi_i8_to_i16(w1 + 2 * k);
         for (int m = 0; m < M; m++) {
-            __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)m * K + k));
+            vi xv = vi_load(xq + (int64_t)m * K + k);
             DPWSSD(a0[m], xv, v0);
             DPWSSD(a1[m], xv, v1);
         }
@@ -87,17 +83,17 @@ INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile
 
 /* Rows of x against one row pair over all K, the sums returned reduced. */
 INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t *out0, int32_t *out1) {
-    __m512i a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_si512(); a1[m] = _mm512_setzero_si512(); }
+    vi a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = vi_zero(); a1[m] = vi_zero(); }
     q8_core(xq, K, 0, K, tile, M, a0, a1);
-    for (int m = 0; m < M; m++) { out0[m] = _mm512_reduce_add_epi32(a0[m]); out1[m] = _mm512_reduce_add_epi32(a1[m]); }
+    for (int m = 0; m < M; m++) { out0[m] = vi_reduce_add(a0[m]); out1[m] = vi_reduce_add(a1[m]); }
 }
 
 /* The same over inputs k0 .. k1 (tile from k0 on), the accumulators kept in acc between calls
    (long rows, below).
    Through local arrays: accumulating into acc itself ran 8-14% slower. */
-INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, __m512i *acc) {
-    __m512i a0[MAXM], a1[MAXM];
+INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vi *acc) {
+    vi a0[MAXM], a1[MAXM];
     for (int m = 0; m < M; m++) { a0[m] = acc[2 * m]; a1[m] = acc[2 * m + 1]; }
     q8_core(xq, K, k0, k1, tile, M, a0, a1);
     for (int m = 0; m < M; m++) { acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m]; }
@@ -182,9 +178,9 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
         const int8_t *gw = w + (int64_t)pa * 2 * K;
         for (int m0 = 0; m0 < M; m0 += Q8_BLOCK) {
             int mm = M - m0 < Q8_BLOCK ? M - m0 : Q8_BLOCK;
-            __m512i acc[GROUP_PAIRS][2 * MAXM];
+            vi acc[GROUP_PAIRS][2 * MAXM];
             for (int q = 0; q < pb - pa; q++)
-                for (int i = 0; i < 2 * mm; i++) acc[q][i] = _mm512_setzero_si512();
+                for (int i = 0; i < 2 * mm; i++) acc[q][i] = vi_zero();
             if (split) {
                 GROUPED(Q8_TILE_PART)
             } else {
@@ -194,9 +190,9 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
                 int n0 = 2 * q, n1 = 2 * q + 1; /* an odd N has a zero padding row at N */
                 for (int m = 0; m < mm; m++) {
                     float s = sx[m0 + m];
-                    y[(int64_t)(m0 + m) * ldy + n0] = (float)_mm512_reduce_add_epi32(acc[q - pa][2 * m]) * s * scale[n0];
+                    y[(int64_t)(m0 + m) * ldy + n0] = (float)vi_reduce_add(acc[q - pa][2 * m]) * s * scale[n0];
                     if (n1 < N)
-                        y[(int64_t)(m0 + m) * ldy + n1] = (float)_mm512_reduce_add_epi32(acc[q - pa][2 * m + 1]) * s * scale[n1];
+                        y[(int64_t)(m0 + m) * ldy + n1] = (float)vi_reduce_add(acc[q - pa][2 * m + 1]) * s * scale[n1];
                 }
             }
         }
@@ -215,35 +211,35 @@ INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t
                     float *out0, float *out1) {
     const uint8_t *w0 = tile, *w1 = tile + 32; /* row pairs tiled, as for int8 */
     const uint16_t *tpair = (const uint16_t *)tt;
-    const __m512i lo_mask = _mm512_set1_epi16(0x0F), byte_mask = _mm512_set1_epi16(0xFF);
-    __m512i a0[MAXM], a1[MAXM];
-    __m512 f0[MAXM], f1[MAXM];
+    const vi lo_mask = vi_set1_16(0x0F), byte_mask = vi_set1_16(0xFF);
+    vi a0[MAXM], a1[MAXM];
+    vf f0[MAXM], f1[MAXM];
     for (int m = 0; m < M; m++) {
-        a0[m] = a1[m] = _mm512_setzero_si512();
-        f0[m] = f1[m] = _mm512_setzero_ps();
+        a0[m] = a1[m] = vi_zero();
+        f0[m] = f1[m] = vf_zero();
     }
     int nblk = K / 64;
     for (int blk = 0; blk < nblk; blk++) {
         if (blk % Q4_FLUSH == 0 && blk) {
             for (int m = 0; m < M; m++) {
-                f0[m] = _mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])); a0[m] = _mm512_setzero_si512();
-                f1[m] = _mm512_add_ps(f1[m], _mm512_cvtepi32_ps(a1[m])); a1[m] = _mm512_setzero_si512();
+                f0[m] = vf_add(f0[m], vf_from_vi(a0[m])); a0[m] = vi_zero();
+                f1[m] = vf_add(f1[m], vf_from_vi(a1[m])); a1[m] = vi_zero();
             }
         }
         _mm_prefetch((const char *)(w0 + blk * 64 + PF), _MM_HINT_T1);
         int ga = (blk * 64) >> group_shift, gb = (blk * 64 + 32) >> group_shift;
         /* the two rows' multipliers of a group are adjacent bytes: one 16-bit broadcast load
            serves both (low byte row 2p, high byte row 2p+1) */
-        __m512i ta = _mm512_set1_epi16(tpair[ga]), tb = _mm512_set1_epi16(tpair[gb]);
-        __m512i b0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(w0 + blk * 64)));
-        __m512i b1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(w1 + blk * 64)));
-        __m512i lo0 = _mm512_mullo_epi16(_mm512_and_si512(b0, lo_mask), _mm512_and_si512(ta, byte_mask));
-        __m512i hi0 = _mm512_mullo_epi16(_mm512_srli_epi16(b0, 4), _mm512_and_si512(tb, byte_mask));
-        __m512i lo1 = _mm512_mullo_epi16(_mm512_and_si512(b1, lo_mask), _mm512_srli_epi16(ta, 8));
-        __m512i hi1 = _mm512_mullo_epi16(_mm512_srli_epi16(b1, 4), _mm512_srli_epi16(tb, 8));
+        vi ta = vi_set1_16((int16_t)tpair[ga]), tb = vi_set1_16((int16_t)tpair[gb]);
+        vi b0 = vi_u8_to_i16(w0 + blk * 64);
+        vi b1 = vi_u8_to_i16(w1 + blk * 64);
+        vi lo0 = vi_mullo16(vi_and(b0, lo_mask), vi_and(ta, byte_mask));
+        vi hi0 = vi_mullo16(vi_srli16(b0, 4), vi_and(tb, byte_mask));
+        vi lo1 = vi_mullo16(vi_and(b1, lo_mask), vi_srli16(ta, 8));
+        vi hi1 = vi_mullo16(vi_srli16(b1, 4), vi_srli16(tb, 8));
         for (int m = 0; m < M; m++) {
             const int16_t *xr = xq + (int64_t)m * K + blk * 64;
-            __m512i xa = _mm512_loadu_si512((const void *)xr), xb = _mm512_loadu_si512((const void *)(xr + 32));
+            vi xa = vi_load(xr), xb = vi_load(xr + 32);
             DPWSSD(a0[m], xa, lo0);
             DPWSSD(a0[m], xb, hi0);
             DPWSSD(a1[m], xa, lo1);
@@ -251,19 +247,17 @@ INLINE void q4_rows(const int16_t *xq, int K, const uint8_t *tile, const uint8_t
         }
     }
     for (int m = 0; m < M; m++) {
-        out0[m] = _mm512_reduce_add_ps(_mm512_add_ps(f0[m], _mm512_cvtepi32_ps(a0[m])));
-        out1[m] = _mm512_reduce_add_ps(_mm512_add_ps(f1[m], _mm512_cvtepi32_ps(a1[m])));
+        out0[m] = vf_reduce_add(vf_add(f0[m], vf_from_vi(a0[m])));
+        out1[m] = vf_reduce_add(vf_add(f1[m], vf_from_vi(a1[m])));
     }
 }
 
 /* sum_g offset[g] (int8) * xs[g] over G groups */
 INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
-    __m512 acc = _mm512_setzero_ps();
+    vf acc = vf_zero();
     int g = 0;
-    for (; g + 16 <= G; g += 16)
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(off + g)))),
-                              _mm512_loadu_ps(xs + g), acc);
-    float s = _mm512_reduce_add_ps(acc);
+    for (; g + 16 <= G; g += 16) acc = vf_fmadd(vf_load_i8(v_tail(16), off + g), vf_load(xs + g), acc);
+    float s = vf_reduce_add(acc);
     for (; g < G; g++) s += (float)off[g] * xs[g];
     return s;
 }
@@ -280,9 +274,9 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
     for (int m = 0; m < M; m++)
         for (int g = 0; g < G; g++) {
             const float *xg = x + (int64_t)m * K + (int64_t)g * group;
-            __m512 s = _mm512_setzero_ps();
-            for (int k = 0; k < group; k += 16) s = _mm512_add_ps(s, _mm512_loadu_ps(xg + k));
-            xsum[m * G + g] = _mm512_reduce_add_ps(s);
+            vf s = vf_zero();
+            for (int k = 0; k < group; k += 16) s = vf_add(s, vf_load(xg + k));
+            xsum[m * G + g] = vf_reduce_add(s);
         }
     int pairs = (N + 1) / 2;
     #pragma omp parallel for schedule(static) num_threads(nthreads)
@@ -303,8 +297,8 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
 
 /* Float weights: fp32 (FMA) and bf16 (AVX512-BF16 vdpbf16ps), two rows per pass, same prefetch. */
 INLINE void f32_rows(const float *x, int K, const float *w0, const float *w1, int M, float *o0, float *o1) {
-    __m512 a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_ps(); a1[m] = _mm512_setzero_ps(); }
+    vf a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = vf_zero(); a1[m] = vf_zero(); }
     for (int k = 0; k < K; k += 16) {
         if ((k & 15) == 0) {
             _mm_prefetch((const char *)(w0 + k + PF / 4), _MM_HINT_T0);
@@ -312,14 +306,14 @@ INLINE void f32_rows(const float *x, int K, const float *w0, const float *w1, in
             _mm_prefetch((const char *)(w0 + k + PF), _MM_HINT_T1);
             _mm_prefetch((const char *)(w1 + k + PF), _MM_HINT_T1);
         }
-        __m512 v0 = _mm512_loadu_ps(w0 + k), v1 = _mm512_loadu_ps(w1 + k);
+        vf v0 = vf_load(w0 + k), v1 = vf_load(w1 + k);
         for (int m = 0; m < M; m++) {
-            __m512 xv = _mm512_loadu_ps(x + (int64_t)m * K + k);
-            a0[m] = _mm512_fmadd_ps(xv, v0, a0[m]);
-            a1[m] = _mm512_fmadd_ps(xv, v1, a1[m]);
+            vf xv = vf_load(x + (int64_t)m * K + k);
+            a0[m] = vf_fmadd(xv, v0, a0[m]);
+            a1[m] = vf_fmadd(xv, v1, a1[m]);
         }
     }
-    for (int m = 0; m < M; m++) { o0[m] = _mm512_reduce_add_ps(a0[m]); o1[m] = _mm512_reduce_add_ps(a1[m]); }
+    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
 }
 
 #define F32_CASE(MM) case MM: f32_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
@@ -354,7 +348,7 @@ INLINE void bf16_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16
             DPBF16(a1[m], xv, v1);
         }
     }
-    for (int m = 0; m < M; m++) { o0[m] = _mm512_reduce_add_ps(a0[m]); o1[m] = _mm512_reduce_add_ps(a1[m]); }
+    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
 }
 
 #define BF16_CASE(MM) case MM: bf16_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
