@@ -55,6 +55,9 @@ def test_pip_wheel_carries_every_variant_and_they_load(tmp_path):
     assert "-py3-none-" in wheel.name and not wheel.name.endswith("-any.whl"), wheel.name
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
+        # the sources ship too: an installed package checks its libraries' digests against them
+        for name in kernel_build.SOURCES:
+            assert f"fastdia/backends/cpu/csrc/{name}" in names, name
         source = kernel_build.source_text()
         for variant in kernel_build.VARIANTS:
             lib = f"fastdia/backends/cpu/prebuilt/{kernel_build.library_name(variant)}"
@@ -62,10 +65,9 @@ def test_pip_wheel_carries_every_variant_and_they_load(tmp_path):
             stamp = z.read(lib.replace(".so", ".sha256")).decode().strip()
             assert stamp == kernel_build.digest(source, variant)
             z.extract(lib, tmp_path)
-    # The variant this CPU can run loads and has the kernels' entry points.
     features = cpu_features()
-    if features.fastdia_kernels:
-        variant = "avx512bf16" if features.bf16_kernel else "avx512"
+    # Every build this CPU can run loads and has the kernels' entry points.
+    for variant in features.kernel_variants:
         lib = ctypes.CDLL(str(tmp_path / "fastdia/backends/cpu/prebuilt" / kernel_build.library_name(variant)))
         assert lib.fd_q8_gemv and lib.fd_cfg_pick_rows and lib.fd_top_ids
 

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
@@ -95,17 +96,20 @@ def build_prebuilt(out_dir: Path, source_dir: Path = SOURCE_DIR, log=print) -> l
             "torch's slower path (install gcc and reinstall for the fast one)")
         return []
     source = source_text(source_dir)
-    built = []
-    for variant in VARIANTS:
+
+    def build(variant: str) -> str | None:
         out = out_dir / library_name(variant)
         try:
             compile_library(cc, source, variant, out)
         except (RuntimeError, OSError) as exc:
             log(f"fastdia: {exc}; that variant is left to torch's path")
-            continue
+            return None
         out.with_suffix(".sha256").write_text(digest(source, variant) + "\n")
-        built.append(variant)
-    return built
+        return variant
+
+    # the compiles are independent processes: side by side, the install waits for the longest one
+    with ThreadPoolExecutor(max_workers=max(1, min(len(VARIANTS), os.cpu_count() or 1))) as pool:
+        return [v for v in pool.map(build, VARIANTS) if v is not None]
 
 
 def prebuilt(variant: str, source: str) -> Path | None:
