@@ -48,6 +48,13 @@ def dia2_fixtures() -> Path:
     return path
 
 
+def amx_code() -> bool:
+    """The loaded kernel build carries the AMX path (the AVX-512 builds; the AVX2 ones do not)."""
+    from fastdia.backends.cpu import kernels
+
+    return kernels.available() and kernels.variant().startswith("avx512")
+
+
 def with_amx(mode: str, fn, kinds=("int8",)):
     """`fn()` with the kernels' AMX path in `mode` ("off": AVX-512 only; "emulate": the tile
     instructions emulated in C, csrc/amx.c) for `kinds`, then the mode restored. Returns fn's result

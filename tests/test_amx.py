@@ -16,9 +16,10 @@ import torch
 from fastdia.backends.cpu import kernels
 from fastdia.backends.cpu.features import cpu_features
 from fastdia.quant import formats
-from tests.conftest import with_amx
+from tests.conftest import amx_code, with_amx
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason=str(kernels.unavailable_reason()))
+pytestmark = pytest.mark.skipif(not amx_code(), reason=f"no AMX path in the kernels here (build "
+                                f"{kernels.variant()}: {kernels.unavailable_reason() or 'AMX comes with AVX-512'})")
 
 
 BOTH = ("int8", "bf16")

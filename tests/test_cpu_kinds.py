@@ -114,7 +114,7 @@ def test_each_variant_took_the_path_its_cpu_has(matrix):
             assert report["torch_cpu_capability"] == "AVX2"
             if "NO_KERNELS" not in label:
                 assert report["kernels"].startswith("fastdia avx2 ") and report["kernel_dispatch"] == "avx2", report
-                assert paths == {"float32": "fastdia", "bfloat16": "bf16-blocks", "int8": "fastdia", "int4": "fastdia"}
+                assert paths == {"float32": "fastdia", "bfloat16": "fastdia", "int8": "fastdia", "int4": "fastdia"}
         for name, r in result["variants"].items():
             kinds = r["modules"]
             if not kernels:

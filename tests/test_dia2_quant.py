@@ -28,7 +28,7 @@ from fastdia.dia2.slots import Dia2SlotBatch
 from fastdia.dia2.model import Dia2Model
 from fastdia.dia2 import quantized as quant_dia2
 from fastdia.quant.modules import Int4Linear, Int8Embedding, Int8Linear, RowSplitLinear
-from tests.conftest import dia2_fixtures, with_amx
+from tests.conftest import amx_code, dia2_fixtures, with_amx
 
 PRESET = "dia2-tiny-random"
 GREEDY = dict(temperature=0, text_temperature=0, max_steps=80)
@@ -268,7 +268,7 @@ def test_fast_modules_use_kernels():
                       (Int8Linear, RowSplitLinear))
 
 
-@pytest.mark.skipif(not cpu_kernels.available(), reason="needs fastdia's CPU kernels")
+@pytest.mark.skipif(not amx_code(), reason="needs the kernels' AMX path (an AVX-512 build)")
 def test_batch_on_amx_tiles_decodes_the_same_codes():
     """A batch of two scripts (4 rows per call, what the int8 AMX path takes) decodes the same
     codes with the AMX kernels as with AVX-512: csrc/amx.c's int8 sums are bitwise AVX-512's.

@@ -37,6 +37,8 @@ def _each_build(fn) -> dict[str, object]:
 
 def _all_equal(results: dict[str, object]) -> None:
     names = list(results)
+    if len(names) < 2:
+        return
     first = results[names[0]]
     for name in names[1:]:
         got = results[name]
@@ -96,6 +98,20 @@ def test_float32_gemv_is_the_same_in_every_build(m, k, n):
     results = _each_build(lambda: kernels.float_gemv(x, w))
     _all_equal(results)
     assert torch.allclose(next(iter(results.values())), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 64, 31), (2, 1024, 40), (9, 256, 17)])
+def test_bfloat16_gemv_in_every_build(m, k, n):
+    """Bit for bit among the builds that widen bfloat16 to float32; the avx512bf16 build's
+    vdpbf16ps (or AMX) sums the same exact products with its own rounding: float32 rounding apart."""
+    w = torch.randn(n, k, generator=_gen(n)).to(torch.bfloat16)
+    x = torch.randn(m, k, generator=_gen(k))
+    results = _each_build(lambda: kernels.float_gemv(x, w))
+    want = x.to(torch.bfloat16).double() @ w.double().T
+    bound = 1e-5 * (x.to(torch.bfloat16).double().abs() @ w.double().abs().T) + 1e-6
+    for name, got in results.items():
+        assert ((got.double() - want).abs() <= bound).all(), name
+    _all_equal({b: r for b, r in results.items() if b != "avx512bf16"})
 
 
 def test_decode_glue_is_the_same_in_every_build():

@@ -161,9 +161,8 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
     lib.fd_depformer_frame.restype = i
-    if hasattr(lib, "fd_bf16_gemv"):
-        lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
-        lib.fd_bf16_gemv.restype = None
+    lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
+    lib.fd_bf16_gemv.restype = None
     lib.fd_amx_probe.argtypes = []
     lib.fd_amx_probe.restype = i
     lib.fd_set_amx.argtypes = [i, i]
@@ -389,7 +388,7 @@ def _init_amx() -> None:
     if probe == -2:
         _amx_state = "off (the OS refused AMX tile state to this process: Linux before 5.16, or a small signal stack)"
         return
-    if probe != 3 or not has_bf16():
+    if probe != 3 or _variant != "avx512bf16":
         _amx_state = "not present"  # no AMX int8 + bf16 (every AMX CPU so far has both and AVX512-BF16)
         return
     _lib.fd_set_amx(1, 3)
@@ -462,8 +461,9 @@ def amx_self_check() -> str | None:
 
 
 def has_bf16() -> bool:
-    """True when the bfloat16 kernel was compiled in (CPU with AVX512-BF16)."""
-    return available() and hasattr(_lib, "fd_bf16_gemv")
+    """True when the kernels run: every build has a bfloat16 GEMV (vdpbf16ps in the avx512bf16
+    build, widened to float32 in the others)."""
+    return available()
 
 
 def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,10 @@ V_INLINE vf vf_load_h(vmask m, const uint16_t *p) { /* 16 float16 as floats */
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
 
+V_INLINE vf vf_load_bf16(const uint16_t *p) { /* 16 bfloat16 widened to float32 (exact) */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
 V_INLINE vi vi_zero(void) { return _mm512_setzero_si512(); }
 V_INLINE vi vi_load(const void *p) { return _mm512_loadu_si512(p); }           /* 64 bytes */
 V_INLINE vi vi_i8_to_i16(const int8_t *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p)); }
@@ -187,6 +191,11 @@ V_INLINE vf vf_load_h(vmask m, const uint16_t *p) {
         b = _mm_loadu_si128((const __m128i *)(buf + 8));
     }
     return (vf){_mm256_cvtph_ps(a), _mm256_cvtph_ps(b)};
+}
+
+V_INLINE vf vf_load_bf16(const uint16_t *p) {
+    return (vf){_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16)),
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8))), 16))};
 }
 
 V_INLINE vi vi_zero(void) { return (vi){_mm256_setzero_si256(), _mm256_setzero_si256()}; }

@@ -364,4 +364,43 @@ void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, flo
         for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
     }
 }
+#else
+/* Builds without AVX512-BF16 (AVX2, AVX-512 without BF16): the same bfloat16 GEMV in float32. A
+   bfloat16 is the top half of a float32, so widening is a 16-bit shift, and the product of two
+   bfloat16 values is exact in float32: each row is a float32 dot product of the widened operands,
+   summed by FMA (vdpbf16ps sums the same exact products with its own rounding, so results agree
+   to float32 rounding with the avx512bf16 build and bit for bit among the others). */
+INLINE void bf16w_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16_t *w1, int M, float *o0, float *o1) {
+    vf a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = vf_zero(); a1[m] = vf_zero(); }
+    for (int k = 0; k < K; k += 16) {
+        if ((k & 31) == 0) {
+            _mm_prefetch((const char *)(w0 + k + PF / 2), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + k + PF / 2), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w0 + k + 2 * PF), _MM_HINT_T1);
+            _mm_prefetch((const char *)(w1 + k + 2 * PF), _MM_HINT_T1);
+        }
+        vf v0 = vf_load_bf16(w0 + k), v1 = vf_load_bf16(w1 + k);
+        for (int m = 0; m < M; m++) {
+            vf xv = vf_load_bf16(x + (int64_t)m * K + k);
+            a0[m] = vf_fmadd(xv, v0, a0[m]);
+            a1[m] = vf_fmadd(xv, v1, a1[m]);
+        }
+    }
+    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
+}
+
+#define BF16W_CASE(MM) case MM: bf16w_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
+
+void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
+    int pairs = (N + 1) / 2;
+    #pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int p = 0; p < pairs; p++) {
+        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
+        const uint16_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
+        float o0[MAXROWS], o1[MAXROWS];
+        BLOCKS(BF16W_CASE, F_BLOCK)
+        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
+    }
+}
 #endif
