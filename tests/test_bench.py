@@ -31,7 +31,7 @@ def test_bench_json_variants_transformers_and_quality():
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)  # progress lines go to stderr, stdout is JSON only
     assert data["bandwidth"]["read_GBps"] > 0
-    assert data["machine"]["amx"] in ("on", "not present") or data["machine"]["amx"].startswith("off (")
+    assert data["machine"]["amx"] in ("on", "not present", "not in this build") or data["machine"]["amx"].startswith("off (")
     assert "cpu" in data["machine"] and data["machine"]["kernels"]
     impls = [(x["impl"], x["dtype"], x["quantize"]) for x in data["results"]]
     assert impls == [("transformers", "float32", "none"), ("fastdia", "float32", "none"),
