@@ -21,7 +21,7 @@
         switch (mm) { CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) } \
     }
 /* (AVX2's 16 registers hold fewer rows: V_ROW_BLOCK is 2 there, csrc/simd.h) */
-#define Q8_BLOCK V_ROW_BLOCK
+#define Q8_BLOCK V_SUM_ROW_BLOCK
 #define Q4_BLOCK V_ROW_BLOCK
 #define F_BLOCK V_ROW_BLOCK
 /* Software prefetch distance in bytes. The int8/int4 kernels read one tiled stream and prefetch
@@ -66,7 +66,7 @@ static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, f
    the rows, row 2p's chunk then row 2p+1's, so a pass reads one sequential stream. Reading two
    rows side by side instead halves the DRAM bandwidth of this CPU's hardware prefetchers
    (measured: 17 vs 35 GB/s on 2 Zen 4 cores). */
-INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vi *a0, vi *a1) {
+INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vsum *a0, vsum *a1) {
     /* tile: the pair's weights from input k0 on */
     const int8_t *w0 = tile - 2 * (int64_t)k0, *w1 = w0 + 32;
     for (int k = k0; k < k1; k += 32) {
@@ -75,25 +75,25 @@ INLINE void q8_core(const int16_t *xq, int K, int k0, int k1, const int8_t *tile
         vi v1 = vi_i8_to_i16(w1 + 2 * k);
         for (int m = 0; m < M; m++) {
             vi xv = vi_load(xq + (int64_t)m * K + k);
-            DPWSSD(a0[m], xv, v0);
-            DPWSSD(a1[m], xv, v1);
+            V_DPWSSD_SUM(a0[m], xv, v0);
+            V_DPWSSD_SUM(a1[m], xv, v1);
         }
     }
 }
 
 /* Rows of x against one row pair over all K, the sums returned reduced. */
 INLINE void q8_rows(const int16_t *xq, int K, const int8_t *tile, int M, int32_t *out0, int32_t *out1) {
-    vi a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = vi_zero(); a1[m] = vi_zero(); }
+    vsum a0[MAXM], a1[MAXM];
+    for (int m = 0; m < M; m++) { a0[m] = vsum_zero(); a1[m] = vsum_zero(); }
     q8_core(xq, K, 0, K, tile, M, a0, a1);
-    for (int m = 0; m < M; m++) { out0[m] = vi_reduce_add(a0[m]); out1[m] = vi_reduce_add(a1[m]); }
+    for (int m = 0; m < M; m++) { out0[m] = vsum_reduce(a0[m]); out1[m] = vsum_reduce(a1[m]); }
 }
 
 /* The same over inputs k0 .. k1 (tile from k0 on), the accumulators kept in acc between calls
    (long rows, below).
    Through local arrays: accumulating into acc itself ran 8-14% slower. */
-INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vi *acc) {
-    vi a0[MAXM], a1[MAXM];
+INLINE void q8_part(const int16_t *xq, int K, int k0, int k1, const int8_t *tile, int M, vsum *acc) {
+    vsum a0[MAXM], a1[MAXM];
     for (int m = 0; m < M; m++) { a0[m] = acc[2 * m]; a1[m] = acc[2 * m + 1]; }
     q8_core(xq, K, k0, k1, tile, M, a0, a1);
     for (int m = 0; m < M; m++) { acc[2 * m] = a0[m]; acc[2 * m + 1] = a1[m]; }
@@ -178,9 +178,9 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
         const int8_t *gw = w + (int64_t)pa * 2 * K;
         for (int m0 = 0; m0 < M; m0 += Q8_BLOCK) {
             int mm = M - m0 < Q8_BLOCK ? M - m0 : Q8_BLOCK;
-            vi acc[GROUP_PAIRS][2 * MAXM];
+            vsum acc[GROUP_PAIRS][2 * MAXM];
             for (int q = 0; q < pb - pa; q++)
-                for (int i = 0; i < 2 * mm; i++) acc[q][i] = vi_zero();
+                for (int i = 0; i < 2 * mm; i++) acc[q][i] = vsum_zero();
             if (split) {
                 GROUPED(Q8_TILE_PART)
             } else {
@@ -190,9 +190,9 @@ void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scal
                 int n0 = 2 * q, n1 = 2 * q + 1; /* an odd N has a zero padding row at N */
                 for (int m = 0; m < mm; m++) {
                     float s = sx[m0 + m];
-                    y[(int64_t)(m0 + m) * ldy + n0] = (float)vi_reduce_add(acc[q - pa][2 * m]) * s * scale[n0];
+                    y[(int64_t)(m0 + m) * ldy + n0] = (float)vsum_reduce(acc[q - pa][2 * m]) * s * scale[n0];
                     if (n1 < N)
-                        y[(int64_t)(m0 + m) * ldy + n1] = (float)vi_reduce_add(acc[q - pa][2 * m + 1]) * s * scale[n1];
+                        y[(int64_t)(m0 + m) * ldy + n1] = (float)vsum_reduce(acc[q - pa][2 * m + 1]) * s * scale[n1];
                 }
             }
         }
