@@ -75,7 +75,7 @@ class CpuFeatures:
 
     @property
     def bf16_kernel(self) -> bool:
-        """fastdia's bfloat16 GEMV kernel (AVX512-BF16 dot products) can be compiled in."""
+        """fastdia's bfloat16 dot-product build (AVX512-BF16) runs here (the other builds widen bfloat16)."""
         return "avx512bf16" in self.kernel_variants
 
     @property

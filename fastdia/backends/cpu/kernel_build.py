@@ -39,8 +39,9 @@ _AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-m
 VARIANTS = {
     "avx2": _AVX2,  # AMD Zen 1-3, Intel Haswell to Comet Lake: vpmaddwd + vpaddd
     "avx2vnni": _AVX2 + ["-mavxvnni"],  # Intel Alder Lake and later clients: vpdpwssd on ymm
-    "avx512": _AVX512,  # Ice Lake, Zen 4 without the bfloat16 kernel
-    # the bfloat16 kernel is compiled in only where the CPU has AVX-512 BF16 (AMX comes with it)
+    "avx512": _AVX512,  # Cascade Lake, Ice Lake (AVX-512 VNNI without BF16)
+    # Zen 4, Sapphire Rapids: bfloat16 dot products (vdpbf16ps; the other builds widen bfloat16
+    # to float32), and AMX where the CPU and the OS allow it
     "avx512bf16": _AVX512 + ["-mavx512bf16"],
 }
 # Linked against libm explicitly: unlinked, a shared object's exp/expf bind at run time to glibc's

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import announce, onednn_bf16
+from .features import announce, cpu_features, onednn_bf16
 
 # The reorder takes a batch-size hint; decode runs 2 rows per utterance.
 _BATCH_HINT = 2
@@ -79,6 +79,10 @@ class GemvLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         if x2.shape[0] <= MAX_ROWS:
             y = float_gemv(x2, self.weight)
+        elif self.weight.dtype == torch.bfloat16 and not cpu_features().native_bf16:
+            # torch's bfloat16 matmul is emulated, and slow, without bfloat16 hardware (AVX2
+            # CPUs): the float32 product of the bfloat16 weight a block at a time instead
+            y = bf16_blocks(x2.to(torch.bfloat16).float(), self.weight)
         else:
             y = F.linear(x2.to(self.weight.dtype), self.weight)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -93,6 +97,21 @@ class GemvLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}, gemv"
 
 
+_BF16_BLOCK_ELEMENTS = 1 << 20  # weights widened at a time: 4 MB of float32, read back from cache
+
+
+def bf16_blocks(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """float32 `x (M, K) @ weight.T` for a bfloat16 `weight (N, K)`, widened a block of rows at a time."""
+    n, k = weight.shape
+    block = max(1, _BF16_BLOCK_ELEMENTS // max(1, k))
+    if n <= block:
+        return F.linear(x, weight.float())
+    y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    for r0 in range(0, n, block):
+        y[:, r0: r0 + block] = F.linear(x, weight[r0: r0 + block].float())
+    return y
+
+
 class Bf16Linear(nn.Module):
     """`y = x @ W.T` (no bias) for a bfloat16 W on a CPU where neither fastdia's bfloat16 kernel
     nor oneDNN's bfloat16 linear runs (AVX2-only CPUs): W stays bfloat16 (half the bytes of
@@ -100,23 +119,15 @@ class Bf16Linear(nn.Module):
     the widened block (4 MB at most) is read back from cache. Results are the float32 product of
     the bfloat16 weight and the input (rounding order aside)."""
 
-    _BLOCK_ELEMENTS = 1 << 20
     independent_rows = False
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = nn.Parameter(weight.detach().to(torch.bfloat16).contiguous(), requires_grad=False)
-        self.block = max(1, self._BLOCK_ELEMENTS // max(1, self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).float()
-        if self.out_features <= self.block:
-            y = F.linear(x2, self.weight.float())
-        else:
-            y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
-            for r0 in range(0, self.out_features, self.block):
-                y[:, r0: r0 + self.block] = F.linear(x2, self.weight[r0: r0 + self.block].float())
+        y = bf16_blocks(x.reshape(-1, self.in_features).float(), self.weight)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dense_weight(self) -> torch.Tensor:
