@@ -33,6 +33,7 @@ def test_bench_json_variants_transformers_and_quality():
     assert data["bandwidth"]["read_GBps"] > 0
     assert data["machine"]["amx"] in ("on", "not present", "not in this build") or data["machine"]["amx"].startswith("off (")
     assert "cpu" in data["machine"] and data["machine"]["kernels"]
+    assert data["machine"]["dispatch"].split()[0] in ("torch", *data["machine"]["kernel_builds"])
     impls = [(x["impl"], x["dtype"], x["quantize"]) for x in data["results"]]
     assert impls == [("transformers", "float32", "none"), ("fastdia", "float32", "none"),
                      ("fastdia", "float32", "int8")]

@@ -214,3 +214,22 @@ def test_version_names_the_dispatch():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith("fastdia ") and f"CPU kernels: {BUILDS[-1]}" in proc.stdout
+
+
+def test_a_build_the_cpu_cannot_run_is_refused_with_a_warning():
+    """`FASTDIA_KERNELS` naming an unknown build, or one above this CPU, warns once and loads the
+    best build instead (never an illegal instruction); `use_variant` refuses it outright."""
+    script = ("import warnings, json\nwarnings.simplefilter('always')\n"
+              "from fastdia.backends.cpu import kernels\n"
+              "with warnings.catch_warnings(record=True) as w:\n"
+              "    ok = kernels.available()\n"
+              "print(json.dumps({'variant': kernels.variant(), 'warnings': [str(x.message) for x in w]}))\n")
+    env = dict(os.environ, **{kernels.VARIANT_ENV: "avx1024"})
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["variant"] == BUILDS[0]
+    assert any("FASTDIA_KERNELS=avx1024 ignored" in w for w in out["warnings"]), out
+    with pytest.raises(ValueError, match="cannot run"):
+        with kernels.use_variant("avx1024"):
+            pass

@@ -78,7 +78,7 @@ def run_bench(args: argparse.Namespace, log=print) -> dict:
            "config": {k: v for k, v in base.items() if k != "text"} | {"text_bytes": len(args.text.encode())},
            "bandwidth": bw, "results": []}
     log(f"bench: {out['machine'].get('cpu', 'unknown CPU')}; kernels {out['machine']['kernels']}, "
-        f"AMX {out['machine']['amx']}")
+        f"AMX {out['machine']['amx']}; dispatch {out['machine']['dispatch']}")
     for name, v in out["machine"]["variants"].items():
         log(f"bench: {name} here: {v['runs_on']}")
 
@@ -108,7 +108,8 @@ def _machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": report["cpu"], "isa": report["features"],
             "kernels": report["kernels"] + (f" ({report['kernels_off_because']})" if report["kernels_off_because"]
                                             else ""),
-            "amx": report["amx"], "variants": report["variants"], "features_emulated": report["features_emulated"]}
+            "amx": report["amx"], "dispatch": report["kernel_dispatch"], "kernel_builds": report["kernel_builds"],
+            "variants": report["variants"], "features_emulated": report["features_emulated"]}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
