@@ -233,3 +233,20 @@ def test_a_build_the_cpu_cannot_run_is_refused_with_a_warning():
     with pytest.raises(ValueError, match="cannot run"):
         with kernels.use_variant("avx1024"):
             pass
+
+
+def test_a_build_that_cannot_be_had_falls_to_the_next_one_down():
+    """A compiler too old for one build's flags must cost that build only, not the kernels."""
+    tried = []
+
+    def build(variant):
+        tried.append(variant)
+        if variant == "avx2vnni":
+            raise RuntimeError("compiling fastdia's CPU kernels (avx2vnni) failed: unrecognized -mavxvnni")
+        return f"lib-{variant}"
+
+    assert kernels._load_first(["avx2vnni", "avx2"], build) == ("lib-avx2", "avx2", None)
+    assert tried == ["avx2vnni", "avx2"]
+    lib, name, why = kernels._load_first(["avx2vnni"], build)
+    assert lib is None and name is None and "unrecognized -mavxvnni" in why
+    assert kernels._candidates(BUILDS[0]) == BUILDS

@@ -99,6 +99,28 @@ def _choose_variant() -> str:
     return runnable[0]
 
 
+def _candidates(first: str) -> list[str]:
+    """`first`, then every lower build this CPU runs: where one cannot be had (a compiler too old
+    for its flags, say gcc 10 and -mavxvnni), the next one down is still faster than torch."""
+    runnable = cpu_features().kernel_variants
+    return runnable[runnable.index(first):]
+
+
+def _load_first(variants: list[str], build) -> tuple[ctypes.CDLL | None, str | None, str | None]:
+    """The first of `variants` that `build` loads: (library, its name, None), or (None, None, why)."""
+    problems = []
+    for variant in variants:
+        try:
+            lib = build(variant)
+        except (RuntimeError, OSError) as exc:
+            problems.append(f"{variant}: {exc}")
+            continue
+        if problems:
+            announce(f"fastdia's {variants[0]} kernels could not be had ({'; '.join(problems)}); using {variant}")
+        return lib, variant, None
+    return None, None, "; ".join(problems)
+
+
 def _library_path(variant: str) -> Path:
     """The library of `variant`: the one installed with the package when it was built from these
     sources (no compile at first use), else one compiled now into the per-user cache."""
@@ -186,13 +208,8 @@ def available() -> bool:
     elif not cpu_features().fastdia_kernels:
         _error = "needs AVX2 with FMA and F16C, which this CPU lacks"
     else:
-        variant = _choose_variant()
-        try:
-            _lib = _build(variant)
-        except (RuntimeError, OSError) as exc:
-            _error = str(exc)
-        else:
-            _variant = variant
+        _lib, _variant, _error = _load_first(_candidates(_choose_variant()), _build)
+        if _lib is not None:
             _init_amx()
     if _lib is None:
         announce(f"fastdia's CPU kernels are off ({_error}): int8/int4 run on torch's weight-only kernels, "
