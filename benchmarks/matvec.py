@@ -137,9 +137,8 @@ def variants():
     if cpu_kernels.available():
         v["fp32 fastdia gemv"] = (lambda w: (w.contiguous(), w.numel() * 4),
                                   lambda x, p: cpu_kernels.float_gemv(x, p), torch.float32)
-        if cpu_kernels.has_bf16():
-            v["bf16 fastdia gemv"] = (lambda w: (w.to(torch.bfloat16).contiguous(), w.numel() * 2),
-                                      lambda x, p: cpu_kernels.float_gemv(x, p), torch.bfloat16)
+        v["bf16 fastdia gemv"] = (lambda w: (w.to(torch.bfloat16).contiguous(), w.numel() * 2),
+                                  lambda x, p: cpu_kernels.float_gemv(x, p), torch.bfloat16)
         # The modules fastdia uses: weights in row pairs (tiled), int4 with integer group steps.
         v["int8 fastdia VNNI fp32x"] = (
             lambda w: ((lambda m: (m, m.nbytes()))(Int8Linear.from_float(w))),

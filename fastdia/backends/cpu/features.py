@@ -74,11 +74,6 @@ class CpuFeatures:
         return bool(self.kernel_variants)
 
     @property
-    def bf16_kernel(self) -> bool:
-        """fastdia's bfloat16 dot-product build (AVX512-BF16) runs here (the other builds widen bfloat16)."""
-        return "avx512bf16" in self.kernel_variants
-
-    @property
     def native_bf16(self) -> bool:
         """bfloat16 dot products in hardware (AVX512-BF16 or AMX-BF16)."""
         return bool({"avx512_bf16", "amx_bf16"} & self.flags)

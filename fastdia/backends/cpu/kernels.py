@@ -477,12 +477,6 @@ def amx_self_check() -> str | None:
     return None
 
 
-def has_bf16() -> bool:
-    """True when the kernels run: every build has a bfloat16 GEMV (vdpbf16ps in the avx512bf16
-    build, widened to float32 in the others)."""
-    return available()
-
-
 def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """`x (M, K) @ w (N, K).T` -> `(M, N)` float32 for a float32 or bfloat16 `w`, M <= MAX_ROWS.
 

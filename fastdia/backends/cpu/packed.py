@@ -178,8 +178,7 @@ def float_linear_path(dtype: torch.dtype, kernels: bool = True) -> str:
     `kernels=False`: the choice for a width fastdia's kernels do not take."""
     from . import kernels as cpu_kernels
 
-    if kernels and cpu_kernels.available() and (dtype == torch.float32
-                                                or (dtype == torch.bfloat16 and cpu_kernels.has_bf16())):
+    if kernels and cpu_kernels.available() and dtype in (torch.float32, torch.bfloat16):
         return "fastdia"
     if dtype == torch.bfloat16 and not onednn_bf16():
         return "bf16-blocks"
@@ -244,7 +243,7 @@ def weights_only_bf16(model: nn.Module, float32_modules: tuple[str, ...] = ()) -
     """
     from . import kernels as cpu_kernels
 
-    if not (cpu_kernels.available() and cpu_kernels.has_bf16()):
+    if not cpu_kernels.available():
         return model
     for name, m in list(model.named_modules()):
         # a width the kernel cannot take (oneDNN-packed), or a projection that must stay float32

@@ -91,7 +91,6 @@ V_INLINE vi vi_set1_16(int16_t a) { return _mm512_set1_epi16(a); }
 V_INLINE vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 V_INLINE vi vi_mullo16(vi a, vi b) { return _mm512_mullo_epi16(a, b); }
 #define vi_srli16(a, imm) _mm512_srli_epi16((a), (imm))
-V_INLINE int32_t vi_reduce_add(vi a) { return _mm512_reduce_add_epi32(a); }
 /* 16 floats rounded to nearest even, saturated to int16, stored */
 V_INLINE void vf_store_i16(int16_t *q, vf v) {
     _mm256_storeu_si256((__m256i *)q, _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(v)));
@@ -106,7 +105,7 @@ V_INLINE void vf_store_i16(int16_t *q, vf v) {
 typedef vi vsum;
 #define V_SUM_ROW_BLOCK 8
 V_INLINE vsum vsum_zero(void) { return vi_zero(); }
-V_INLINE int32_t vsum_reduce(vsum a) { return vi_reduce_add(a); }
+V_INLINE int32_t vsum_reduce(vsum a) { return _mm512_reduce_add_epi32(a); }
 #define V_DPWSSD_SUM(acc, x, w) V_DPWSSD(acc, x, w)
 
 #else
@@ -221,13 +220,6 @@ V_INLINE vi vi_set1_16(int16_t a) { __m256i s = _mm256_set1_epi16(a); return (vi
 V_INLINE vi vi_and(vi a, vi b) { return (vi){_mm256_and_si256(a.lo, b.lo), _mm256_and_si256(a.hi, b.hi)}; }
 V_INLINE vi vi_mullo16(vi a, vi b) { return (vi){_mm256_mullo_epi16(a.lo, b.lo), _mm256_mullo_epi16(a.hi, b.hi)}; }
 #define vi_srli16(a, imm) ((vi){_mm256_srli_epi16((a).lo, (imm)), _mm256_srli_epi16((a).hi, (imm))})
-V_INLINE int32_t vi_reduce_add(vi a) {
-    __m256i s = _mm256_add_epi32(a.lo, a.hi);
-    __m128i q = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
-    q = _mm_add_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
-    q = _mm_add_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(0, 0, 0, 1)));
-    return _mm_cvtsi128_si32(q);
-}
 V_INLINE void vf_store_i16(int16_t *q, vf v) {
     /* packs interleaves 128-bit halves (a0-3 b0-3 a4-7 b4-7); the permute restores lane order */
     __m256i p = _mm256_packs_epi32(_mm256_cvtps_epi32(v.lo), _mm256_cvtps_epi32(v.hi));

@@ -295,94 +295,51 @@ void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *t
     }
 }
 
-/* Float weights: fp32 (FMA) and bf16 (AVX512-BF16 vdpbf16ps), two rows per pass, same prefetch. */
-INLINE void f32_rows(const float *x, int K, const float *w0, const float *w1, int M, float *o0, float *o1) {
-    vf a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = vf_zero(); a1[m] = vf_zero(); }
-    for (int k = 0; k < K; k += 16) {
-        if ((k & 15) == 0) {
-            _mm_prefetch((const char *)(w0 + k + PF / 4), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + k + PF / 4), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w0 + k + PF), _MM_HINT_T1);
-            _mm_prefetch((const char *)(w1 + k + PF), _MM_HINT_T1);
-        }
-        vf v0 = vf_load(w0 + k), v1 = vf_load(w1 + k);
-        for (int m = 0; m < M; m++) {
-            vf xv = vf_load(x + (int64_t)m * K + k);
-            a0[m] = vf_fmadd(xv, v0, a0[m]);
-            a1[m] = vf_fmadd(xv, v1, a1[m]);
-        }
-    }
-    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
-}
-
-#define F32_CASE(MM) case MM: f32_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
-
-void fd_f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int nthreads) {
-    int pairs = (N + 1) / 2;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = 0; p < pairs; p++) {
-        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
-        const float *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
-        float o0[MAXROWS], o1[MAXROWS];
-        BLOCKS(F32_CASE, F_BLOCK)
-        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
-    }
-}
-
+/* Float weights, two rows per pass, one prefetch scheme (PF bytes ahead into L1, 4 PF into L2):
+   float32 by FMA; bfloat16 by AVX512-BF16 dot products (vdpbf16ps) where the build has them,
+   else widened to float32 in registers. A bfloat16 is the top half of a float32, so widening is a
+   16-bit shift, and the product of two bfloat16 values is exact in float32: the widening builds
+   agree bit for bit with each other and with vdpbf16ps (which sums the same exact products with
+   its own rounding) to float32 rounding. `kind` is a literal at every call, so each inlined copy
+   keeps one of the branches. */
+enum { W_F32, W_BF16_WIDE, W_BF16_DOT };
+#define W_BYTES(kind) ((kind) == W_F32 ? 4 : 2)
 #ifdef __AVX512BF16__
 #define DPBF16(acc, x, w) __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w)) /* as DPWSSD */
-INLINE void bf16_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16_t *w1, int M, float *o0, float *o1) {
-    __m512 a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = _mm512_setzero_ps(); a1[m] = _mm512_setzero_ps(); }
-    for (int k = 0; k < K; k += 32) {
-        _mm_prefetch((const char *)(w0 + k + PF / 2), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w1 + k + PF / 2), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w0 + k + 2 * PF), _MM_HINT_T1);
-        _mm_prefetch((const char *)(w1 + k + 2 * PF), _MM_HINT_T1);
-        __m512bh v0 = (__m512bh)_mm512_loadu_si512((const void *)(w0 + k));
-        __m512bh v1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + k));
-        for (int m = 0; m < M; m++) {
-            __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + (int64_t)m * K + k));
-            DPBF16(a0[m], xv, v0);
-            DPBF16(a1[m], xv, v1);
-        }
-    }
-    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
+#endif
+
+INLINE vf load_f32(const char *p, int kind) { /* 16 weights or activations as float32 */
+    return kind == W_F32 ? vf_load((const float *)p) : vf_load_bf16((const uint16_t *)p);
 }
 
-#define BF16_CASE(MM) case MM: bf16_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
-
-void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
-    int pairs = (N + 1) / 2, done = bf16_amx(x, M, K, w, N, y, nthreads) / 2; /* rows [0, 2 done) */
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = done; p < pairs; p++) {
-        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
-        const uint16_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
-        float o0[MAXROWS], o1[MAXROWS];
-        BLOCKS(BF16_CASE, F_BLOCK)
-        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
-    }
-}
-#else
-/* Builds without AVX512-BF16 (AVX2, AVX-512 without BF16): the same bfloat16 GEMV in float32. A
-   bfloat16 is the top half of a float32, so widening is a 16-bit shift, and the product of two
-   bfloat16 values is exact in float32: each row is a float32 dot product of the widened operands,
-   summed by FMA (vdpbf16ps sums the same exact products with its own rounding, so results agree
-   to float32 rounding with the avx512bf16 build and bit for bit among the others). */
-INLINE void bf16w_rows(const uint16_t *x, int K, const uint16_t *w0, const uint16_t *w1, int M, float *o0, float *o1) {
+INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int M, float *o0, float *o1,
+                       int kind) {
+    const int es = W_BYTES(kind), per = kind == W_BF16_DOT ? 32 : 16; /* inputs per iteration */
     vf a0[MAXM], a1[MAXM];
     for (int m = 0; m < M; m++) { a0[m] = vf_zero(); a1[m] = vf_zero(); }
-    for (int k = 0; k < K; k += 16) {
-        if ((k & 31) == 0) {
-            _mm_prefetch((const char *)(w0 + k + PF / 2), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w1 + k + PF / 2), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w0 + k + 2 * PF), _MM_HINT_T1);
-            _mm_prefetch((const char *)(w1 + k + 2 * PF), _MM_HINT_T1);
+    for (int k = 0; k < K; k += per) {
+        int64_t at = (int64_t)k * es;
+        if ((at & 63) == 0) { /* once per cache line */
+            _mm_prefetch(w0 + at + PF, _MM_HINT_T0);
+            _mm_prefetch(w1 + at + PF, _MM_HINT_T0);
+            _mm_prefetch(w0 + at + 4 * PF, _MM_HINT_T1);
+            _mm_prefetch(w1 + at + 4 * PF, _MM_HINT_T1);
         }
-        vf v0 = vf_load_bf16(w0 + k), v1 = vf_load_bf16(w1 + k);
+#ifdef __AVX512BF16__
+        if (kind == W_BF16_DOT) {
+            __m512bh v0 = (__m512bh)_mm512_loadu_si512((const void *)(w0 + at));
+            __m512bh v1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + at));
+            for (int m = 0; m < M; m++) {
+                __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + (int64_t)m * K * es + at));
+                DPBF16(a0[m], xv, v0);
+                DPBF16(a1[m], xv, v1);
+            }
+            continue;
+        }
+#endif
+        vf v0 = load_f32(w0 + at, kind), v1 = load_f32(w1 + at, kind);
         for (int m = 0; m < M; m++) {
-            vf xv = vf_load_bf16(x + (int64_t)m * K + k);
+            vf xv = load_f32(x + (int64_t)m * K * es + at, kind);
             a0[m] = vf_fmadd(xv, v0, a0[m]);
             a1[m] = vf_fmadd(xv, v1, a1[m]);
         }
@@ -390,17 +347,35 @@ INLINE void bf16w_rows(const uint16_t *x, int K, const uint16_t *w0, const uint1
     for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
 }
 
-#define BF16W_CASE(MM) case MM: bf16w_rows(x + (int64_t)m0 * K, K, w0, w1, MM, o0 + m0, o1 + m0); break;
+/* Weight row pairs P0 .. of a float GEMV whose rows run CASE (one per kind below: a macro rather
+   than a function, so that OpenMP's outlined loop sees the kind as a constant). An odd N repeats
+   its last row. */
+#define FLOAT_CASE(MM, KIND) case MM: float_rows(xb + (int64_t)m0 * K * es, K, w0, w1, MM, o0 + m0, o1 + m0, KIND); break;
+#define F32_CASE(MM) FLOAT_CASE(MM, W_F32)
+#define BF16_WIDE_CASE(MM) FLOAT_CASE(MM, W_BF16_WIDE)
+#define BF16_DOT_CASE(MM) FLOAT_CASE(MM, W_BF16_DOT)
+#define FLOAT_PAIRS(KIND, CASE, P0) do { \
+    const char *xb = (const char *)x, *wb = (const char *)w; \
+    const int64_t es = W_BYTES(KIND); \
+    int pairs = (N + 1) / 2; \
+    _Pragma("omp parallel for schedule(static) num_threads(nthreads)") \
+    for (int p = (P0); p < pairs; p++) { \
+        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p; \
+        const char *w0 = wb + (int64_t)n0 * K * es, *w1 = wb + (int64_t)n1 * K * es; \
+        float o0[MAXROWS], o1[MAXROWS]; \
+        BLOCKS(CASE, F_BLOCK) \
+        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; } \
+    } } while (0)
+
+void fd_f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int nthreads) {
+    FLOAT_PAIRS(W_F32, F32_CASE, 0);
+}
 
 void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
-    int pairs = (N + 1) / 2;
-    #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (int p = 0; p < pairs; p++) {
-        int n0 = 2 * p, n1 = 2 * p + 1 < N ? 2 * p + 1 : 2 * p;
-        const uint16_t *w0 = w + (int64_t)n0 * K, *w1 = w + (int64_t)n1 * K;
-        float o0[MAXROWS], o1[MAXROWS];
-        BLOCKS(BF16W_CASE, F_BLOCK)
-        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; }
-    }
-}
+#ifdef __AVX512BF16__
+    int done = bf16_amx(x, M, K, w, N, y, nthreads) / 2; /* rows [0, 2 done) */
+    FLOAT_PAIRS(W_BF16_DOT, BF16_DOT_CASE, done);
+#else
+    FLOAT_PAIRS(W_BF16_WIDE, BF16_WIDE_CASE, 0);
 #endif
+}
