@@ -100,6 +100,33 @@ def test_float32_gemv_is_the_same_in_every_build(m, k, n):
     assert torch.allclose(next(iter(results.values())), x @ w.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4", "float32", "bfloat16"])
+def test_a_batch_of_more_rows_than_one_pass_gives_each_row_its_solo_bits(kind):
+    """130 rows (65 requests with CFG: more than one kernel pass of 64 takes) against each row, and
+    a few rows, alone: the bits a request gets do not depend on the size of its batch."""
+    k, n = 256, 40
+    w = torch.randn(n, k, generator=_gen(3)) / math.sqrt(k)
+    if kind == "int8":
+        q, scale = formats.quantize_int8(w)
+        packed = formats.kernel_layout(q, 32, k)
+        fn = lambda x: kernels.q8_gemv(x, packed, scale, n)  # noqa: E731
+    elif kind == "int4":
+        m = quant.Int4Linear.from_float(w, 32)
+        fn = lambda x: kernels.q4_gemv(x, m.qweight, m.tscale, m.rscale, m.offsets, m.oscale, 32, n)  # noqa: E731
+    else:
+        weight = w.to(torch.bfloat16 if kind == "bfloat16" else torch.float32)
+        fn = lambda x: kernels.float_gemv(x, weight)  # noqa: E731
+    x = torch.randn(130, k, generator=_gen(4))
+
+    def solo_and_batched():
+        whole = fn(x)
+        for rows in ([0], [63], [64], [129], [1, 2, 3], list(range(60, 70))):
+            assert torch.equal(fn(x[rows]), whole[rows]), rows
+        return whole
+
+    _all_equal({b: r for b, r in _each_build(solo_and_batched).items() if kind != "bfloat16" or b != "avx512bf16"})
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 64, 31), (2, 1024, 40), (9, 256, 17)])
 def test_bfloat16_gemv_in_every_build(m, k, n):
     """Bit for bit among the builds that widen bfloat16 to float32; the avx512bf16 build's

@@ -123,6 +123,27 @@ def test_slot_batch_members_with_mixed_settings_draw_their_solo_codes(tts):
             assert torch.equal(batch.codes(slot), solo[i]), (order, i)
 
 
+def test_a_member_of_a_batch_past_one_kernel_pass_draws_its_solo_codes(tts):
+    """33 members are 66 rows with CFG, more than one kernel pass of 64: the step still gives
+    each member the codes it gets alone (the kernels take the rows 64 at a time, each with its
+    solo arithmetic; a BLAS would choose its kernel by the row count)."""
+    from fastdia.dia1.options import GenerationConfig
+    from fastdia.dia1.slots import SlotBatch
+    from fastdia.text import tokenize
+
+    g = tts._generator
+    ask = GenerationConfig(max_tokens=40, seed=7)
+    solo = g.generate([tokenize("[S1] One of many.")], [None], ask)[0]
+    batch = SlotBatch(g, 33, 40)
+    for i in range(32):
+        batch.join(tokenize(f"[S2] Company {i}."), None, GenerationConfig(max_tokens=40, seed=100 + i))
+    slot = batch.join(tokenize("[S1] One of many."), None, ask)
+    with torch.inference_mode():
+        while not batch.members[slot].finished:
+            batch.step()
+    assert torch.equal(batch.codes(slot), solo)
+
+
 def test_the_kernels_candidate_search_is_top_ids_bit_for_bit():
     """fastdia's C selection (backends/cpu/kernels.top_ids, where the kernels run) returns exactly
     the ids of nn.sampling.top_ids, ties (equal values, signed zeros, -inf, NaN) included."""

@@ -138,7 +138,7 @@ class _StepPlan:
 
     @classmethod
     def build(cls, lib, dec: Decoder, cache, cross: CrossState, rows: int, nthreads: int) -> "_StepPlan | None":
-        if rows > cpu_kernels.MAX_ROWS or not all(t.is_contiguous() for t in (*cache.k, *cache.v, *cross.k, *cross.v)):
+        if not all(t.is_contiguous() for t in (*cache.k, *cache.v, *cross.k, *cross.v)):
             return None
         projections = []
         for layer in dec.layers:

@@ -151,7 +151,7 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_q8_gemv.restype = None
     lib.fd_q4_gemv.argtypes = [p, i, i, p, p, p, p, p, i, i, p, i, p, p, i]
     lib.fd_q4_gemv.restype = None
-    lib.fd_f32_gemv.argtypes = [p, i, i, p, i, p, i]
+    lib.fd_f32_gemv.argtypes = [p, i, i, p, i, p, i, i]
     lib.fd_f32_gemv.restype = None
     lib.fd_add_rmsnorm.argtypes = [p, p, p, ctypes.c_float, i, i, p]
     lib.fd_add_rmsnorm.restype = None
@@ -183,7 +183,7 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
     lib.fd_depformer_frame.restype = i
-    lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i]
+    lib.fd_bf16_gemv.argtypes = [p, i, i, p, i, p, i, i]
     lib.fd_bf16_gemv.restype = None
     lib.fd_amx_probe.argtypes = []
     lib.fd_amx_probe.restype = i
@@ -270,7 +270,8 @@ def _library() -> ctypes.CDLL:
 
 
 def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
-    """`x (M, K) float32 @ (W (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, M <= MAX_ROWS.
+    """`x (M, K) float32 @ (W (N, K) int8 * scale (N,)).T` -> `(M, N)` float32, any M (the kernel
+    takes MAX_ROWS rows at a time; each row's bits are those it gets alone).
 
     `w` is W in the kernel's layout, `fastdia.quant.formats.kernel_layout(W, 32, K)`."""
     m, k = x.shape
@@ -284,7 +285,7 @@ def q8_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, n: int) -> to
 
 def q4_gemv(x: torch.Tensor, w: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offset: torch.Tensor,
             oscale: torch.Tensor, group: int, n: int) -> torch.Tensor:
-    """`x (M, K) float32` times an int4 weight of N rows -> `(M, N)` float32, M <= MAX_ROWS.
+    """`x (M, K) float32` times an int4 weight of N rows -> `(M, N)` float32, any M (as `q8_gemv`).
 
     Format in fastdia.quant.quantize_int4, with `w` and `tscale` in row pairs (`tile_pairs`)."""
     m, k = x.shape
@@ -478,7 +479,7 @@ def amx_self_check() -> str | None:
 
 
 def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`x (M, K) @ w (N, K).T` -> `(M, N)` float32 for a float32 or bfloat16 `w`, M <= MAX_ROWS.
+    """`x (M, K) @ w (N, K).T` -> `(M, N)` float32 for a float32 or bfloat16 `w`, any M (as `q8_gemv`).
 
     float32 weights take float32 activations; bfloat16 weights take bfloat16 activations (x is
     rounded to bfloat16, as a bfloat16 model's activations are) with float32 accumulation.
@@ -488,8 +489,8 @@ def float_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = torch.empty((m, n), dtype=torch.float32)
     if w.dtype == torch.bfloat16:
         xb = x.to(torch.bfloat16).contiguous()
-        _library().fd_bf16_gemv(_ptr(xb), m, k, _ptr(w), n, _ptr(y), torch.get_num_threads())
+        _library().fd_bf16_gemv(_ptr(xb), m, k, _ptr(w), n, _ptr(y), n, torch.get_num_threads())
     else:
         xf = x.float().contiguous()
-        _library().fd_f32_gemv(_ptr(xf), m, k, _ptr(w), n, _ptr(y), torch.get_num_threads())
+        _library().fd_f32_gemv(_ptr(xf), m, k, _ptr(w), n, _ptr(y), n, torch.get_num_threads())
     return y

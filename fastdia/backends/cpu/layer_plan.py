@@ -30,16 +30,21 @@ from dataclasses import dataclass
 import torch
 
 from ...quant.modules import Int4Linear, Int8Linear
+from . import kernels as cpu_kernels
+from .packed import GemvLinear
 
 
 def blocks(module) -> list | None:
     """The kernel modules that compute `module`'s outputs, in output order, or None when one is
-    not a fastdia int8/int4 kernel module (float weights, torch's int4 packing)."""
+    not a fastdia kernel module: int8, int4 or a float32 GEMV (not bfloat16 weights, torch's int4
+    packing, oneDNN's packed float32)."""
     first, rest = getattr(module, "first", None), getattr(module, "rest", None)
     if first is not None and rest is not None:
         a, b = blocks(first), blocks(rest)
         return None if a is None or b is None else a + b
     if isinstance(module, (Int8Linear, Int4Linear)) and module.use_kernel:
+        return [module]
+    if isinstance(module, GemvLinear) and module.weight.dtype == torch.float32 and cpu_kernels.available():
         return [module]
     return None
 
@@ -81,7 +86,7 @@ class Program:
 
     WORDS = 16  # per call, as PROGRAM_WORDS in csrc/plan.c: the id and up to 15 arguments
     OPS = {"fd_q8_gemv": 1, "fd_q4_gemv": 2, "fd_add_rmsnorm": 3, "fd_qk_norm": 4, "fd_self_attn": 5,
-           "fd_silu_mul": 6, "fd_cross_attn": 7, "fd_rope": 8}
+           "fd_silu_mul": 6, "fd_cross_attn": 7, "fd_rope": 8, "fd_f32_gemv": 9}
 
     def __init__(self, lib, calls: list) -> None:
         table = torch.zeros(len(calls), self.WORDS, dtype=torch.int64)
@@ -118,7 +123,10 @@ def projection_calls(lib, modules, x: torch.Tensor, y: torch.Tensor, ldy: int, r
     for m in modules:
         keep.append(m)
         dst = p(y) + 4 * col
-        if isinstance(m, Int8Linear):
+        if isinstance(m, GemvLinear):
+            calls.append((lib.fd_f32_gemv, (p(x), rows, m.in_features, p(m.weight), m.out_features, dst, ldy,
+                                            nthreads)))
+        elif isinstance(m, Int8Linear):
             calls.append((lib.fd_q8_gemv, (p(x), rows, m.in_features, p(m.qweight), p(m.scales), m.out_features, dst,
                                            ldy, p(xq), nthreads)))
         else:
@@ -228,12 +236,10 @@ class LayerPlan:
 
 def build(lib, specs: list[LayerSpec], final_norm, cache, rows: int, hq: int, hkv: int, d: int,
           nthreads: int, head=None, share: LayerPlan | None = None) -> LayerPlan | None:
-    """A plan when every projection (and `head`, a module, if given) is a kernel module, the rows
-    fit one kernel call and the cache is float32, else None."""
-    from .kernels import MAX_ROWS
-
-    if rows > MAX_ROWS or cache.k[0].dtype != torch.float32 \
-            or not all(t.is_contiguous() for t in (*cache.k, *cache.v)):
+    """A plan when every projection (and `head`, a module, if given) is a kernel module and the
+    cache is float32, else None. Any row count: the kernels take a batch's rows 64 at a time, each
+    row with the arithmetic it has alone."""
+    if cache.k[0].dtype != torch.float32 or not all(t.is_contiguous() for t in (*cache.k, *cache.v)):
         return None
     resolved = []
     for s in specs:

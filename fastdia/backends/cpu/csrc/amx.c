@@ -300,7 +300,7 @@ static void bf16_amx_b(const uint16_t *x, int M, int K, uint16_t *bt) {
 }
 
 /* Weight rows [0, 16 * (N / 16)) of fd_bf16_gemv on AMX; returns how many it did. */
-static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
+static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int ldy, int nthreads) {
     int blocks = N / 16, chunks = K / 32, rbs = (M + 15) / 16;
     if (!amx_mode || !(amx_kinds & 2) || blocks == 0 || K % 32 || rbs > AMX_C_TILES) return 0;
     uint16_t *bt = (uint16_t *)b_scratch((size_t)rbs * chunks * 1024);
@@ -339,7 +339,7 @@ static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, f
                     default: T_STORE(emu, 7, cf, 64); break;
                 }
                 for (int mi = 0; mi < 16 && 16 * rb + mi < M; mi++)
-                    for (int i = 0; i < 16; i++) y[(int64_t)(16 * rb + mi) * N + n0 + i] = cf[i][mi];
+                    for (int i = 0; i < 16; i++) y[(int64_t)(16 * rb + mi) * ldy + n0 + i] = cf[i][mi];
             }
         }
         tiles_end(emu);

@@ -12,7 +12,7 @@
 
 #define PROGRAM_WORDS 16 /* per call: the id and up to 15 arguments */
 
-enum { OP_Q8 = 1, OP_Q4, OP_ADD_RMSNORM, OP_QK_NORM, OP_SELF_ATTN, OP_SILU_MUL, OP_CROSS_ATTN, OP_ROPE };
+enum { OP_Q8 = 1, OP_Q4, OP_ADD_RMSNORM, OP_QK_NORM, OP_SELF_ATTN, OP_SILU_MUL, OP_CROSS_ATTN, OP_ROPE, OP_F32 };
 
 /* The kernels are those of wonly.c and decode.c, which come first in the one compilation unit
    (fastdia.backends.cpu.kernel_build.SOURCES). */
@@ -55,6 +55,9 @@ int fd_run_program(const int64_t *program, int n) {
             break;
         case OP_ROPE:
             fd_rope(P(0), P(1), P(2), I(3), I(4), I(5));
+            break;
+        case OP_F32:
+            fd_f32_gemv(P(0), I(1), I(2), P(3), I(4), P(5), I(6), I(7));
             break;
         default:
             return c + 1;

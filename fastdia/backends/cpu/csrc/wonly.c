@@ -55,7 +55,7 @@ static void quant_rows(const float *x, int M, int K, int16_t *xq, float *sx) {
 static int q8_amx(const int16_t *xq, const float *sx, int M, int K, const int8_t *w, const float *scale, int N,
                   float *y, int ldy, int nthreads);
 #ifdef __AVX512BF16__
-static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads);
+static int bf16_amx(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int ldy, int nthreads);
 #endif
 
 #define DPWSSD V_DPWSSD /* acc += pairwise int16 dot products, in place (csrc/simd.h) */
@@ -148,10 +148,8 @@ static inline int split_rows(int M, int K) {
 #define Q8_TILE_PART(MM) case MM: q8_part(xq + (int64_t)m0 * K, K, k0, k0 + GROUP_CHUNK, \
                                           w + (int64_t)q * 2 * K + 2 * (int64_t)k0, MM, acc[q - pa]); break;
 
-/* y is M rows of ldy floats (ldy >= N): a caller can write several projections of one input
-   side by side into one buffer. */
-void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
-                float *y, int ldy, int16_t *xq, int nthreads) {
+static void q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
+                    float *y, int ldy, int16_t *xq, int nthreads) {
     float sx[MAXROWS];
     quant_rows(x, M, K, xq, sx);
     int pairs = (N + 1) / 2, groups = (pairs + GROUP_PAIRS - 1) / GROUP_PAIRS;
@@ -264,9 +262,9 @@ INLINE float offset_dot(const int8_t *off, const float *xs, int G) {
 
 #define Q4_CASE(MM) case MM: q4_rows(xq + (int64_t)m0 * K, K, tile, tt, group_shift, MM, o0 + m0, o1 + m0); break;
 
-void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
-                const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
-                float *xsum, int nthreads) { /* y as in fd_q8_gemv */
+static void q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
+                    const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
+                    float *xsum, int nthreads) { /* y as in fd_q8_gemv */
     float sx[MAXROWS];
     quant_rows(x, M, K, xq, sx);
     int G = K / group, group_shift = 0;
@@ -364,18 +362,49 @@ INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int
         const char *w0 = wb + (int64_t)n0 * K * es, *w1 = wb + (int64_t)n1 * K * es; \
         float o0[MAXROWS], o1[MAXROWS]; \
         BLOCKS(CASE, F_BLOCK) \
-        for (int m = 0; m < M; m++) { y[(int64_t)m * N + n0] = o0[m]; y[(int64_t)m * N + n1] = o1[m]; } \
+        for (int m = 0; m < M; m++) { y[(int64_t)m * ldy + n0] = o0[m]; y[(int64_t)m * ldy + n1] = o1[m]; } \
     } } while (0)
 
-void fd_f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int nthreads) {
+static void f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int ldy, int nthreads) {
     FLOAT_PAIRS(W_F32, F32_CASE, 0);
 }
 
-void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int nthreads) {
+static void bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int ldy, int nthreads) {
 #ifdef __AVX512BF16__
-    int done = bf16_amx(x, M, K, w, N, y, nthreads) / 2; /* rows [0, 2 done) */
+    int done = bf16_amx(x, M, K, w, N, y, ldy, nthreads) / 2; /* rows [0, 2 done) */
     FLOAT_PAIRS(W_BF16_DOT, BF16_DOT_CASE, done);
 #else
     FLOAT_PAIRS(W_BF16_WIDE, BF16_WIDE_CASE, 0);
 #endif
+}
+
+/* The entry points take any number of rows, MAXROWS at a time: the weights are read once per
+   MAXROWS rows, and a row's arithmetic is the same in every chunk and block, so a batch of 64
+   requests (128 rows with CFG) gets, row for row, the bits each request gets alone. y is M rows
+   of ldy floats (ldy >= N): a caller can write several projections of one input side by side. */
+#define ROW_CHUNKS(CALL) \
+    for (int m0 = 0; m0 < M; m0 += MAXROWS) { \
+        int mm = M - m0 < MAXROWS ? M - m0 : MAXROWS; \
+        CALL; \
+    }
+
+void fd_q8_gemv(const float *x, int M, int K, const int8_t *w, const float *scale, int N,
+                float *y, int ldy, int16_t *xq, int nthreads) { /* xq: room for M x K */
+    ROW_CHUNKS(q8_gemv(x + (int64_t)m0 * K, mm, K, w, scale, N, y + (int64_t)m0 * ldy, ldy, xq + (int64_t)m0 * K,
+                       nthreads))
+}
+
+void fd_q4_gemv(const float *x, int M, int K, const uint8_t *w, const uint8_t *tscale, const float *rscale,
+                const int8_t *offset, const float *oscale, int group, int N, float *y, int ldy, int16_t *xq,
+                float *xsum, int nthreads) { /* xq: room for M x K; xsum for M x K / group */
+    ROW_CHUNKS(q4_gemv(x + (int64_t)m0 * K, mm, K, w, tscale, rscale, offset, oscale, group, N, y + (int64_t)m0 * ldy,
+                       ldy, xq + (int64_t)m0 * K, xsum + (int64_t)m0 * (K / group), nthreads))
+}
+
+void fd_f32_gemv(const float *x, int M, int K, const float *w, int N, float *y, int ldy, int nthreads) {
+    ROW_CHUNKS(f32_gemv(x + (int64_t)m0 * K, mm, K, w, N, y + (int64_t)m0 * ldy, ldy, nthreads))
+}
+
+void fd_bf16_gemv(const uint16_t *x, int M, int K, const uint16_t *w, int N, float *y, int ldy, int nthreads) {
+    ROW_CHUNKS(bf16_gemv(x + (int64_t)m0 * K, mm, K, w, N, y + (int64_t)m0 * ldy, ldy, nthreads))
 }
