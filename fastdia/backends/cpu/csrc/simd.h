@@ -62,6 +62,7 @@ V_INLINE float vf_reduce_add(vf v) {
     return v_reduce8(_mm256_add_ps(_mm512_castps512_ps256(v),
                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
+V_INLINE vf vf_in_reg(vf v) { __asm__("" : "+v"(v)); return v; } /* see float_rows (wonly.c) */
 V_INLINE float vf_reduce_max(vf v) { return _mm512_reduce_max_ps(v); }
 V_INLINE vf vf_from_vi(vi a) { return _mm512_cvtepi32_ps(a); }
 
@@ -143,6 +144,7 @@ V_INLINE __m256 v_scalef8(__m256 p, __m256 n) {
 }
 V_INLINE vf vf_scalef(vf p, vf n) { return (vf){v_scalef8(p.lo, n.lo), v_scalef8(p.hi, n.hi)}; }
 V_INLINE float vf_reduce_add(vf v) { return v_reduce8(_mm256_add_ps(v.lo, v.hi)); }
+V_INLINE vf vf_in_reg(vf v) { __asm__("" : "+v"(v.lo), "+v"(v.hi)); return v; } /* see float_rows (wonly.c) */
 V_INLINE float vf_reduce_max(vf v) {
     __m256 s = _mm256_max_ps(v.lo, v.hi);
     __m128 q = _mm_max_ps(_mm256_extractf128_ps(s, 1), _mm256_castps256_ps128(s));

@@ -337,7 +337,8 @@ INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int
 #endif
         vf v0 = load_f32(w0 + at, kind), v1 = load_f32(w1 + at, kind);
         for (int m = 0; m < M; m++) {
-            vf xv = load_f32(x + (int64_t)m * K * es + at, kind);
+            /* in a register: GCC otherwise folds the load into both FMAs, two loads where one does */
+            vf xv = vf_in_reg(load_f32(x + (int64_t)m * K * es + at, kind));
             a0[m] = vf_fmadd(xv, v0, a0[m]);
             a1[m] = vf_fmadd(xv, v1, a1[m]);
         }
