@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends.cpu.threads import release_pool
 from ..errors import FastDiaError, GenerationError
 from ..dia2.slots import LiveText
 from .live_text import checked_live_text
@@ -297,6 +298,9 @@ class Engine:
 
     def start(self) -> None:
         if self._thread is None:
+            # The calling thread loaded the model: its OpenMP pool, kept, would make the engine
+            # thread's pool sleep between kernel calls (fastdia.backends.cpu.threads).
+            release_pool()
             self._thread = threading.Thread(target=self._run, name=f"fastdia-engine-{self.model_id}", daemon=True)
             self._thread.start()
 
@@ -331,6 +335,7 @@ class Engine:
 
     # ------------------------------------------------------------------ the scheduler thread
     def _run(self) -> None:
+        pooled = False  # whether this thread may hold an OpenMP pool since it last released it
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -338,11 +343,14 @@ class Engine:
                     # every 50 ms (timeouts and cancellations of waiting requests are checked then).
                     while not self._stop and not (self._pending and self.runner.free()) \
                             and (not self.runner.active or self._idle()):
+                        if pooled:  # an idle engine's pool would slow the busy ones' (backends.cpu.threads)
+                            pooled = not release_pool()
                         self._cond.wait(timeout=0.05)
                         self._sweep_queue()
                     if self._stop:
                         break
                 try:
+                    pooled = True
                     self._cycle()
                 except Exception as exc:  # a bug: fail what is running rather than hang it
                     log.exception("engine %s: step failed", self.model_id)

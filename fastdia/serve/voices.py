@@ -13,6 +13,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..backends.cpu.threads import release_pool
 from ..errors import AudioError, VoiceError
 from ..voices import Voice, VoiceStore
 
@@ -98,7 +99,11 @@ class VoiceEncoder:
             Path(tmp).unlink(missing_ok=True)
         with self._lock:
             codec = self._load()
-            codes = codec.encode(wave, rate)
+            try:
+                codes = codec.encode(wave, rate)
+            finally:
+                # this worker thread's OpenMP pool would slow the engines' every kernel call
+                release_pool()
         return store.add(name, codes, transcript, codec.codec_id, codec.sample_rate, source=filename,
                          force=force, hop_length=codec.hop_length, audio=resample(to_mono(wave), rate, AUDIO_RATE))
 
