@@ -60,3 +60,22 @@ def test_an_engine_started_here_leaves_no_pool_to_this_thread_and_its_own_when_i
     """)
     loaded, started, idle, spoke = got.split()
     assert spoke == "True" and int(started) == int(loaded) and int(idle) <= int(started), got
+
+
+def test_loading_a_model_leaves_no_pool_to_the_loading_thread():
+    """A model loaded on one thread and used on another (a web app's worker threads) is stepped
+    at full speed: loading hands its OpenMP workers back."""
+    got = _run("""
+        import os, torch, warnings
+        warnings.simplefilter("ignore")
+        torch.set_num_threads(2)
+        import fastdia
+        tasks = lambda: len(os.listdir("/proc/self/task"))
+        before = tasks()
+        torch.ones(1 << 24).add_(1.0)
+        with_pool = tasks()
+        fastdia.load("dia2-tiny-random")
+        print(before, with_pool, tasks())
+    """)
+    before, with_pool, after = got.split()
+    assert int(with_pool) > int(before) and int(after) < int(with_pool), got

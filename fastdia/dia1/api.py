@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..backends.cpu.threads import release_pool
 from ..backends.device import resolve_device, resolve_dtype
 from .checkpoint import _choose_files as choose_files
 from .checkpoint import load_model, source_parameters, source_quantization
@@ -117,6 +118,7 @@ class Dia:
         dt = resolve_dtype(dtype, dev, source_parameters(model), mode or source_quantization(model))
         # Quantized models are built tensor by tensor, never holding a float copy of the whole.
         loaded = load_model(model, dev, dt, quantize=mode)
+        release_pool()  # loading's OpenMP workers: kept, they would slow generation on any other thread
         return cls(loaded, dev, dt, codec=codec, voices_dir=voices_dir)
 
     # ------------------------------------------------------------------ info

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from ..backends.cpu.threads import release_pool
 from ..backends.device import resolve_device, resolve_dtype
 from .checkpoint import LoadedDia2, codec_source, load_dia2, load_tokenizer
 from .config import DEFAULT_CODEC, DIA2_PRESETS, PRESET_CODECS, is_dia2  # noqa: F401  (is_dia2: part of this module's API)
@@ -99,6 +100,7 @@ class Dia2:
         # bfloat16, else float32. A converted quantized folder counts as quantized.
         dt = resolve_dtype(dtype, dev, source_parameters(model), mode or source_quantization(model))
         loaded = load_dia2(model, dev, dt, quantize=mode)
+        release_pool()  # loading's OpenMP workers: kept, they would slow generation on any other thread
         return cls(loaded, dev, dt, load_tokenizer(loaded), codec_source(loaded, codec), voices_dir)
 
     # ------------------------------------------------------------------ codec

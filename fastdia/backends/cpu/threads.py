@@ -12,7 +12,8 @@ on another; full-size Dia-1 int8, 57-59 against 66 ms.
 
 `release_pool()` hands the calling thread's pool back (`omp_pause_resource_all`, OpenMP 5.0),
 so the thread that loaded a model can leave the pools to the one that steps it. A later parallel
-region in the same thread makes a new pool.
+region in the same thread makes a new pool. Called at the end of `from_pretrained` (both
+families), by `Engine.start` and by an idle engine, and after a server's voice upload is encoded.
 """
 
 from __future__ import annotations
