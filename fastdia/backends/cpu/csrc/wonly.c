@@ -313,8 +313,8 @@ INLINE vf load_f32(const char *p, int kind) { /* 16 weights or activations as fl
 INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int M, float *o0, float *o1,
                        int kind) {
     const int es = W_BYTES(kind), per = kind == W_BF16_DOT ? 32 : 16; /* inputs per iteration */
-    vf a0[MAXM], a1[MAXM];
-    for (int m = 0; m < M; m++) { a0[m] = vf_zero(); a1[m] = vf_zero(); }
+    vf a[2 * MAXM]; /* a[m]: row m times weight row w0; a[M + m]: times w1 */
+    for (int i = 0; i < 2 * M; i++) a[i] = vf_zero();
     for (int k = 0; k < K; k += per) {
         int64_t at = (int64_t)k * es;
         if ((at & 63) == 0) { /* once per cache line */
@@ -329,8 +329,8 @@ INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int
             __m512bh v1 = (__m512bh)_mm512_loadu_si512((const void *)(w1 + at));
             for (int m = 0; m < M; m++) {
                 __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(x + (int64_t)m * K * es + at));
-                DPBF16(a0[m], xv, v0);
-                DPBF16(a1[m], xv, v1);
+                DPBF16(a[m], xv, v0);
+                DPBF16(a[M + m], xv, v1);
             }
             continue;
         }
@@ -339,11 +339,15 @@ INLINE void float_rows(const char *x, int K, const char *w0, const char *w1, int
         for (int m = 0; m < M; m++) {
             /* in a register: GCC otherwise folds the load into both FMAs, two loads where one does */
             vf xv = vf_in_reg(load_f32(x + (int64_t)m * K * es + at, kind));
-            a0[m] = vf_fmadd(xv, v0, a0[m]);
-            a1[m] = vf_fmadd(xv, v1, a1[m]);
+            a[m] = vf_fmadd(xv, v0, a[m]);
+            a[M + m] = vf_fmadd(xv, v1, a[M + m]);
         }
     }
-    for (int m = 0; m < M; m++) { o0[m] = vf_reduce_add(a0[m]); o1[m] = vf_reduce_add(a1[m]); }
+    float out[2 * MAXM];
+    int i = 0;
+    for (; i + V_REDUCE_GROUP <= 2 * M; i += V_REDUCE_GROUP) vf_reduce_group(a + i, out + i);
+    for (; i < 2 * M; i++) out[i] = vf_reduce_add(a[i]);
+    for (int m = 0; m < M; m++) { o0[m] = out[m]; o1[m] = out[M + m]; }
 }
 
 /* Weight row pairs P0 .. of a float GEMV whose rows run CASE (one per kind below: a macro rather
