@@ -9,7 +9,7 @@ and calls the model's own projection modules (float, int8 or int4: whatever quan
 there) for the matmuls. Anything else (prefill, other dtypes or devices) goes to
 `Decoder.forward` unchanged.
 
-When every projection is one of fastdia's int8/int4 kernel modules, the step's ~200 C calls are
+When every projection is one of fastdia's kernel modules (int8, int4, float32), the step's ~200 C calls are
 bound once per KV cache, cross state and row count (`_StepPlan`, as fastdia.backends.cpu.layer_plan
 does for Dia2): the same calls in the same order, so the same numbers, without the Python around
 each.

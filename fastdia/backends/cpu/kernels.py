@@ -56,12 +56,13 @@ import torch
 from . import kernel_build
 from .features import announce, cpu_features
 
-# The most activation rows one kernel call takes: a batched decode step (two CFG rows per request,
-# up to 32 requests). A call streams each weight once from DRAM for all its rows (csrc/wonly.c runs
-# its register kernel on blocks of 8 rows while a weight row pair sits in L1), and computes each row
-# with the same instructions whatever rows sit beside it, so a request's numbers do not depend on
-# the batch it decodes in (a BLAS picks other kernels, and other rounding, by row count). More rows
-# (encoder, prefill) are compute-bound and go to the dense fallback.
+# The most activation rows one pass of a kernel takes (csrc/wonly.c: a call of more rows runs them
+# MAX_ROWS at a time, so a batched decode step may hold any number of requests, two CFG rows each).
+# A pass streams each weight once from DRAM for all its rows (the register kernel runs blocks of 8
+# rows while a weight row pair sits in L1), and computes each row with the same instructions
+# whatever rows sit beside it, so a request's numbers do not depend on the batch it decodes in (a
+# BLAS picks other kernels, and other rounding, by row count). Modules send longer inputs of one
+# sequence (encoder, prefill: compute-bound) to the dense fallback past this many rows.
 MAX_ROWS = 64
 
 _SOURCE_DIR = kernel_build.SOURCE_DIR

@@ -6,7 +6,7 @@ output allocations, `.float().contiguous()`, pointer lookups. On a quantized 2B 
 ~650 us per depformer stage: a frame of 31 stages took ~85 ms, of which ~22 ms remained with
 every matrix-vector call stubbed out (2 Zen 4 cores).
 
-When every projection of a stack is one of fastdia's int8/int4 kernel modules, `build()` binds
+When every projection of a stack is one of fastdia's kernel modules (int8, int4, float32), `build()` binds
 everything once for a row count and a KV cache: the weights' pointers, buffers for the residual
 stream, the norms' output, QKV (the projections of one input write side by side into one buffer),
 the attention output and the MLP activations, and the scratch the kernels use. `LayerPlan.run()`
