@@ -74,19 +74,13 @@ def _kernels() -> bool:
 
 
 def _row_blocks(x: torch.Tensor, out_features: int, gemv) -> torch.Tensor:
-    """`gemv` (a decode kernel call, at most MAX_ROWS rows) over many rows (a prefill: the text's
-    cross-attention K/V, an audio prompt), a block of rows at a time: each block reads the weight
-    once. Against dequantizing the weight a block of output rows at a time for an sgemm each (the
-    previous prefill path): 1.7-2.5x faster for 200-300 rows of Dia's shapes, int8 and int4, on 2
-    Zen 4 cores, with the decode steps' own arithmetic (activations rounded to 15 bits per row:
-    ~1e-4 relative difference)."""
-    step = _cpu_kernels().MAX_ROWS
-    if x.shape[0] <= step:
-        return gemv(x)
-    y = torch.empty((x.shape[0], out_features), dtype=torch.float32)
-    for r0 in range(0, x.shape[0], step):
-        y[r0: r0 + step] = gemv(x[r0: r0 + step])
-    return y
+    """`gemv` (a kernel call) over many rows: a prefill (the text's cross-attention K/V, an audio
+    prompt) or a large batch. The kernel takes them MAX_ROWS at a time, each pass reading the
+    weight once. Against dequantizing the weight a block of output rows at a time for an sgemm
+    each (the earlier prefill path): 1.7-2.5x faster for 200-300 rows of Dia's shapes, int8 and
+    int4, on 2 Zen 4 cores, with the decode steps' own arithmetic (activations rounded to 15 bits
+    per row: ~1e-4 relative difference)."""
+    return gemv(x)  # (rows, out_features)
 
 
 _KERNELS = None
