@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastdia.backends.cpu import kernels as cpu_kernels
+from fastdia.backends.cpu.features import cpu_features
 from fastdia.dia2.generation import cfg_filter
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="fastdia's CPU kernels are not built here")
@@ -78,3 +79,20 @@ def test_the_greedy_pick_is_torchs_argmax_bit_for_bit():
                     assert cpu_kernels.cfg_greedy(x, scale, k) == want, (V, scale, k, kind)
                     trials += 1
     assert trials == 4 * 10 * 5 * 6
+
+
+@pytest.mark.parametrize("v", [1028, 37])
+def test_dia1_guided_logits_are_torchs_bit_for_bit(v):
+    """Dia-1's `cond + s * (cond - uncond)` in one C pass against torch's three operations, per-row
+    scales (0, 1, 3, negative), NaN and infinities included, a width that is not a multiple of 16."""
+    g = torch.Generator().manual_seed(v)
+    logits = torch.randn(4, 2, 9, v, generator=g) * 7
+    logits[0, 1, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    logits[1, 0, 2, 5] = float("inf")
+    scale = torch.tensor([3.0, 0.0, 1.0, -2.5])
+    uncond, cond = logits[:, 0], logits[:, 1]
+    want = cond + scale.view(4, 1, 1) * (cond - uncond)
+    for build in cpu_features().kernel_variants:  # every build this CPU runs
+        with cpu_kernels.use_variant(build):
+            got = cpu_kernels.dia1_guided(logits, scale)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32)), build

@@ -81,6 +81,7 @@ class Dia1Generator:
         # ... and the rest of a draw, per row in C (greedy picks bit for bit torch's; a sampled
         # pick the same but where expf and torch's exp round a cut differently).
         self.sample_finish = cpu_kernels.sample_finish if kernels_here else None
+        self.guide = cpu_kernels.dia1_guided if kernels_here else None  # the guided logits in one pass
         # Completion checks read a flag back to the host; on GPU do it every few steps only.
         self.sync_every = 1 if device.type == "cpu" else 8
 
@@ -212,7 +213,7 @@ class Dia1Generator:
         steps = torch.full((logits.shape[0],), t + 1, dtype=torch.long, device=logits.device)
         pred = sample_rows(logits, *state.settings, state.seeds, steps, self.cfg.eos_id, state.width,
                            select=self.top_ids,
-                           finish=self.sample_finish)
+                           finish=self.sample_finish, guide=self.guide)
         nxt = state.tokens[:, t + 1]  # (B, C)
         pred = self._eos_countdown(state, pred, t + 1, teacher_forced_ch0=nxt[:, 0] != UNKNOWN)
         # Teacher forcing: prompt and BOS cells already in the grid are kept.

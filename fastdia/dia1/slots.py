@@ -218,7 +218,7 @@ class SlotBatch:
         cache, cross = self._views_of(rows)
         logits = g.decode(current, positions, cache, cross, kv_len=None).view(n, 2, n_ch, -1)
         pred = sample_rows(logits, *(x[:n] for x in self.settings), self.seeds[:n], t + 1, cfg.eos_id, self.width,
-                           select=g.top_ids, finish=g.sample_finish)
+                           select=g.top_ids, finish=g.sample_finish, guide=g.guide)
         live = self.in_use[:n] & (t < self.max_tokens[:n])
         row = (t + 1).clamp(max=self.max_len)  # a row at its limit does not advance (`live`)
         nxt = self.tokens[:n].gather(1, row.view(n, 1, 1).expand(n, 1, n_ch)).squeeze(1)  # (n, C)

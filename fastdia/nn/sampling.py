@@ -30,6 +30,7 @@ def sample_rows(
     stream: int = 0,
     select=None,
     finish=None,
+    guide=None,
 ) -> torch.Tensor:
     """CFG filter and draw for a batch whose rows each have their own settings, in one call.
 
@@ -53,13 +54,15 @@ def sample_rows(
         select: `top_ids` or a function giving the same ids (a backend's kernel); default top_ids.
         finish: a backend's kernel for the rest, from the candidates on (the same greedy picks and
             uniforms; fastdia.backends.cpu.kernels.sample_finish); default the tensor ops below.
+        guide: a backend's kernel for the guided logits, `guide(logits, cfg_scale)` -> `(B, C, V)`,
+            bit for bit the tensor ops below (fastdia.backends.cpu.kernels.dia1_guided).
 
     Returns:
         `(B, C)` long ids.
     """
     uncond, cond = logits[:, 0], logits[:, 1]
     b, c, v = cond.shape
-    guided = cond + cfg_scale.view(b, 1, 1) * (cond - uncond)
+    guided = guide(logits, cfg_scale) if guide is not None else cond + cfg_scale.view(b, 1, 1) * (cond - uncond)
     order = (select or top_ids)(guided, width)  # (B, C, W)
     if finish is not None:
         return finish(logits, order, top_k, temperature, top_p, seeds, steps, stream, eos)

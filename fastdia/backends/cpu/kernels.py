@@ -180,6 +180,8 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_cfg_greedy.restype = i
     lib.fd_cfg_guided.argtypes = [p, i, ctypes.c_float, p]
     lib.fd_cfg_guided.restype = None
+    lib.fd_dia1_guided.argtypes = [p, i, i, i, p, p]
+    lib.fd_dia1_guided.restype = None
     lib.fd_run_program.argtypes = [p, i]
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
@@ -346,6 +348,17 @@ def sample_finish(logits: torch.Tensor, order: torch.Tensor, top_k: torch.Tensor
     out = torch.empty((b, c), dtype=torch.int64)
     (_lib or _library()).fd_sample_finish(logits.data_ptr(), order.data_ptr(), b, c, v, order.shape[-1],
                                           *(a.data_ptr() for a in args), stream, eos, out.data_ptr())
+    return out
+
+
+def dia1_guided(logits: torch.Tensor, cfg_scale: torch.Tensor) -> torch.Tensor:
+    """`cond + cfg_scale[b] * (cond - uncond)` for Dia-1's `logits (B, 2, C, V)` float32 (uncond,
+    cond), bit for bit torch's three operations, in one pass (csrc/sample.c). Returns `(B, C, V)`."""
+    logits = logits.contiguous()
+    b, _, c, v = logits.shape
+    scale = cfg_scale.to(torch.float32).contiguous()
+    out = torch.empty((b, c, v), dtype=torch.float32)
+    (_lib or _library()).fd_dia1_guided(logits.data_ptr(), b, c, v, scale.data_ptr(), out.data_ptr())
     return out
 
 
