@@ -93,12 +93,12 @@ def test_bfloat16_weights_take_the_fused_float32_step(tts):
     assert 0 < rel < 0.03, rel
 
 
-@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("quantize", ["int8", "int4", None])
 @torch.inference_mode()
 def test_prepared_layer_plans_are_bitwise_the_unprepared_path(quantize):
     """layer_plan binds the same kernel calls once: decoder steps and stages equal bit for bit,
-    with plans built (int4 decoder MLPs, int8 elsewhere on the tiny model) and rebuilt for a new
-    cache."""
+    with plans built (int4 decoder MLPs, int8 elsewhere on the tiny model; float32 unquantized)
+    and rebuilt for a new cache."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = fastdia.load("dia2-tiny-random", quantize=quantize)._generator.model
@@ -156,10 +156,11 @@ def test_layer_plans_do_not_keep_a_finished_runs_cache_alive():
     assert ref() is None
 
 
-@pytest.mark.parametrize("quantize", ["int8", "int4"])
+@pytest.mark.parametrize("quantize", ["int8", "int4", None])
 @torch.inference_mode()
-def test_int8_embedding_lookups_in_c_are_bitwise_torchs(quantize):
-    """The decoder's 32 codebook tables and each stage's table (int8 in quantized models) are
+def test_embedding_lookups_in_c_are_bitwise_torchs(quantize):
+    """The decoder's 32 codebook tables and each stage's table (int8 in quantized models, float32
+    otherwise) are
     looked up and summed by one C call: the same floats as the modules' lookups and adds, and
     an id out of range is an error, not a read past the table."""
     with warnings.catch_warnings():
@@ -213,7 +214,8 @@ def test_a_program_runs_its_calls_in_c_as_ctypes_would():
 
 
 @torch.inference_mode()
-def test_the_c_frame_picks_what_the_stage_loop_picks():
+@pytest.mark.parametrize("quantize", ["int8", None])
+def test_the_c_frame_picks_what_the_stage_loop_picks(quantize):
     """FusedDia2.frame (csrc/plan.c: stages 1.. of a frame with their embeddings and draws in one
     C call) against the stage-by-stage loop (`stage`, then `pick`): the same sampled codes for a
     seeded run alone and for two scripts of other seeds and temperatures in one slot batch; the
@@ -223,7 +225,7 @@ def test_the_c_frame_picks_what_the_stage_loop_picks():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tts = fastdia.load("dia2-tiny-random", quantize="int8")
+        tts = fastdia.load("dia2-tiny-random", quantize=quantize)
     g = tts._generator
     real = g.frame
     assert real is not None

@@ -31,28 +31,34 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-class _Int8Tables:
-    """int8 embedding tables (fastdia.quant.modules.Int8Embedding, float32 output) whose rows one
-    `fd_embed_add` call looks up and adds in order; see csrc/decode.c. The tables' tensors are
-    held here, so the pointers stay valid whatever happens to the modules."""
+class _Tables:
+    """Embedding tables whose rows one `fd_embed_add` call looks up and adds in order (csrc/decode.c):
+    int8 ones (fastdia.quant.modules.Int8Embedding, float32 output) or float32 `nn.Embedding`s. The
+    tables' tensors are held here, so the pointers stay valid whatever happens to the modules."""
 
     def __init__(self, tables: list) -> None:
-        self.held = [(t.qweight, t.scales) for t in tables]
+        # (weights, scales): int8 rows and their scales, or float32 rows and None
+        self.held = [(t.qweight, t.scales) if hasattr(t, "qweight") else (t.weight, None) for t in tables]
         self.n, self.vocab, self.dim = len(tables), tables[0].num_embeddings, tables[0].embedding_dim
         self.qptr = torch.tensor([q.data_ptr() for q, _ in self.held], dtype=torch.int64)
-        self.sptr = torch.tensor([s.data_ptr() for _, s in self.held], dtype=torch.int64)
+        self.sptr = torch.tensor([0 if s is None else s.data_ptr() for _, s in self.held], dtype=torch.int64)
 
     @staticmethod
-    def of(tables) -> "_Int8Tables | None":
+    def of(tables) -> "_Tables | None":
         from ...quant.modules import Int8Embedding
 
+        def usable(t) -> bool:
+            if isinstance(t, Int8Embedding):
+                return t.dtype == torch.float32 and t.qweight.is_contiguous() and t.scales.is_contiguous()
+            # a plain lookup (fastdia.nn.layers.Embedding changes only its initialisation)
+            return isinstance(t, torch.nn.Embedding) and type(t).forward is torch.nn.Embedding.forward \
+                and t.max_norm is None and t.weight.dtype == torch.float32 and t.weight.is_contiguous()
+
         tables = list(tables)
-        if not tables or not all(isinstance(t, Int8Embedding) and t.dtype == torch.float32 for t in tables):
+        if not tables or not all(usable(t) for t in tables) \
+                or len({(t.num_embeddings, t.embedding_dim) for t in tables}) != 1:
             return None
-        if len({(t.num_embeddings, t.embedding_dim) for t in tables}) != 1 \
-                or not all(t.qweight.is_contiguous() and t.scales.is_contiguous() for t in tables):
-            return None
-        return _Int8Tables(tables)
+        return _Tables(tables)
 
     def add(self, lib, x: torch.Tensor, base: torch.Tensor | None, ids: torch.Tensor) -> None:
         """x (B, D) = base (or x) + the tables' rows for ids (B, n), table i's at column i."""
@@ -91,9 +97,9 @@ class FusedDia2:
         else:
             ones, zeros = torch.ones(1, d.head_dim // 2), torch.zeros(1, d.head_dim // 2)
             self._stage_rope = [(ones, zeros)] * model.config.n_stages
-        # int8 embedding tables looked up and added by one C call (None: torch's lookup).
-        self._dec_tables = _Int8Tables.of(model.transformer.audio_embeds)
-        self._stage_tables = [_Int8Tables.of([e]) for e in dep.audio_embeds]
+        # embedding tables (int8 or float32) looked up and added by one C call (None: torch's lookup).
+        self._dec_tables = _Tables.of(model.transformer.audio_embeds)
+        self._stage_tables = [_Tables.of([e]) for e in dep.audio_embeds]
 
     # ------------------------------------------------------------------ decoder
     def transformer(self, tokens: torch.Tensor, positions: torch.Tensor, cache, slots: torch.Tensor | None = None,
@@ -233,7 +239,7 @@ class FusedDia2:
 
     def _frame_plan(self, first: int, rows: int, cache):
         """The pointers `frame` hands to C for stages first.. at this row count and cache, or None
-        where a stage has no prepared plan or no int8 embedding table, or the plans' shapes differ."""
+        where a stage has no prepared plan or no embedding table the C lookup takes, or the plans' shapes differ."""
         plans = self._frames.for_cache(cache)
         key = (first, rows, torch.get_num_threads())
         if key not in plans:

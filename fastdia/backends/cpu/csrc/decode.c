@@ -257,13 +257,13 @@ void fd_qk_norm(float *qkv, const float *qw, const float *kw, float eps, int B, 
         }
 }
 
-/* Rows of int8 embedding tables (each row stored with one float scale), looked up and summed:
-   x[r] = base[r] (or x[r] when base is NULL) + t_0[ids[r, 0]] + t_1[ids[r, 1]] + ... in that order,
-   each looked-up row dequantized as q * scale first. Dia2 sums 32 such rows per decoder position
-   and adds one per depformer stage; through torch each table was ~6 ops. The multiply and the
-   add are rounded separately (no FMA), as torch's `table(ids)` then `x + rows` are: bitwise the
-   same sums. ids: rows x ld_ids, int64. Returns 0, or -1 (x untouched) when an id is outside
-   0 .. vocab - 1. */
+/* Rows of embedding tables, looked up and summed: x[r] = base[r] (or x[r] when base is NULL) +
+   t_0[ids[r, 0]] + t_1[ids[r, 1]] + ... in that order. A table is int8 with one float scale per
+   row (sptr[c] its scales; each looked-up row dequantized as q * scale first) or float32 (sptr[c]
+   0). Dia2 sums 32 such rows per decoder position and adds one per depformer stage; through torch
+   each table was ~6 ops. The multiply and the add are rounded separately (no FMA), as torch's
+   `table(ids)` then `x + rows` are: bitwise the same sums. ids: rows x ld_ids, int64. Returns 0,
+   or -1 (x untouched) when an id is outside 0 .. vocab - 1. */
 int fd_embed_add(float *x, const float *base, int ntab, const int64_t *qptr, const int64_t *sptr,
                  const int64_t *ids, int ld_ids, int rows, int D, int vocab) {
     for (int r = 0; r < rows; r++)
@@ -274,9 +274,17 @@ int fd_embed_add(float *x, const float *base, int ntab, const int64_t *qptr, con
         const float *br = base ? base + (int64_t)r * D : xr;
         for (int c = 0; c < ntab; c++) {
             int64_t id = ids[(int64_t)r * ld_ids + c];
+            const float *src = c == 0 ? br : xr;
+            if (!sptr[c]) { /* a float32 table */
+                const float *w = (const float *)(intptr_t)qptr[c] + id * D;
+                for (int k = 0; k < D; k += 16) {
+                    vmask mk = tail_mask(D - k);
+                    vf_storem(xr + k, mk, vf_add(vf_loadz(mk, src + k), vf_loadz(mk, w + k)));
+                }
+                continue;
+            }
             const int8_t *q = (const int8_t *)(intptr_t)qptr[c] + id * D;
             vf s = vf_set1(((const float *)(intptr_t)sptr[c])[id]);
-            const float *src = c == 0 ? br : xr;
             for (int k = 0; k < D; k += 16) {
                 vmask mk = tail_mask(D - k);
                 /* separate multiply and add: every variant is built with -ffp-contract=off */
