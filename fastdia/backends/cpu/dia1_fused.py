@@ -36,7 +36,9 @@ def supported(decoder: Decoder, device: torch.device, dtype: torch.dtype) -> boo
 
 
 class FusedDecodeStep:
-    """Callable with `Decoder.forward`'s signature; single-position calls take the fused path."""
+    """Callable with `Decoder.forward`'s signature; single-position calls take the fused path.
+    A prepared step returns its plan's logits buffer, which the next call overwrites: use (or copy)
+    the logits before stepping again."""
 
     def __init__(self, decoder: Decoder, plans: bool = True) -> None:
         self.decoder = decoder
@@ -74,8 +76,9 @@ class FusedDecodeStep:
             if dec.cross_attn_rope:
                 plan.cross_cos.copy_(cross_cos.view(b, -1))
                 plan.cross_sin.copy_(cross_sin.view(b, -1))
-            # the plan's logits buffer is overwritten by the next step
-            return plan.run().clone().view(b, 1, dec.n_channels, dec.vocab)
+            # The plan's own logits buffer, valid until this step runs again: the generator and
+            # the slot batch sample from it at once (no copy: 1.2 MB a step at 16 members).
+            return plan.run().view(b, 1, dec.n_channels, dec.vocab)
         width = x.shape[1]
         h = torch.empty_like(x)
         keep = cross.allowed.reshape(b, -1).contiguous()  # (B, S) bool
