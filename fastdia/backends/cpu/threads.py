@@ -29,11 +29,27 @@ _OMP_PAUSE_SOFT = 1  # omp_pause_soft: threads released, nothing else of the run
 _RTLD_NOLOAD = getattr(os, "RTLD_NOLOAD", 4)  # find a library only if it is already loaded
 
 
+def _loaded_runtimes() -> list[str]:
+    """The OpenMP runtimes this process has loaded, by soname and by path (a wheel may ship one
+    under a hashed file name, e.g. libgomp-<hash>.so.1)."""
+    names = ["libgomp.so.1", "libiomp5.so", "libomp.so"]
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                base = os.path.basename(path)
+                if base.startswith(("libgomp", "libiomp5", "libomp")) and path not in names:
+                    names.append(path)
+    except OSError:
+        pass
+    return names
+
+
 @functools.lru_cache(maxsize=1)
 def _pause():
     import torch  # noqa: F401  (loads the OpenMP runtime the kernels bind to)
 
-    for name in ("libgomp.so.1", "libiomp5.so", "libomp.so"):
+    for name in _loaded_runtimes():
         try:  # already loaded by torch: the same runtime, not a second copy
             lib = ctypes.CDLL(name, mode=_RTLD_NOLOAD)
         except OSError:
