@@ -162,9 +162,17 @@ def test_the_kernels_candidate_search_is_top_ids_bit_for_bit():
     x[3, 0] = 0.0
     x[3, 0, ::2] = -0.0
     x[4, 1] = x[4, 1].round()  # many ties
-    for width in (1, 2, 45, 100, 1027, 1028, 5000):
-        assert torch.equal(kernels.top_ids(x, width), top_ids(x, width)), width
-    assert torch.equal(kernels.top_ids(x[:, :, :3], 2), top_ids(x[:, :, :3], 2))
+    x[5, 2, ::37] = float("nan")
+    x[5, 2, 3::41] = -float("nan")
+    x[6, 0, ::5] = float("inf")
+    from fastdia.backends.cpu.features import cpu_features
+
+    for build in cpu_features().kernel_variants:  # each build's filter (AVX-512 compresses, AVX2 scans)
+        with kernels.use_variant(build):
+            for width in (1, 2, 45, 64, 65, 100, 1027, 1028, 5000):
+                assert torch.equal(kernels.top_ids(x, width), top_ids(x, width)), (build, width)
+            assert torch.equal(kernels.top_ids(x[:, :, :3], 2), top_ids(x[:, :, :3], 2)), build
+            assert torch.equal(kernels.top_ids(x[:, :, :37], 20), top_ids(x[:, :, :37], 20)), build
 
 
 def test_a_long_prompt_is_prefilled_between_steps_and_draws_its_solo_codes(tts):

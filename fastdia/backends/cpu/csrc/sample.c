@@ -249,7 +249,14 @@ int fd_cfg_pick_rows(const float *logits, int ld, int V, int limit, int n, const
    Per row: the keys split into `width` runs; each run's largest key is a key, so the smallest of
    those `width` maxima has at least `width` keys at or above it and bounds the answer from below.
    One pass keeps the keys at or above it (for 1028 random logits and width 45, ~100), a
-   quickselect finds the best `width` of them and qsort orders those. */
+   quickselect finds the best `width` of them and a sort orders those. A key is
+   (bits ^ ((bits >> 31) & 0x7FFFFFFF)) * span + (span - 1 - id): the float's bits made
+   order-preserving as an integer, then the lower id first. */
+static int cmp_desc(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
 static void select_top(int64_t *k, int n, int want) { /* k[0..want) = the want largest, any order */
     int lo = 0, hi = n - 1;
     while (lo < hi) {
@@ -266,16 +273,6 @@ static void select_top(int64_t *k, int n, int want) { /* k[0..want) = the want l
     }
 }
 
-static int cmp_desc(const void *a, const void *b) {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static inline int64_t id_key(const int32_t *bits, int i, int64_t span) {
-    int32_t b = bits[i];
-    return (int64_t)(b ^ ((b >> 31) & 0x7FFFFFFF)) * span + (span - 1 - i);
-}
-
 int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
     int shift = 1;
     while ((1 << shift) < V) shift++;
@@ -284,27 +281,53 @@ int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
     int failed = 0;
     #pragma omp parallel for schedule(static) reduction(| : failed)
     for (int r = 0; r < rows; r++) {
-        int64_t *k = malloc(sizeof(int64_t) * (size_t)V);
+        int64_t *k = malloc(sizeof(int64_t) * (size_t)V + sizeof(int32_t) * (size_t)V);
         if (!k) { failed = 1; continue; }
+        int32_t *ob = (int32_t *)(k + V); /* each value's order-preserving bits: its key without the id */
         const int32_t *bits = (const int32_t *)(x + (size_t)r * V);
-        int64_t floor_key = INT64_MAX;
+        for (int i = 0; i < V; i++) ob[i] = bits[i] ^ ((bits[i] >> 31) & 0x7FFFFFFF); /* vectorised */
+        /* The smallest run maximum, on the bits alone: every key of a run's largest bits is at or
+           above the run's largest key, so the keys kept below are a superset of those the whole
+           keys would keep, and still hold `width` (one per run). In 32-bit lanes, not 64-bit keys. */
+        int32_t floor_bits = INT32_MAX;
         for (int run = 0; run < width; run++) { /* runs [run*V/width, (run+1)*V/width), none empty */
             int a = (int)((int64_t)run * V / width), b = (int)((int64_t)(run + 1) * V / width);
-            int64_t best = INT64_MIN;
-            for (int i = a; i < b; i++) {
-                int64_t key = id_key(bits, i, span);
-                if (key > best) best = key;
-            }
-            if (best < floor_key) floor_key = best;
+            int32_t best = INT32_MIN;
+            for (int i = a; i < b; i++) best = ob[i] > best ? ob[i] : best;
+            if (best < floor_bits) floor_bits = best;
         }
+        /* the ids at or above the floor, in order (ob is done with: the ids go over it), then
+           their keys */
+        int32_t *kept = ob;
         int n = 0;
-        for (int i = 0; i < V; i++) {
-            int64_t key = id_key(bits, i, span);
-            k[n] = key; /* branch-free: ~1 key in 10 stays, a branch would mispredict on each */
-            n += key >= floor_key;
+#ifdef V_ISA_AVX512
+        const __m512i fl = _mm512_set1_epi32(floor_bits), step = _mm512_set1_epi32(16);
+        __m512i ids = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        int i = 0;
+        for (; i + 16 <= V; i += 16, ids = _mm512_add_epi32(ids, step)) {
+            __mmask16 m = _mm512_cmpge_epi32_mask(_mm512_loadu_si512((const void *)(ob + i)), fl);
+            _mm512_mask_compressstoreu_epi32(kept + n, m, ids); /* n <= i: never past what is read */
+            n += __builtin_popcount((unsigned)m);
+        }
+        for (; i < V; i++) { int32_t b = ob[i]; kept[n] = i; n += b >= floor_bits; }
+#else
+        for (int i = 0; i < V; i++) { int32_t b = ob[i]; kept[n] = i; n += b >= floor_bits; } /* branch-free: ~1 in 10 stays */
+#endif
+        for (int j = 0; j < n; j++) {
+            int id = kept[j];
+            k[j] = (int64_t)(bits[id] ^ ((bits[id] >> 31) & 0x7FFFFFFF)) * span + (span - 1 - id); /* the key */
         }
         select_top(k, n, width);
-        qsort(k, (size_t)width, sizeof(int64_t), cmp_desc); /* largest first */
+        if (width <= 64) {
+            for (int j = 1; j < width; j++) { /* largest first: an insertion sort (qsort's calls cost more here) */
+                int64_t v = k[j];
+                int i = j - 1;
+                while (i >= 0 && k[i] < v) { k[i + 1] = k[i]; i--; }
+                k[i + 1] = v;
+            }
+        } else {
+            qsort(k, (size_t)width, sizeof(int64_t), cmp_desc);
+        }
         int64_t *o = out + (size_t)r * width;
         for (int j = 0; j < width; j++) o[j] = span - 1 - (k[j] & (span - 1));
         free(k);
