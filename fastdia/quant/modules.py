@@ -73,16 +73,6 @@ def _kernels() -> bool:
     return cpu_kernels.available()
 
 
-def _row_blocks(x: torch.Tensor, out_features: int, gemv) -> torch.Tensor:
-    """`gemv` (a kernel call) over many rows: a prefill (the text's cross-attention K/V, an audio
-    prompt) or a large batch. The kernel takes them MAX_ROWS at a time, each pass reading the
-    weight once. Against dequantizing the weight a block of output rows at a time for an sgemm
-    each (the earlier prefill path): 1.7-2.5x faster for 200-300 rows of Dia's shapes, int8 and
-    int4, on 2 Zen 4 cores, with the decode steps' own arithmetic (activations rounded to 15 bits
-    per row: ~1e-4 relative difference)."""
-    return gemv(x)  # (rows, out_features)
-
-
 _KERNELS = None
 
 
@@ -101,10 +91,14 @@ class Int8Linear(nn.Module):
     """`y = x @ (q * scale).T`, weight-only int8 per output channel, no bias.
 
     With fastdia's kernels, the weight is held in their layout (`kernel_layout`: row pairs, long
-    rows in groups of pairs); decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go
-    through the VNNI kernel with float32 activations, larger ones (prefill) through the same
-    kernel a block of rows at a time (`_row_blocks`). Without the kernels the weight stays
-    `[N, K]` for torch's `_weight_int8pack_mm` (bfloat16 activations).
+    rows in groups of pairs) and every input goes through the kernel with float32 activations: a
+    decode step, a batch of any size or a prefill (the text's cross-attention K/V, an audio
+    prompt), which it takes MAX_ROWS rows a pass, each pass reading the weight once. Against
+    dequantizing the weight a block of output rows at a time for an sgemm each (the earlier
+    prefill path): 1.7-2.5x faster for 200-300 rows of Dia's shapes, int8 and int4, on 2 Zen 4
+    cores, with the decode steps' own arithmetic (activations rounded to 15 bits per row: ~1e-4
+    relative difference). Without the kernels the weight stays `[N, K]` for torch's
+    `_weight_int8pack_mm` (bfloat16 activations).
     """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
@@ -131,16 +125,14 @@ class Int8Linear(nn.Module):
         return kernel_rows(self.qweight, 32, self.in_features, 0, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cpu_kernels = _cpu_kernels()
-        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32 and x.shape[0] <= cpu_kernels.MAX_ROWS:
-            return cpu_kernels.q8_gemv(x, self.qweight, self.scales, self.out_features)  # a decode step: no reshapes
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:
+            return _cpu_kernels().q8_gemv(x, self.qweight, self.scales, self.out_features)  # a decode step: no reshapes
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(KERNEL_DTYPE), self.qweight, self._scales_bf16)
         else:
-            y = _row_blocks(x2.float().contiguous(), self.out_features,
-                            lambda rows: cpu_kernels.q8_gemv(rows, self.qweight, self.scales, self.out_features))
+            y = _cpu_kernels().q8_gemv(x2.float(), self.qweight, self.scales, self.out_features)
         return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     @property
@@ -158,10 +150,9 @@ class Int8Linear(nn.Module):
 class Int4Linear(nn.Module):
     """`y = x @ W.T` with W int4 group-wise in fastdia's format (see `quantize_int4`).
 
-    Decode-sized inputs (at most `cpu_kernels.MAX_ROWS` rows) go through fastdia's int4 kernel
-    (float32 activations, quantized per row to int16 inside it); larger ones (prefill of an audio
-    prompt) through the same kernel a block of rows at a time (`_row_blocks`). Without the
-    kernels the weight is repacked once for torch's `_weight_int4pack_mm_for_cpu` instead.
+    Every input goes through fastdia's int4 kernel (float32 activations, quantized per row to
+    int16 inside it), a decode step or a prefill alike, as for `Int8Linear`. Without the kernels
+    the weight is repacked once for torch's `_weight_int4pack_mm_for_cpu` instead.
     """
 
     def __init__(self, packed: torch.Tensor, tscale: torch.Tensor, rscale: torch.Tensor, offsets: torch.Tensor,
@@ -200,10 +191,8 @@ class Int4Linear(nn.Module):
         return cls(packed, tscale, rscale, offsets, oscale, group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cpu_kernels = _cpu_kernels()
-        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32 and x.shape[0] <= cpu_kernels.MAX_ROWS:
-            return cpu_kernels.q4_gemv(x, self.qweight, self.tscale, self.rscale, self.offsets, self.oscale,
-                                       self.group_size, self.out_features)
+        if self.use_kernel and x.dim() == 2 and x.dtype == torch.float32:
+            return self._kernel(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if not self.use_kernel:
@@ -211,10 +200,12 @@ class Int4Linear(nn.Module):
                                                           self.scales)
             y = y[:, : self.out_features]
         else:
-            y = _row_blocks(x2.float().contiguous(), self.out_features,
-                            lambda rows: cpu_kernels.q4_gemv(rows, self.qweight, self.tscale, self.rscale, self.offsets,
-                                                             self.oscale, self.group_size, self.out_features))
+            y = self._kernel(x2.float())
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+    def _kernel(self, x: torch.Tensor) -> torch.Tensor:
+        return _cpu_kernels().q4_gemv(x, self.qweight, self.tscale, self.rscale, self.offsets, self.oscale,
+                                      self.group_size, self.out_features)
 
     def int4_parts(self) -> tuple[torch.Tensor, ...]:
         """(packed `[N, K/2]`, tscale `[N, G]`, rscale, offsets, oscale): the untiled format of `quantize_int4`."""

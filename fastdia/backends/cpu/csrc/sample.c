@@ -250,8 +250,10 @@ int fd_cfg_pick_rows(const float *logits, int ld, int V, int limit, int n, const
    those `width` maxima has at least `width` keys at or above it and bounds the answer from below.
    One pass keeps the keys at or above it (for 1028 random logits and width 45, ~100), a
    quickselect finds the best `width` of them and a sort orders those. A key is
-   (bits ^ ((bits >> 31) & 0x7FFFFFFF)) * span + (span - 1 - id): the float's bits made
-   order-preserving as an integer, then the lower id first. */
+   order_bits(value) * span + (span - 1 - id): the float's bits made order-preserving as an
+   integer, then the lower id first. */
+static inline int32_t order_bits(int32_t b) { return b ^ ((b >> 31) & 0x7FFFFFFF); } /* a float's, as an int */
+
 static int cmp_desc(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return x < y ? 1 : x > y ? -1 : 0;
@@ -285,7 +287,7 @@ int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
         if (!k) { failed = 1; continue; }
         int32_t *ob = (int32_t *)(k + V); /* each value's order-preserving bits: its key without the id */
         const int32_t *bits = (const int32_t *)(x + (size_t)r * V);
-        for (int i = 0; i < V; i++) ob[i] = bits[i] ^ ((bits[i] >> 31) & 0x7FFFFFFF); /* vectorised */
+        for (int i = 0; i < V; i++) ob[i] = order_bits(bits[i]); /* vectorised */
         /* The smallest run maximum, on the bits alone: every key of a run's largest bits is at or
            above the run's largest key, so the keys kept below are a superset of those the whole
            keys would keep, and still hold `width` (one per run). In 32-bit lanes, not 64-bit keys. */
@@ -315,7 +317,7 @@ int fd_top_ids(const float *x, int rows, int V, int width, int64_t *out) {
 #endif
         for (int j = 0; j < n; j++) {
             int id = kept[j];
-            k[j] = (int64_t)(bits[id] ^ ((bits[id] >> 31) & 0x7FFFFFFF)) * span + (span - 1 - id); /* the key */
+            k[j] = (int64_t)order_bits(bits[id]) * span + (span - 1 - id); /* the key */
         }
         select_top(k, n, width);
         if (width <= 64) {

@@ -65,7 +65,7 @@ V_INLINE float vf_reduce_add(vf v) {
 V_INLINE vf vf_in_reg(vf v) { __asm__("" : "+v"(v)); return v; } /* see float_rows (wonly.c) */
 /* vf_reduce_add of 16 vectors at once, each sum formed by the same additions in the same order
    (lanes j + j+8, then j + j+4, then j + j+2, then 0 + 1), so the same bits: a level of the tree
-   at a time for all 16, 15 shuffles and adds per level pair instead of ~8 per vector. Where rows
+   at a time for all 16, 30 shuffles and 15 adds in all instead of ~8 operations per vector. Where rows
    are short (a small model's 128 inputs: 8 FMAs per accumulator) the reductions were a third of
    a block's time; in a loop over L1-resident weights, 2 x 8 rows: 51 -> 62 G MAC/s at K = 128,
    64 -> 71 at K = 256 (2-vCPU Xeon). */
