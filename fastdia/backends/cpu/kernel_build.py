@@ -26,7 +26,7 @@ PREBUILT_DIR = Path(__file__).parent / "prebuilt"
 # weight-only GEMV kernels; their AMX paths; decode-step glue; Dia2's draw; prepared plans run in C
 # the vector layer first (every kernel file is written against it); then the weight-only GEMV
 # kernels; their AMX paths; decode-step glue; the draws; prepared plans run in C
-SOURCES = ("simd.h", "wonly.c", "amx.c", "decode.c", "sample.c", "plan.c")
+SOURCES = ("simd.h", "wonly.c", "amx.c", "decode.c", "sample.c", "plan.c", "codec.c")
 
 # -ffp-contract=off: a multiply and an add written apart stay apart (GCC fuses them into FMAs by
 # default, and where it does depends on the ISA), so every variant computes the same float

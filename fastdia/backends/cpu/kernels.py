@@ -182,6 +182,8 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_cfg_guided.restype = None
     lib.fd_dia1_guided.argtypes = [p, i, i, i, p, p]
     lib.fd_dia1_guided.restype = None
+    lib.fd_snake.argtypes = [p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p, i]
+    lib.fd_snake.restype = None
     lib.fd_run_program.argtypes = [p, i]
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
@@ -359,6 +361,22 @@ def dia1_guided(logits: torch.Tensor, cfg_scale: torch.Tensor) -> torch.Tensor:
     scale = cfg_scale.to(torch.float32).contiguous()
     out = torch.empty((b, c, v), dtype=torch.float32)
     (_lib or _library()).fd_dia1_guided(logits.data_ptr(), b, c, v, scale.data_ptr(), out.data_ptr())
+    return out
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """DAC's Snake, `x + sin(alpha x)^2 / (alpha + 1e-9)`, for float32 CPU `x (B, C, T)` and
+    `alpha (C,)` or `(1, C, 1)`, in one pass (csrc/codec.c): torch's result to a few ulp (its own
+    sine), the same bits in every build."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3:
+        raise ValueError(f"snake takes (B, C, T) float32 CPU tensors, got {tuple(x.shape)} {x.dtype} on {x.device}")
+    x = x.contiguous()
+    a = alpha.detach().reshape(-1).to(torch.float32).contiguous()
+    if a.numel() != x.shape[1]:
+        raise ValueError(f"snake: {a.numel()} alphas for {x.shape[1]} channels")
+    out = torch.empty_like(x)
+    (_lib or _library()).fd_snake(x.data_ptr(), a.data_ptr(), x.shape[0] * x.shape[1], x.shape[1], x.shape[2],
+                                  out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...backends.cpu.codec_ops import accelerate_codec
 from ...backends.device import resolve_device, resolve_dtype
 from ...errors import AudioError
 from . import weights as dac_weights
-from .model import DEFAULT_MODEL, PRESETS, DACConfig, DACModel, preset
+from .model import DEFAULT_MODEL, PRESETS, DACConfig, DACModel, Snake1d, preset
 
 # --------------------------------------------------------------------------------------------
 # Facade
@@ -34,6 +35,8 @@ class DAC:
 
     def __init__(self, model: DACModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
+        if device.type == "cpu" and dtype == torch.float32:
+            accelerate_codec(self.model, Snake1d)
         self.config: DACConfig = model.config
         self.device = device
         self.dtype = dtype

@@ -53,6 +53,7 @@ V_INLINE vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 V_INLINE vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 V_INLINE vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 V_INLINE vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+V_INLINE vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); } /* b where either is NaN */
 V_INLINE vf vf_abs(vf a) { return _mm512_abs_ps(a); }
 V_INLINE vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }   /* a b + c */
 V_INLINE vf vf_fnmadd(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); } /* c - a b */
@@ -147,6 +148,7 @@ V_INLINE vf vf_sub(vf a, vf b) { return (vf){_mm256_sub_ps(a.lo, b.lo), _mm256_s
 V_INLINE vf vf_mul(vf a, vf b) { return (vf){_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
 V_INLINE vf vf_div(vf a, vf b) { return (vf){_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)}; }
 V_INLINE vf vf_max(vf a, vf b) { return (vf){_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)}; }
+V_INLINE vf vf_min(vf a, vf b) { return (vf){_mm256_min_ps(a.lo, b.lo), _mm256_min_ps(a.hi, b.hi)}; }
 V_INLINE vf vf_abs(vf a) {
     __m256 m = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     return (vf){_mm256_and_ps(a.lo, m), _mm256_and_ps(a.hi, m)};
