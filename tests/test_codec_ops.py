@@ -90,13 +90,16 @@ def test_conv1d_shorter_than_its_kernel_raises_torchs_error():
         codec_ops.conv1d(conv, torch.randn(1, 2, 3))
 
 
-@pytest.mark.parametrize("ci,co,s,p,t,b", [(16, 8, 8, 4, 70, 2), (4, 2, 2, 1, 1600, 1), (64, 32, 4, 0, 30, 3)])
-def test_conv_transpose1d_matches_torch(ci, co, s, p, t, b):
+@pytest.mark.parametrize("ci,co,s,p,t,b,groups", [(16, 8, 8, 4, 70, 2, 1), (4, 2, 2, 1, 1600, 1, 1),
+                                                  (64, 32, 4, 0, 30, 3, 1), (32, 32, 2, 0, 6, 2, 32)])
+def test_conv_transpose1d_matches_torch(ci, co, s, p, t, b, groups):
     torch.manual_seed(0)
-    conv = nn.ConvTranspose1d(ci, co, 2 * s, s, padding=p).requires_grad_(False)
+    conv = nn.ConvTranspose1d(ci, co, 2 * s, s, padding=p, groups=groups).requires_grad_(False)
     x = torch.randn(b, ci, t)
     got = codec_ops.conv_transpose1d(conv, x)
     torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-5)
+    unbiased = F.conv_transpose1d(x, conv.weight, None, s, p, groups=groups)
+    torch.testing.assert_close(codec_ops.conv_transpose1d(conv, x, bias=False), unbiased, rtol=1e-5, atol=1e-5)
     alone = torch.cat([codec_ops.conv_transpose1d(conv, x[i: i + 1]) for i in range(b)])
     assert torch.equal(alone, got)
 
@@ -125,7 +128,23 @@ def test_dac_and_mimi_on_cpu_are_routed():
     assert any(isinstance(m, nn.Conv1d) for m in routed) and any(isinstance(m, nn.ConvTranspose1d) for m in routed)
     assert any(isinstance(m, Snake1d) for m in routed) == bool(BUILDS)
     mimi = Mimi.from_pretrained("mimi-tiny-random")
-    assert any(getattr(m, "_fastdia_routed", False) for m in mimi.model.modules())
+    # the streaming decoder's transposed convs too (their bias-free pass), the depthwise upsample included
+    assert {getattr(m, "_fastdia_routed", None) for m in mimi.model.modules()} >= {"forward", "unbiased"}
+    assert getattr(mimi.model.upsample, "_fastdia_routed", None) == "unbiased"
+
+
+def test_mimi_stream_routed_and_torch_agree_to_rounding():
+    mimi = Mimi.from_pretrained("mimi-tiny-random")
+    rng = np.random.default_rng(0)
+    chunks = [rng.integers(0, 2048, size=(n, mimi.n_codebooks)) for n in (3, 6, 1, 6)]
+
+    def run():
+        s = mimi.stream()
+        return np.concatenate([s.push(c) for c in chunks] + [s.finish()])
+    ours = run()
+    codec_ops.restore(mimi.model)
+    theirs = run()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_mimi_codebook_lookup_is_the_tables_bits():

@@ -66,18 +66,21 @@ def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def conv_transpose1d(conv: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for an ungrouped transposed conv with kernel = 2 x stride: one product per item,
-    `z[c, j, t]` going to output sample `t * s + j`, so each output is the sum of two of them."""
+def conv_transpose1d(conv: nn.ConvTranspose1d, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    """`conv(x)` (without its bias if `bias` is False) for a transposed conv with kernel = 2 x
+    stride, ungrouped or depthwise: one product per item, `z[c, j, t]` going to output sample
+    `t * s + j`, so each output is the sum of two of them."""
     (k,), (s,), (p,) = conv.kernel_size, conv.stride, conv.padding
-    w, b = conv.weight, conv.bias  # (Ci, Co, K)
+    w, b = conv.weight, (conv.bias if bias else None)  # (Ci, Co / groups, K)
     n, _, t = x.shape
-    co = w.shape[1]
-    taps = w.permute(1, 2, 0).reshape(co * k, -1)  # (Co K, Ci)
+    co = w.shape[1] * conv.groups
+    depthwise = conv.groups > 1
+    taps = w[:, 0, :, None] if depthwise else w.permute(1, 2, 0).reshape(co * k, -1)  # (C, K, 1) / (Co K, Ci)
     length = (t - 1) * s - 2 * p + k
     out = x.new_empty(n, co, length)
     for i in range(n):
-        z = (taps @ x[i]).view(co, k, t).transpose(1, 2)  # (Co, T, K)
+        z = taps * x[i][:, None, :] if depthwise else (taps @ x[i]).view(co, k, t)
+        z = z.transpose(1, 2)  # (Co, T, K)
         y = x.new_zeros(co, t + 1, s)
         y[:, :t] += z[..., :s]
         y[:, 1:] += z[..., s:]
@@ -96,9 +99,14 @@ def _routable_conv(m: nn.Module) -> bool:
         return (m.stride == (1,) and m.groups == 1 and m.padding_mode == "zeros"
                 and not isinstance(m.padding, str))
     if type(m) is nn.ConvTranspose1d:
-        return (m.groups == 1 and m.kernel_size[0] == 2 * m.stride[0] and m.dilation == (1,)
-                and m.output_padding == (0,))
+        depthwise = m.groups == m.in_channels == m.out_channels
+        return ((m.groups == 1 or depthwise) and m.kernel_size[0] == 2 * m.stride[0] and m.dilation == (1,)
+                and m.output_padding == (0,) and m.padding_mode == "zeros")
     return False
+
+
+def _unbiased(self, x: torch.Tensor) -> torch.Tensor:
+    return conv_transpose1d(self.conv, x, bias=False)
 
 
 def _guarded(fast, original):
@@ -113,23 +121,27 @@ def _guarded(fast, original):
     return forward
 
 
-def accelerate_codec(model: nn.Module, snake_type: type | None = None) -> int:
-    """Route `model`'s eligible convolutions (and its `snake_type` activations, where the kernels
-    run) through this module's CPU paths; returns how many modules were routed. Weights are read
-    at each call, so later weight loads still apply. Safe to call twice."""
+def accelerate_codec(model: nn.Module, snake_type: type | None = None, streamed_type: type | None = None) -> int:
+    """Route `model`'s eligible convolutions (its `snake_type` activations, where the kernels run,
+    and the `unbiased` method of its `streamed_type` modules, a streaming transposed conv's
+    bias-free pass over `.conv`) through this module's CPU paths; returns how many modules were
+    routed. Weights are read at each call, so later weight loads still apply. Safe to call twice."""
     routed = 0
     snakes = snake_type is not None and kernels.available()
     for m in model.modules():
         if getattr(m, "_fastdia_routed", False):
             continue
+        name = "forward"
         if _routable_conv(m):
             fast = conv1d if type(m) is nn.Conv1d else conv_transpose1d
         elif snakes and type(m) is snake_type:
             fast = snake
+        elif streamed_type is not None and type(m) is streamed_type and _routable_conv(m.conv):
+            fast, name = _unbiased, "unbiased"
         else:
             continue
-        m.forward = types.MethodType(_guarded(fast, m.forward), m)
-        m._fastdia_routed = True
+        setattr(m, name, types.MethodType(_guarded(fast, getattr(m, name)), m))
+        m._fastdia_routed = name
         routed += 1
     return routed
 
@@ -139,8 +151,9 @@ def restore(model: nn.Module) -> int:
     compare both paths in one process). Returns how many modules were restored."""
     restored = 0
     for m in model.modules():
-        if m.__dict__.pop("_fastdia_routed", False):
-            m.__dict__.pop("forward", None)
+        name = m.__dict__.pop("_fastdia_routed", None)
+        if name:
+            m.__dict__.pop(name, None)
             restored += 1
     return restored
 

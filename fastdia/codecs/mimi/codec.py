@@ -20,7 +20,7 @@ from ...backends.cpu.codec_ops import accelerate_codec
 from ...backends.device import resolve_device, resolve_dtype
 from ...hub import build_on_meta, read_safetensors_files, shape_problems
 from ...errors import AudioError, CheckpointError
-from .model import DEFAULT_MODEL, MimiConfig, MimiModel
+from .model import DEFAULT_MODEL, MimiConfig, MimiConvTranspose1d, MimiModel
 
 Tensors = dict[str, torch.Tensor]
 
@@ -207,7 +207,7 @@ class Mimi:
     def __init__(self, model: MimiModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
         if device.type == "cpu" and dtype == torch.float32:
-            accelerate_codec(self.model)
+            accelerate_codec(self.model, streamed_type=MimiConvTranspose1d)
         self.config: MimiConfig = model.config
         self.device, self.dtype = device, dtype
         self.sample_rate: int = self.config.sampling_rate

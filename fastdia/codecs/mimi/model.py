@@ -266,6 +266,10 @@ class MimiConvTranspose1d(nn.Module):
             self.padding_right = overhang // 2
         self.padding_left = overhang - self.padding_right
 
+    def unbiased(self, x: torch.Tensor) -> torch.Tensor:  # (B, Ci, L) -> (B, Co, (L - 1) s + k), untrimmed
+        """The transposed conv without its bias (a backend may route this method)."""
+        return F.conv_transpose1d(x, self.conv.weight, None, self.conv.stride[0], groups=self.conv.groups)
+
     def forward(self, x: torch.Tensor, state: State = None) -> torch.Tensor:  # (B, Ci, L) -> (B, Co, L*s)
         if state is None:
             y = self.conv(x)
@@ -274,7 +278,7 @@ class MimiConvTranspose1d(nn.Module):
             raise NotImplementedError("streaming needs all transposed-conv trimming on the right")
         stride = self.conv.stride[0]
         # Without the bias: the overhang is added into the next chunk, which adds its own bias.
-        y = F.conv_transpose1d(x, self.conv.weight, None, stride, groups=self.conv.groups)
+        y = self.unbiased(x)
         carry = state.get(self)
         if carry is not None:
             y = torch.cat([y[..., : carry.shape[-1]] + carry, y[..., carry.shape[-1]:]], dim=-1)
