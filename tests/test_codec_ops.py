@@ -61,8 +61,34 @@ def test_snake_special_values():
         kernels.snake(x, torch.tensor([1.0, 2.0]))
 
 
+@needs_kernels
+@pytest.mark.parametrize("ci,co,k,d,t", [(1, 1, 7, 1, 33000), (2, 2, 7, 9, 1661), (4, 8, 3, 1, 70), (96, 1, 7, 1, 5000),
+                                        (3, 5, 7, 3, 19), (1, 3, 1, 1, 1)])
+def test_narrow_conv_matches_torch_and_every_build_agrees(ci, co, k, d, t):
+    g = torch.Generator().manual_seed(2)
+    x, w, b = (torch.randn(ci, t + d * (k - 1), generator=g), torch.randn(co, ci, k, generator=g),
+               torch.randn(co, generator=g))
+    results = {}
+    for name in BUILDS:
+        with kernels.use_variant(name):
+            results[name] = kernels.conv1d_narrow(x, w, b, d)
+    first = next(iter(results.values()))
+    for name, got in results.items():
+        assert torch.equal(got, first), f"{name} differs from {BUILDS[0]}"
+    torch.testing.assert_close(first, F.conv1d(x[None], w, b, dilation=d)[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(kernels.conv1d_narrow(x, w, None, d), F.conv1d(x[None], w, None, dilation=d)[0],
+                               rtol=1e-5, atol=1e-4)
+    out = torch.full((co, t), float("nan"))
+    assert kernels.conv1d_narrow(x, w, b, d, out=out) is out and torch.equal(out, first)
+    with pytest.raises(ValueError):
+        kernels.conv1d_narrow(x, w, b, d, out=torch.empty(co, t + 1))
+    with pytest.raises(ValueError):
+        kernels.conv1d_narrow(x[:, :1], w, b, d + 1) if k > 1 else kernels.conv1d_narrow(x.double(), w, b, d)
+
+
 CONVS = [  # in, out, kernel, dilation, padding, length, batch, bias
-    (1, 1, 7, 1, 3, 33000, 1, True),    # the tiny DAC's last layers: gathered into one product
+    (1, 1, 7, 1, 3, 33000, 1, True),    # the tiny DAC's last layers: the C direct conv
+    (16, 16, 7, 1, 3, 3000, 2, True),   # narrow and short: gathered into one product
     (2, 2, 7, 9, 27, 1600, 3, True),
     (96, 96, 7, 3, 9, 2200, 2, True),   # wide: k shifted products
     (8, 4, 3, 1, 0, 100, 2, False),

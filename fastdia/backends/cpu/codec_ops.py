@@ -5,11 +5,15 @@ narrow and long (DAC's last blocks: 1-2 channels of the tiny codec, 96 of the re
 of thousands of samples; Mimi's last: 64 channels to 1), where oneDNN spends 150-800 us on a
 convolution that is a few hundred thousand multiply-adds, and it picks its algorithm (and so its
 rounding) by the batch's shape. Measured on one 0.5 s DAC window (2-vCPU Xeon, 2 threads):
-the tiny codec 14.1 -> 5.2 ms, the full-size one unchanged (660 against 585 ms, within noise).
+the tiny codec 7.9-12.6 -> 3.4-3.6 ms, the full-size one 522-543 -> 487-491 ms
+(benchmarks/codec_cpu.py).
 
-So a stride-1 convolution here is a sum over its taps of shifted matrix products, `y += W[:, :, j]
-@ x[:, j d : j d + T]` (BLAS reads the shifted views in place), and a transposed one with kernel
-2 x stride one product and an overlap-add of its two halves. Each batch item is computed alone,
+So a stride-1 convolution here is, by its shape: a direct C loop (csrc/codec.c) when it has few
+outputs or few terms (1 -> 1 channel, kernel 7, 33k samples: 21 against oneDNN's 357 us; 96 -> 1:
+1.2 against 7.4 ms); one matrix product over its taps gathered into a matrix when that matrix is
+small; else a sum over its taps of shifted products, `y += W[:, :, j] @ x[:, j d : j d + T]`
+(BLAS reads the shifted views in place). A transposed one with kernel 2 x stride is one product
+and an overlap-add of its two halves. Each batch item is computed alone,
 so an item's output never depends on the batch it was decoded in. DAC's Snake goes through one C
 pass (csrc/codec.c) instead of five torch operations with a temporary each.
 
@@ -34,6 +38,13 @@ from . import kernels
 IM2COL_LIMIT = 1 << 20
 
 
+def _narrow(co: int, ci: int, k: int) -> bool:
+    """Whether the C direct convolution beats the products: few outputs, or few terms in all.
+    Timed on one Xeon core: 1 -> 1 channel, k 7, 33k samples 357 -> 21 us; 96 -> 1, k 7, 1225 us
+    against 7421; but 64 -> 32, k 3, 5406 us against 1325 and 16 -> 16, k 7, 232 against 189."""
+    return kernels.available() and (co <= 4 or co * ci * k <= 256)
+
+
 def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """`conv(x)` for a stride-1, ungrouped, zero-padded conv: shifted products per item."""
     (k,), (d,), (p,) = conv.kernel_size, conv.dilation, conv.padding
@@ -44,6 +55,10 @@ def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     x = F.pad(x, (p, p)) if p else x.contiguous()  # the gathers below assume rows of t values
     out = x.new_empty(x.shape[0], w.shape[0], length)
     ci, t = x.shape[1], x.shape[2]
+    if _narrow(w.shape[0], ci, k):
+        for i in range(x.shape[0]):
+            kernels.conv1d_narrow(x[i], w, b, d, out=out[i])
+        return out
     if ci * k * length <= IM2COL_LIMIT:
         # Narrow layers: the k shifted views gathered into one (Ci k, L) matrix, one product.
         flat = w.reshape(w.shape[0], ci * k)

@@ -184,6 +184,9 @@ def _build(variant: str) -> ctypes.CDLL:
     lib.fd_dia1_guided.restype = None
     lib.fd_snake.argtypes = [p, p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, p, i]
     lib.fd_snake.restype = None
+    lib.fd_conv1d_narrow.argtypes = [p, ctypes.c_int64, ctypes.c_int64, p, ctypes.c_int64, ctypes.c_int64,
+                                     ctypes.c_int64, p, p, i]
+    lib.fd_conv1d_narrow.restype = None
     lib.fd_run_program.argtypes = [p, i]
     lib.fd_run_program.restype = i
     lib.fd_depformer_frame.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, i, i, p, p, p, p, p, p, p, p]
@@ -377,6 +380,30 @@ def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     (_lib or _library()).fd_snake(x.data_ptr(), a.data_ptr(), x.shape[0] * x.shape[1], x.shape[1], x.shape[2],
                                   out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def conv1d_narrow(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """A stride-1 convolution of one padded float32 CPU input `x (Ci, T)` by `w (Co, Ci, k)`,
+    directly (csrc/codec.c): `(Co, T - dilation (k - 1))`, each output the bias plus its terms in
+    (channel, tap) order, the same bits in every build. For narrow layers (see codec_ops). `out`: a
+    contiguous float32 `(Co, length)` to write into."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or w.dim() != 3 or w.shape[1] != x.shape[0]:
+        raise ValueError(f"conv1d_narrow takes x (Ci, T) and w (Co, Ci, k) float32 on the CPU, got "
+                         f"{tuple(x.shape)} {x.dtype} and {tuple(w.shape)} {w.dtype}")
+    co, ci, k = w.shape
+    length = x.shape[1] - dilation * (k - 1)
+    if length < 1:
+        raise ValueError(f"conv1d_narrow: an input of {x.shape[1]} samples is shorter than the kernel's span")
+    x, w = x.contiguous(), w.detach().to(torch.float32).contiguous()
+    b = None if bias is None else bias.detach().to(torch.float32).contiguous()
+    if out is None:
+        out = torch.empty((co, length), dtype=torch.float32)
+    elif out.shape != (co, length) or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"conv1d_narrow: out must be a contiguous float32 {(co, length)}, got {tuple(out.shape)}")
+    (_lib or _library()).fd_conv1d_narrow(x.data_ptr(), ci, x.shape[1], w.data_ptr(), co, k, dilation,
+                                          None if b is None else b.data_ptr(), out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -63,3 +63,53 @@ void fd_snake(const float *x, const float *alpha, int64_t rows, int64_t channels
         }
     }
 }
+
+/* A narrow convolution, directly: y[o, t] = bias[o] + sum over c, then j, of w[o, c, j] x[c, t + j d]
+   (one fused multiply-add per term, in that order, so every build and every batch computes the
+   same bits). For the codecs' narrow, long layers (1-16 channels over tens of thousands of
+   samples, or many channels into one): there a matrix product either copies its shifted inputs or
+   runs k thin products, and both cost more than the arithmetic.
+   x: (ci, t_in) contiguous, already padded; w: (co, ci, k); bias: (co,) or NULL; y: (co, length),
+   length = t_in - d (k - 1). Four vectors (64 samples) of one output channel a task. */
+#define CONV_BLOCK 64
+void fd_conv1d_narrow(const float *x, int64_t ci, int64_t t_in, const float *w, int64_t co, int64_t k, int64_t d,
+                      const float *bias, float *y, int nthreads) {
+    int64_t length = t_in - d * (k - 1);
+    if (length <= 0) return;
+    int64_t blocks = (length + CONV_BLOCK - 1) / CONV_BLOCK, tasks = co * blocks;
+    int nt = co * ci * k * length < (1 << 20) ? 1 : nthreads;
+    #pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t task = 0; task < tasks; task++) {
+        int64_t o = task / blocks, t0 = (task % blocks) * CONV_BLOCK;
+        int64_t n = length - t0 < CONV_BLOCK ? length - t0 : CONV_BLOCK;
+        const float *wo = w + o * ci * k;
+        float *yo = y + o * length + t0;
+        vf b = vf_set1(bias ? bias[o] : 0.0f);
+        if (n == CONV_BLOCK) {
+            vf a0 = b, a1 = b, a2 = b, a3 = b;
+            for (int64_t c = 0; c < ci; c++) {
+                const float *xc = x + c * t_in + t0;
+                for (int64_t j = 0; j < k; j++) {
+                    vf wj = vf_set1(wo[c * k + j]);
+                    const float *p = xc + j * d;
+                    a0 = vf_fmadd(wj, vf_load(p), a0);
+                    a1 = vf_fmadd(wj, vf_load(p + 16), a1);
+                    a2 = vf_fmadd(wj, vf_load(p + 32), a2);
+                    a3 = vf_fmadd(wj, vf_load(p + 48), a3);
+                }
+            }
+            vf_store(yo, a0); vf_store(yo + 16, a1); vf_store(yo + 32, a2); vf_store(yo + 48, a3);
+        } else {  /* the last, partial block: 16 samples at a time, masked */
+            for (int64_t s = 0; s < n; s += 16) {
+                vmask m = v_tail((int)(n - s));
+                vf a = b;
+                for (int64_t c = 0; c < ci; c++) {
+                    const float *xc = x + c * t_in + t0 + s;
+                    for (int64_t j = 0; j < k; j++)
+                        a = vf_fmadd(vf_set1(wo[c * k + j]), vf_loadz(m, xc + j * d), a);
+                }
+                vf_storem(yo + s, m, a);
+            }
+        }
+    }
+}
