@@ -25,6 +25,14 @@ _WRITE_FORMATS: dict[str, tuple[str, str]] = {
 READ_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
+def ramp_chunk(done: int, first: int, largest: int) -> int:
+    """The length of a stream's next piece after `done` frames: `first`, then as long as all the
+    audio before it, up to `largest` (first, first, 2 first, 4 first, ...). A listener who started
+    playing at the first piece has the next one in time whenever generation keeps up with real
+    time, as with pieces of a fixed length, while a long stream is decoded in a few long pieces."""
+    return min(largest, max(first, done))
+
+
 def supported_write_extensions() -> tuple[str, ...]:
     """Extensions `write_audio` can produce with this libsndfile build."""
     import soundfile as sf

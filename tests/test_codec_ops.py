@@ -192,3 +192,22 @@ def test_dac_window_decode_is_batch_invariant():
     both = dac.decode_tensor(torch.from_numpy(codes).transpose(1, 2))
     for i in range(2):
         assert torch.equal(both[i], one[i][0])
+
+
+def test_ramp_chunk_and_a_growing_dac_stream():
+    from fastdia.audio import ramp_chunk
+
+    sizes, done = [], 0
+    for _ in range(6):
+        sizes.append(ramp_chunk(done, 43, 172))
+        done += sizes[-1]
+    assert sizes == [43, 43, 86, 172, 172, 172]
+    dac = DAC.from_pretrained("tiny-random")
+    codes = np.random.default_rng(1).integers(0, 1024, size=(700, 9))
+    fixed, grown = dac.stream(43), dac.stream(43, 172)
+    a = [p for i in range(0, 700, 25) for p in fixed.push(codes[i: i + 25])] + fixed.finish()
+    b = [p for i in range(0, 700, 25) for p in grown.push(codes[i: i + 25])] + grown.finish()
+    assert [len(p) // 512 for p in b[:5]] == [43, 43, 86, 172, 172]
+    np.testing.assert_allclose(np.concatenate(b), np.concatenate(a), atol=1e-5)
+    with pytest.raises(Exception):
+        dac.stream(43, 0)

@@ -151,3 +151,23 @@ def test_an_unseeded_request_draws_a_seed_that_makes_it_again(which, request):
     assert isinstance(first.seed, int)
     again = engine.submit(SpeechRequest("[S1] Which seed was that?", options=dict(limit, seed=first.seed)))
     assert again.seed == first.seed and np.array_equal(_audio(again), audio)
+
+
+def test_pieces_grow_to_the_largest_chunk_and_keep_the_audio(engine, engine2):
+    """Pieces of 0.5 s, then each as long as all before it, up to max_chunk_seconds (both
+    families); the audio is the fixed pieces' audio (to float rounding)."""
+    for e, options, rate in ((engine, {"seed": 3, "max_tokens": 400}, 44100 / 512),
+                             (engine2, {"seed": 3, "max_steps": 120}, 12.5)):
+        script = "[S1] Growing pieces. [S2] Same audio."
+        fixed = [p.audio for p in e.submit(SpeechRequest(script, options=options))]
+        grown = [p.audio for p in e.submit(SpeechRequest(script, options=options, max_chunk_seconds=2.0))]
+        np.testing.assert_allclose(np.concatenate(grown), np.concatenate(fixed), atol=1e-4)
+        frames = [round(len(a) * rate / e.sample_rate) for a in grown if len(a)]
+        first = round(0.5 * rate)
+        assert frames[:2] == [first, first] and frames[2] == 2 * first, frames
+        assert max(frames) == round(2.0 * rate) or sum(frames) < 8 * first, frames
+        assert len(grown) < len(fixed)
+    with pytest.raises(GenerationError):
+        engine.submit(SpeechRequest("[S1] Hi.", max_chunk_seconds=0))
+    with pytest.raises(GenerationError):
+        engine.submit(SpeechRequest("[S1] Hi.", max_chunk_seconds=float("inf")))

@@ -368,6 +368,8 @@ def test_startups_that_cannot_run_say_why_in_one_line(tmp_path):
     from fastdia.loader import convert
 
     port = str(_free_port())
+    _one_clear_error(_serve("--model", "tiny-random", "--max-chunk-seconds", "0.1", "--port", port),
+                     "--max-chunk-seconds")
     _one_clear_error(_serve("--model", str(tmp_path / "no-such-model"), "--port", port), "no-such-model")
 
     bad_config = tmp_path / "bad-config"

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec-batch", type=int, default=None, metavar="N",
                    help="Dia-1 audio windows the DAC decodes at once, across requests (default: 1 on CPU, where "
                         "batches were measured slower, 8 on CUDA)")
+    p.add_argument("--max-chunk-seconds", type=float, default=2.0, metavar="S",
+                   help="a response's audio comes in pieces of 0.5 s, then each as long as all before it, up to S "
+                        "seconds: a listener is fed as with 0.5 s pieces, and a long response is decoded in fewer, "
+                        "longer pieces (0.5: every piece 0.5 s; default: %(default)s)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on Ctrl-C, seconds to let running requests finish (default: %(default)s)")
     p.add_argument("--voices-dir", metavar="DIR", default=None,
@@ -45,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.codec_batch is not None and args.codec_batch < 1:
         raise FastDiaError("--codec-batch must be at least 1")
+    if not 0.5 <= args.max_chunk_seconds <= 60:
+        raise FastDiaError(f"--max-chunk-seconds must be between 0.5 and 60, got {args.max_chunk_seconds:g}")
     for name in ("max_batch", "max_queue"):
         if getattr(args, name) < 1:
             raise FastDiaError(f"--{name.replace('_', '-')} must be at least 1")
@@ -78,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(models=args.model, device=args.device, dtype=args.dtype, max_batch=args.max_batch,
                           max_queue=args.max_queue, timeout=args.timeout, voices_dir=args.voices_dir,
-                          codec_batch=args.codec_batch, api_key=api_key,
+                          codec_batch=args.codec_batch, max_chunk_seconds=args.max_chunk_seconds, api_key=api_key,
                           drain_timeout=args.drain_timeout, on_load_failure=on_load_failure)
     app = create_app(config)
     # The drain happens before uvicorn's own shutdown starts (see _quiet_server_class); what is left

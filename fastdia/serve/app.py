@@ -63,6 +63,9 @@ class ServerConfig:
     max_batch: int = 8
     max_queue: int = 64
     codec_batch: int | None = None
+    # A response's audio comes in pieces of 0.5 s, then as long as all before it, up to this
+    # (fastdia.audio.ramp_chunk); 0.5 keeps every piece 0.5 s.
+    max_chunk_seconds: float = 2.0
     timeout: float | None = None
     voices_dir: str | None = None
     api_key: str | None = None
@@ -363,7 +366,8 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         options = _options(body, engine.family)
         from .engine import SpeechRequest
 
-        req = SpeechRequest(text=body.input, voice=voice, options=options, timeout=server.config.timeout)
+        req = SpeechRequest(text=body.input, voice=voice, options=options, timeout=server.config.timeout,
+                            max_chunk_seconds=server.config.max_chunk_seconds)
         try:
             ticket = engine.submit(req)
         except Exception as exc:

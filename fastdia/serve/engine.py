@@ -72,6 +72,8 @@ class SpeechRequest:
     voice: str | None = None
     options: dict = field(default_factory=dict)
     chunk_seconds: float = 0.5
+    # Later pieces grow up to this long (fastdia.audio.ramp_chunk); None: every piece chunk_seconds.
+    max_chunk_seconds: float | None = None
     timeout: float | None = None
 
 
@@ -266,6 +268,10 @@ class Engine:
         if isinstance(request.chunk_seconds, bool) or not isinstance(request.chunk_seconds, (int, float)) \
                 or not 0 < request.chunk_seconds <= 60:
             raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {request.chunk_seconds!r}")
+        largest = request.max_chunk_seconds
+        if largest is not None and (isinstance(largest, bool) or not isinstance(largest, (int, float))
+                                    or not 0 < largest <= 60):
+            raise GenerationError(f"max_chunk_seconds must be a number in (0, 60], got {largest!r}")
         ticket = Ticket(self, request, live)
         voice, seed = request.voice, None
         if voice in BUILTIN_VOICES:
@@ -276,9 +282,11 @@ class Engine:
         ticket.seed = given if given is not None else seed if seed is not None else secrets.randbits(62)
         seed = ticket.seed
         if live is None:
-            ticket.job = self.runner.plan(request.text, voice, seed, request.options, request.chunk_seconds, ticket)
+            ticket.job = self.runner.plan(request.text, voice, seed, request.options, request.chunk_seconds, ticket,
+                                          max_chunk_seconds=largest)
         else:
-            ticket.job = self.runner.plan(None, voice, seed, request.options, request.chunk_seconds, ticket, live=live)
+            ticket.job = self.runner.plan(None, voice, seed, request.options, request.chunk_seconds, ticket, live=live,
+                                          max_chunk_seconds=largest)
         with self._cond:
             if self._open >= self.max_batch + self.max_queue:
                 if self.metrics is not None:

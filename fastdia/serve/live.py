@@ -153,7 +153,9 @@ def _open(server, session: dict, ws: WebSocket):
         voice = voice_name(voice)
         server.check_voice(voice)
     try:
-        return engine.submit_live(SpeechRequest(text="", voice=voice, options=session, timeout=server.config.timeout))
+        # The same pieces as /v1/audio/speech, so a live script's audio is the whole script's, byte for byte.
+        return engine.submit_live(SpeechRequest(text="", voice=voice, options=session, timeout=server.config.timeout,
+                                                max_chunk_seconds=server.config.max_chunk_seconds))
     except Exception as exc:
         raise from_exception(exc) from None
 

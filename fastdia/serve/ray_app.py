@@ -64,7 +64,7 @@ def build_app(models: list[str], *, max_batch: int = 8, max_queue: int = 64, min
               max_replicas: int = 2, target_ongoing_requests: float | None = None, max_queued_requests: int = -1,
               num_cpus: float = 1.0, num_gpus: float = 0.0, device: str | None = None, dtype: str | None = None,
               timeout: float | None = None, voices_dir: str | None = None, api_key: str | None = None,
-              drain_timeout: float = 30.0, name: str = "fastdia"):
+              drain_timeout: float = 30.0, max_chunk_seconds: float = 2.0, name: str = "fastdia"):
     """A bound Ray Serve application serving `models` with OpenAI's routes; run it with `serve.run(app)`.
 
     Args:
@@ -87,7 +87,8 @@ def build_app(models: list[str], *, max_batch: int = 8, max_queue: int = 64, min
     from .app import ServerConfig
 
     config = ServerConfig(models=list(models), device=device, dtype=dtype, max_batch=max_batch, max_queue=max_queue,
-                          timeout=timeout, voices_dir=voices_dir, api_key=api_key, drain_timeout=drain_timeout)
+                          timeout=timeout, voices_dir=voices_dir, api_key=api_key, drain_timeout=drain_timeout,
+                          max_chunk_seconds=max_chunk_seconds)
     if not config.models:
         raise ValueError("give at least one model to serve")
     options = deployment_options(max_batch=max_batch, max_queue=max_queue, min_replicas=min_replicas,
@@ -226,7 +227,7 @@ def cmd_serve_ray(args: argparse.Namespace) -> int:
                     max_queued_requests=args.max_queued, num_cpus=args.replica_cpus, num_gpus=gpus,
                     device=args.device, dtype=args.dtype, timeout=args.timeout, voices_dir=args.voices_dir,
                     api_key=args.api_key or os.environ.get("FASTDIA_API_KEY") or None,
-                    drain_timeout=args.drain_timeout)
+                    drain_timeout=args.drain_timeout, max_chunk_seconds=args.max_chunk_seconds)
     print(f"fastdia serve: starting Ray Serve ({low}-{high} replicas of {', '.join(args.model)})", file=sys.stderr,
           flush=True)
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=args.log_level == "debug",

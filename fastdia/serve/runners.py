@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..audio import ramp_chunk
 from ..codecs.dac.codec import decode_windows
 from ..errors import GenerationError
 from ..dia1.generation import FRAME_RATE as DIA1_FRAME_RATE
@@ -101,7 +102,7 @@ class Dia1Runner(_SlotRunner):
         super().__init__()
 
     def plan(self, text: str, voice: str | None, seed_default: int | None, options: dict, chunk_seconds: float,
-             ticket) -> Job:
+             ticket, max_chunk_seconds: float | None = None) -> Job:
         opts = dict(options)
         if seed_default is not None:
             opts.setdefault("seed", seed_default)
@@ -109,8 +110,9 @@ class Dia1Runner(_SlotRunner):
         chunks, voices = jobs[0]
         calls = script_calls(chunks, voices, gen, self.tts.config.max_delay)
         frames = max(1, round(chunk_seconds * DIA1_FRAME_RATE))
+        largest = max(frames, round((max_chunk_seconds or 0) * DIA1_FRAME_RATE))
         return Job(ticket, state={"calls": calls, "call": next(calls), "pieces": [],
-                                  "stream": self.tts.codec.stream(frames)})
+                                  "stream": self.tts.codec.stream(frames, largest)})
 
     def join(self, job: Job) -> None:
         tokens, prompt, options = job.state["call"]
@@ -179,7 +181,8 @@ class Dia2Runner(_SlotRunner):
         self.live: dict[int, Job] = {}  # the members whose text arrives live, by slot
 
     def plan(self, text: str | None, voice: str | None, seed_default: int | None, options: dict,
-             chunk_seconds: float, ticket, live: LiveText | None = None) -> Job:
+             chunk_seconds: float, ticket, live: LiveText | None = None,
+             max_chunk_seconds: float | None = None) -> Job:
         opts = dict(options)
         if seed_default is not None:
             opts.setdefault("seed", seed_default)
@@ -190,8 +193,10 @@ class Dia2Runner(_SlotRunner):
         entries = None if live is not None else self.tts._entries(text)
         prefix = _quiet(self.tts._prefix, voice, None, False) if voice is not None else None
         frames = max(1, round(chunk_seconds * DIA2_FRAME_RATE))
+        largest = max(frames, round((max_chunk_seconds or 0) * DIA2_FRAME_RATE))
         return Job(ticket, state={"gen": gen, "entries": entries, "prefix": prefix, "live": live,
-                                  "stream": self.tts.codec.stream(), "every": frames, "held": [], "words": []})
+                                  "stream": self.tts.codec.stream(), "every": frames, "largest": largest,
+                                  "decoded": 0, "held": [], "words": []})
 
     def join(self, job: Job) -> None:
         st = job.state
@@ -269,9 +274,9 @@ class Dia2Runner(_SlotRunner):
                 self.fail(job, exc)
 
     def _audio(self, job: Job, new, finished: bool) -> list[tuple[np.ndarray, tuple]]:
-        """Decode new frames `every` at a time (a split that depends on the request alone, so its
-        audio is the same bytes in any company) and hand each piece out with the words known by
-        then; the rest at the end."""
+        """Decode new frames in pieces of `every` frames, growing up to `largest` (ramp_chunk: a split
+        that depends on the request alone, so its audio is the same bytes in any company), and hand
+        each piece out with the words known by then; the rest at the end."""
         st = job.state
         for codes, words in new:
             if codes.shape[0]:
@@ -282,9 +287,10 @@ class Dia2Runner(_SlotRunner):
         held = torch.cat(st["held"]) if st["held"] else None
         at = 0
         n = 0 if held is None else held.shape[0]
-        while n - at >= st["every"] or (finished and n > at):
-            take = min(st["every"], n - at)
+        while n - at >= (size := ramp_chunk(st["decoded"], st["every"], st["largest"])) or (finished and n > at):
+            take = min(size, n - at)
             audio = np.clip(st["stream"].push(held[at: at + take].cpu().numpy()), -1.0, 1.0)
+            st["decoded"] += take
             pieces.append((audio, tuple(st["words"])))
             st["words"] = []
             at += take

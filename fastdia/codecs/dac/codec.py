@@ -13,6 +13,7 @@ import torch
 
 from ...backends.cpu.codec_ops import accelerate_codec
 from ...backends.device import resolve_device, resolve_dtype
+from ...audio import ramp_chunk
 from ...errors import AudioError
 from . import weights as dac_weights
 from .model import DEFAULT_MODEL, PRESETS, DACConfig, DACModel, Snake1d, preset
@@ -132,9 +133,9 @@ class DAC:
         """Frames of context each side of a window needs for its centre to equal a one-shot decode."""
         return receptive_frames(self.config)
 
-    def stream(self, chunk_frames: int = 43) -> "DACStream":
+    def stream(self, chunk_frames: int = 43, max_chunk_frames: int | None = None) -> "DACStream":
         """A streaming decoder: push codes as they come, get the audio that is final (see DACStream)."""
-        return DACStream(self, chunk_frames)
+        return DACStream(self, chunk_frames, max_chunk_frames)
 
     @torch.inference_mode()
     def decode_chunked(
@@ -310,12 +311,16 @@ class DACStream:
     Args:
         codec: the DAC.
         chunk_frames: frames of audio per returned piece (512 samples each; 43 is ~0.5 s).
+        max_chunk_frames: if larger, later pieces grow (see `ramp_chunk`) up to this many frames:
+            fewer, longer windows, so less context decoded twice and fewer calls.
     """
 
-    def __init__(self, codec: DAC, chunk_frames: int = 43) -> None:
-        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-            raise AudioError(f"the stream chunk must be at least one frame, got {chunk_frames!r}")
-        self.codec, self.chunk = codec, chunk_frames
+    def __init__(self, codec: DAC, chunk_frames: int = 43, max_chunk_frames: int | None = None) -> None:
+        for name, value in (("chunk", chunk_frames), ("largest chunk", max_chunk_frames)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AudioError(f"the stream {name} must be at least one frame, got {value!r}")
+        self.codec, self.first_chunk = codec, chunk_frames
+        self.max_chunk = max(chunk_frames, max_chunk_frames or chunk_frames)
         self.context = codec.context_frames
         n_q = codec.config.n_codebooks
         self._codes = np.zeros((0, n_q), np.int64)  # the unfinished tail: left context + pending frames
@@ -342,6 +347,11 @@ class DACStream:
         while self.frames - self.context >= self._done + self.chunk:
             out.append(self._window(self._done + self.chunk, final=False))
         return out
+
+    @property
+    def chunk(self) -> int:
+        """Frames of the next piece."""
+        return ramp_chunk(self._done, self.first_chunk, self.max_chunk)
 
     def plan_finish(self) -> list["Window"]:
         """`finish` without the decoding."""
