@@ -8,7 +8,8 @@ responses are. Audio is decoded (DAC for Dia-1, Mimi for Dia2) in chunks of `--c
 
 Reported per family: time to first audio (submit to first chunk, queueing and prefill included)
 p50/p95, and the inter-chunk gap p50/p95 (between consecutive chunks of one request: what a
-player must buffer against), with the audio seconds each chunk holds for comparison. The same
+player must buffer against), with the audio seconds each chunk holds for comparison, and how late pieces are for a listener who
+starts playing at the first one (pieces may grow: `--max-chunk-seconds`, as the server's do). The same
 arrivals run twice in one process: with the engine's admission cap (`ADMIT_PER_STEP` joins per
 step while others decode) and without it (every queued request joins before the next step), so
 the cap's effect on running streams is measured on the same machine in the same minutes. One
@@ -60,7 +61,8 @@ def run_load(engines: dict, arrivals: list[tuple[float, str, str, dict]]) -> dic
         if delay > 0:
             time.sleep(delay)
         submitted = time.perf_counter()
-        ticket = engines[family].submit(SpeechRequest(text, options=options, chunk_seconds=CHUNK))
+        ticket = engines[family].submit(SpeechRequest(text, options=options, chunk_seconds=CHUNK,
+                                                      max_chunk_seconds=MAX_CHUNK))
         rec = {"family": family, "chunks": []}
         records.append(rec)
         th = threading.Thread(target=read, args=(family, ticket, submitted, rec))
@@ -75,24 +77,35 @@ def run_load(engines: dict, arrivals: list[tuple[float, str, str, dict]]) -> dic
         ttfa = [r["chunks"][0][0] for r in recs]
         gaps = [b[0] - a[0] for r in recs for a, b in zip(r["chunks"][:-1], r["chunks"][1:])]
         samples = [n for r in recs for _, n in r["chunks"][:-1]]
+        # How late each piece is for a listener who starts playing at the first piece: with pieces
+        # of different lengths the gap between two says little, the audio already delivered does.
+        late = []
+        for r in recs:
+            first, heard = r["chunks"][0][0], 0
+            for arrived, n in r["chunks"]:
+                late.append(max(0.0, arrived - (first + heard / engine.sample_rate)))
+                heard += n
         out[family] = {"requests": len(recs), "ttfa_p50_s": _pct(ttfa, 0.5), "ttfa_p95_s": _pct(ttfa, 0.95),
+                       "late_p95_s": _pct(late, 0.95), "late_max_s": max(late, default=None),
                        "gap_p50_s": _pct(gaps, 0.5), "gap_p95_s": _pct(gaps, 0.95), "gap_max_s": max(gaps, default=None),
                        "chunk_audio_s": (sum(samples) / len(samples) / engine.sample_rate) if samples else None}
     return out
 
 
 def main() -> None:
-    global CHUNK
+    global CHUNK, MAX_CHUNK
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--rate", type=float, default=4.0, help="arrivals per second (both families together)")
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--chunk-seconds", type=float, default=0.5)
+    ap.add_argument("--max-chunk-seconds", type=float, default=None,
+                    help="later pieces grow up to this (as `fastdia serve` does; default: every piece --chunk-seconds)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    CHUNK = args.chunk_seconds
+    CHUNK, MAX_CHUNK = args.chunk_seconds, args.max_chunk_seconds
     if args.threads:
         torch.set_num_threads(args.threads)
     rnd = random.Random(args.seed)
@@ -125,10 +138,11 @@ def main() -> None:
                 print(f"{label:9s} {f}: alone TTFA {s['ttfa_p50_s']:.3f} s, gap p95 {s['gap_p95_s'] or 0:.3f} s | "
                       f"load ({x['requests']} requests) TTFA p50 {x['ttfa_p50_s']:.3f} s p95 {x['ttfa_p95_s']:.3f} s, "
                       f"gap p50 {x['gap_p50_s'] or 0:.3f} s p95 {x['gap_p95_s'] or 0:.3f} s max "
-                      f"{x['gap_max_s'] or 0:.3f} s (chunks of {x['chunk_audio_s'] or 0:.2f} s audio)", flush=True)
+                      f"{x['gap_max_s'] or 0:.3f} s (chunks of {x['chunk_audio_s'] or 0:.2f} s audio); a listener's "
+                      f"wait for a late piece p95 {x['late_p95_s'] or 0:.3f} s max {x['late_max_s'] or 0:.3f} s", flush=True)
     result = {"machine": _machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "requests": args.requests, "rate_per_s": args.rate, "slots": args.slots,
-              "chunk_seconds": args.chunk_seconds, "rows": rows}
+              "chunk_seconds": args.chunk_seconds, "max_chunk_seconds": args.max_chunk_seconds, "rows": rows}
     print(f"CPU: {result['machine']['cpu']}; {result['threads']} threads")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +150,7 @@ def main() -> None:
 
 
 CHUNK = 0.5
+MAX_CHUNK = None
 
 if __name__ == "__main__":
     main()
