@@ -4,8 +4,8 @@ For each codec, one streaming unit of work is timed both ways, rounds alternatin
 drifts from minute to minute, so the two paths share every minute): a DAC window as the server
 decodes it (0.5 s of audio, 43 frames, with its context), and a Mimi streaming chunk (6 frames,
 0.48 s). "torch" is the pure model (oneDNN convolutions, Snake in five torch operations); "fastdia"
-is the same model after fastdia.backends.cpu.codec_ops.accelerate_codec, which every CPU float32
-codec gets. The largest difference between the two outputs is reported beside the times.
+is the same model after the routing every CPU float32 codec gets (the codecs' `accelerate`,
+fastdia.backends.cpu.codec_ops). The largest difference between the two outputs is reported beside the times.
 
     python benchmarks/codec_cpu.py --threads 2 --out benchmarks/results/codec-cpu-2t.json
 """
@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 from fastdia.backends.cpu import codec_ops  # noqa: E402
 from fastdia.bench.runner import _machine  # noqa: E402
 from fastdia.codecs.dac.codec import DAC, decode_windows  # noqa: E402
+from fastdia.codecs.dac.codec import accelerate as dac_accelerate  # noqa: E402
 from fastdia.codecs.mimi.codec import Mimi  # noqa: E402
+from fastdia.codecs.mimi.codec import accelerate as mimi_accelerate  # noqa: E402
 
 
 def _dac_unit(name: str):
@@ -58,10 +60,10 @@ UNITS = {"tiny-random": _dac_unit, "dac-44khz-random": _dac_unit,
 def measure(name: str, rounds: int, repeat: int) -> dict:
     model, run, what = UNITS[name](name)
     paths = {}
-    snake = _snake_type(model)
+    route = dac_accelerate if name in ("tiny-random", "dac-44khz-random") else mimi_accelerate
     codec_ops.restore(model)
     ref = run()
-    codec_ops.accelerate_codec(model, snake)
+    route(model)
     ours = run()
     times = {"torch": [], "fastdia": []}
     for _ in range(rounds):
@@ -69,24 +71,19 @@ def measure(name: str, rounds: int, repeat: int) -> dict:
             if path == "torch":
                 codec_ops.restore(model)
             else:
-                codec_ops.accelerate_codec(model, snake)
+                route(model)
             run()  # warm: shapes, allocations
             t = time.perf_counter()
             for _ in range(repeat):
                 run()
             times[path].append((time.perf_counter() - t) / repeat * 1e3)
-    codec_ops.accelerate_codec(model, snake)
+    route(model)
     for path, ts in times.items():
         paths[path] = {"ms": round(statistics.median(ts), 3), "rounds_ms": [round(v, 3) for v in ts]}
     return {"codec": name, "unit": what, "paths": paths,
             "speedup": round(paths["torch"]["ms"] / paths["fastdia"]["ms"], 3),
             "max_abs_diff": float(np.abs(np.asarray(ref) - np.asarray(ours)).max()),
             "output_rms": float(np.sqrt(np.mean(np.asarray(ref, dtype=np.float64) ** 2)))}
-
-
-def _snake_type(model):
-    from fastdia.codecs.dac.model import Snake1d
-    return Snake1d if any(isinstance(m, Snake1d) for m in model.modules()) else None
 
 
 def main() -> None:

@@ -211,3 +211,17 @@ def test_ramp_chunk_and_a_growing_dac_stream():
     np.testing.assert_allclose(np.concatenate(b), np.concatenate(a), atol=1e-5)
     with pytest.raises(Exception):
         dac.stream(43, 0)
+
+
+@needs_kernels
+def test_linear_route_matches_torch_row_by_row():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).requires_grad_(False)
+    x = torch.randn(3, 12, 64)
+    got = codec_ops.linear(lin, x)
+    torch.testing.assert_close(got, lin(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(codec_ops.linear(lin, x[1:2]), got[1:2])  # each row alone
+    long = torch.randn(2, 70, 64)  # past one kernel pass: torch's product
+    assert torch.equal(codec_ops.linear(lin, long), F.linear(long, lin.weight, lin.bias))
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).double())
+    assert codec_ops.accelerate_codec(model) == 0 and codec_ops.accelerate_codec(model, linears=True) == 1

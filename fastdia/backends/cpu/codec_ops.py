@@ -104,6 +104,19 @@ def conv_transpose1d(conv: nn.ConvTranspose1d, x: torch.Tensor, bias: bool = Tru
     return out
 
 
+def linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A streaming transformer's projection of a few rows (a Mimi chunk: 12-48 positions) through
+    fastdia's float GEMV kernel, which computes each row on its own (BLAS runs such thin products
+    at a quarter of its rate); more rows than the kernel's pass keep torch's product."""
+    x2 = x.reshape(-1, module.in_features)
+    if x2.shape[0] > kernels.MAX_ROWS:
+        return F.linear(x, module.weight, module.bias)
+    y = kernels.float_gemv(x2, module.weight)
+    if module.bias is not None:
+        y += module.bias
+    return y.view(*x.shape[:-1], module.out_features)
+
+
 def snake(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A Snake module (learnt `alpha` of shape (1, C, 1)) through the C pass."""
     return kernels.snake(x, module.alpha)
@@ -125,10 +138,13 @@ def _unbiased(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def _guarded(fast, original):
-    """Run `fast(module, x)` for float32 CPU (B, C, T) inputs outside autograd and outside graph
-    capture (ONNX export traces the codec: it gets the pure model), else the module's own forward."""
+    """Run `fast(module, x)` for float32 CPU (B, C, T) inputs (linears: (..., in)) outside autograd
+    and outside graph capture (ONNX export traces the codec: it gets the pure model), else the
+    module's own forward."""
+    dims = (2, 3, 4) if fast is linear else (3,)
+
     def forward(self, x, *rest, **kw):
-        if rest or kw or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or (
+        if rest or kw or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() not in dims or (
                 torch.is_grad_enabled() and (x.requires_grad or any(q.requires_grad for q in self.parameters()))
         ) or torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
             return original(x, *rest, **kw)
@@ -136,10 +152,12 @@ def _guarded(fast, original):
     return forward
 
 
-def accelerate_codec(model: nn.Module, snake_type: type | None = None, streamed_type: type | None = None) -> int:
+def accelerate_codec(model: nn.Module, snake_type: type | None = None, streamed_type: type | None = None,
+                     linears: bool = False) -> int:
     """Route `model`'s eligible convolutions (its `snake_type` activations, where the kernels run,
-    and the `unbiased` method of its `streamed_type` modules, a streaming transposed conv's
-    bias-free pass over `.conv`) through this module's CPU paths; returns how many modules were
+    the `unbiased` method of its `streamed_type` modules, a streaming transposed conv's bias-free
+    pass over `.conv`, and with `linears` its float32 nn.Linear layers) through this module's CPU
+    paths; returns how many modules were
     routed. Weights are read at each call, so later weight loads still apply. Safe to call twice."""
     routed = 0
     snakes = snake_type is not None and kernels.available()
@@ -153,6 +171,8 @@ def accelerate_codec(model: nn.Module, snake_type: type | None = None, streamed_
             fast = snake
         elif streamed_type is not None and type(m) is streamed_type and _routable_conv(m.conv):
             fast, name = _unbiased, "unbiased"
+        elif linears and type(m) is nn.Linear and m.weight.dtype == torch.float32 and kernels.available():
+            fast = linear
         else:
             continue
         setattr(m, name, types.MethodType(_guarded(fast, getattr(m, name)), m))

@@ -23,6 +23,12 @@ from .model import DEFAULT_MODEL, PRESETS, DACConfig, DACModel, Snake1d, preset
 # --------------------------------------------------------------------------------------------
 
 
+def accelerate(model: DACModel) -> int:
+    """Route a float32 CPU DAC's convolutions and Snakes through fastdia's CPU paths
+    (fastdia.backends.cpu.codec_ops); returns how many modules were routed."""
+    return accelerate_codec(model, Snake1d)
+
+
 class DAC:
     """The DAC codec with numpy in/out. Build it with `DAC.from_pretrained`.
 
@@ -37,7 +43,7 @@ class DAC:
     def __init__(self, model: DACModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
         if device.type == "cpu" and dtype == torch.float32:
-            accelerate_codec(self.model, Snake1d)
+            accelerate(self.model)
         self.config: DACConfig = model.config
         self.device = device
         self.dtype = dtype

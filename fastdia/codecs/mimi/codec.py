@@ -191,6 +191,12 @@ def save_transformers_layout(model: Any, config: MimiConfig, directory: str | Pa
 # --------------------------------------------------------------------------------------------
 
 
+def accelerate(model: MimiModel) -> int:
+    """Route a float32 CPU Mimi's convolutions (its streaming transposed ones too) and its
+    transformer's projections through fastdia's CPU paths (fastdia.backends.cpu.codec_ops)."""
+    return accelerate_codec(model, streamed_type=MimiConvTranspose1d, linears=True)
+
+
 class Mimi:
     """The Mimi codec with numpy in/out. Build it with `Mimi.from_pretrained`.
 
@@ -207,7 +213,7 @@ class Mimi:
     def __init__(self, model: MimiModel, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
         if device.type == "cpu" and dtype == torch.float32:
-            accelerate_codec(self.model, streamed_type=MimiConvTranspose1d)
+            accelerate(self.model)
         self.config: MimiConfig = model.config
         self.device, self.dtype = device, dtype
         self.sample_rate: int = self.config.sampling_rate
