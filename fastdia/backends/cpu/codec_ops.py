@@ -46,7 +46,8 @@ def _narrow(co: int, ci: int, k: int) -> bool:
 
 
 def conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` for a stride-1, ungrouped, zero-padded conv: shifted products per item."""
+    """`conv(x)` for a stride-1, ungrouped, zero-padded conv, each item alone: the direct C loop
+    for narrow layers, one product over the gathered taps for small inputs, else shifted products."""
     (k,), (d,), (p,) = conv.kernel_size, conv.dilation, conv.padding
     w, b = conv.weight, conv.bias
     length = x.shape[-1] + 2 * p - d * (k - 1)
@@ -157,8 +158,8 @@ def accelerate_codec(model: nn.Module, snake_type: type | None = None, streamed_
     """Route `model`'s eligible convolutions (its `snake_type` activations, where the kernels run,
     the `unbiased` method of its `streamed_type` modules, a streaming transposed conv's bias-free
     pass over `.conv`, and with `linears` its float32 nn.Linear layers) through this module's CPU
-    paths; returns how many modules were
-    routed. Weights are read at each call, so later weight loads still apply. Safe to call twice."""
+    paths; returns how many modules were routed. Weights are read at each call, so later weight
+    loads still apply. Safe to call twice."""
     routed = 0
     snakes = snake_type is not None and kernels.available()
     for m in model.modules():
@@ -193,4 +194,4 @@ def restore(model: nn.Module) -> int:
     return restored
 
 
-__all__ = ["accelerate_codec", "conv1d", "conv_transpose1d", "restore", "snake"]
+__all__ = ["accelerate_codec", "conv1d", "conv_transpose1d", "linear", "restore", "snake"]
