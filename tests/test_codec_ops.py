@@ -225,3 +225,11 @@ def test_linear_route_matches_torch_row_by_row():
     assert torch.equal(codec_ops.linear(lin, long), F.linear(long, lin.weight, lin.bias))
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8).double())
     assert codec_ops.accelerate_codec(model) == 0 and codec_ops.accelerate_codec(model, linears=True) == 1
+
+
+def test_info_says_what_the_codecs_run_on():
+    from fastdia.backends.cpu.report import cpu_report, report_lines
+
+    report = cpu_report()
+    assert ("fastdia's C" in report["codecs"]) == bool(BUILDS)
+    assert any(line.startswith("codecs ") for line in report_lines(report))

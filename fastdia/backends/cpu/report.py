@@ -84,8 +84,17 @@ def cpu_report() -> dict:
         "onednn_bf16": onednn_bf16(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "variants": variant_paths(),
+        "codecs": codec_paths(),
         "versions": versions,
     }
+
+
+def codec_paths() -> str:
+    """What the codecs (DAC, Mimi) run on here in float32 (fastdia.backends.cpu.codec_ops)."""
+    if kernels.available():
+        return ("convolutions per item as matrix products, narrow ones and DAC's Snake in fastdia's C, Mimi's "
+                "projections on the GEMV kernel")
+    return "convolutions per item as matrix products; Snake and Mimi's projections in torch"
 
 
 def report_lines(report: dict) -> list[str]:
@@ -101,5 +110,7 @@ def report_lines(report: dict) -> list[str]:
     ]
     for name, v in report["variants"].items():
         lines.append(f"  {name:16s} {v['runs_on']}")
+    if report.get("codecs"):
+        lines.append(f"codecs             {report['codecs']}")
     lines.append("versions           " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     return lines
