@@ -44,13 +44,17 @@ def main() -> None:
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=None, help="Dia-1 max_tokens / Dia2 max_steps (model default)")
+    ap.add_argument("--max-chunk-seconds", type=float, default=None,
+                    help="passed to `fastdia serve` (growing pieces; default: the server's)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "fastdia", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--model", args.model, "--max-batch", str(args.n)], cwd=ROOT,
+                             "--model", args.model, "--max-batch", str(args.n),
+                             *([] if args.max_chunk_seconds is None else ["--max-chunk-seconds", str(args.max_chunk_seconds)])],
+                            cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 300
@@ -103,8 +107,8 @@ def main() -> None:
             proc.kill()
     from fastdia.bench.runner import _machine
 
-    result = {"machine": _machine(), "model": args.model, "n": args.n, "sequential_s": sequential,
-              "concurrent_s": concurrent, "speedup": sequential / concurrent, "same_bytes": same, "errors": errors,
+    result = {"machine": _machine(), "model": args.model, "n": args.n, "max_chunk_seconds": args.max_chunk_seconds,
+              "sequential_s": sequential, "concurrent_s": concurrent, "speedup": sequential / concurrent, "same_bytes": same, "errors": errors,
               "audio_sha256": [hashlib.sha256(a).hexdigest()[:16] for a in alone], "models": info}
     print(f"{args.model}: {args.n} requests one after another {sequential:.1f} s, concurrently {concurrent:.1f} s: "
           f"x{result['speedup']:.2f}; same bytes alone and in the crowd: {sum(same)}/{len(same)}; errors: {len(errors)}")

@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec-batch", type=int, default=None, metavar="N",
                    help="Dia-1 audio windows the DAC decodes at once, across requests (default: 1 on CPU, where "
                         "batches were measured slower, 8 on CUDA)")
-    p.add_argument("--max-chunk-seconds", type=float, default=2.0, metavar="S",
-                   help="a response's audio comes in pieces of 0.5 s, then each as long as all before it, up to S "
-                        "seconds: a listener is fed as with 0.5 s pieces, and a long response is decoded in fewer, "
-                        "longer pieces (0.5: every piece 0.5 s; default: %(default)s)")
+    p.add_argument("--max-chunk-seconds", type=float, default=0.5, metavar="S",
+                   help="above 0.5, a response's audio comes in pieces of 0.5 s, then each as long as all the audio "
+                        "before it, up to S seconds: fewer, longer codec windows (more throughput), but a listener "
+                        "playing along is fed in time only while generation runs well above real time (up to 1.75x "
+                        "for S = 2); default %(default)s: every piece 0.5 s")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on Ctrl-C, seconds to let running requests finish (default: %(default)s)")
     p.add_argument("--voices-dir", metavar="DIR", default=None,

@@ -63,9 +63,10 @@ class ServerConfig:
     max_batch: int = 8
     max_queue: int = 64
     codec_batch: int | None = None
-    # A response's audio comes in pieces of 0.5 s, then as long as all before it, up to this
-    # (fastdia.audio.ramp_chunk); 0.5 keeps every piece 0.5 s.
-    max_chunk_seconds: float = 2.0
+    # Pieces of a response's audio: 0.5 s each (the default), or, above 0.5, 0.5 s then as long as
+    # all the audio before each, up to this (fastdia.audio.ramp_chunk): fewer, longer codec
+    # windows, in time for a listener only while generation runs well above real time.
+    max_chunk_seconds: float = 0.5
     timeout: float | None = None
     voices_dir: str | None = None
     api_key: str | None = None

@@ -64,7 +64,7 @@ def build_app(models: list[str], *, max_batch: int = 8, max_queue: int = 64, min
               max_replicas: int = 2, target_ongoing_requests: float | None = None, max_queued_requests: int = -1,
               num_cpus: float = 1.0, num_gpus: float = 0.0, device: str | None = None, dtype: str | None = None,
               timeout: float | None = None, voices_dir: str | None = None, api_key: str | None = None,
-              drain_timeout: float = 30.0, max_chunk_seconds: float = 2.0, name: str = "fastdia"):
+              drain_timeout: float = 30.0, max_chunk_seconds: float = 0.5, name: str = "fastdia"):
     """A bound Ray Serve application serving `models` with OpenAI's routes; run it with `serve.run(app)`.
 
     Args:
