@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AudioError
+from .errors import AudioError, GenerationError
 
 # Extension -> (soundfile format, subtype). PCM_16 for wav/flac because every player reads it.
 _WRITE_FORMATS: dict[str, tuple[str, str]] = {
@@ -23,6 +23,13 @@ _WRITE_FORMATS: dict[str, tuple[str, str]] = {
     ".mp3": ("MP3", "MPEG_LAYER_III"),
 }
 READ_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def check_chunk_seconds(value: Any, name: str = "chunk_seconds") -> float:
+    """A stream's piece length in seconds, checked: a number in (0, 60], else GenerationError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 60:
+        raise GenerationError(f"{name} must be a number in (0, 60], got {value!r}")
+    return value
 
 
 def ramp_chunk(done: int, first: int, largest: int) -> int:

@@ -18,6 +18,7 @@ from .checkpoint import _choose_files as choose_files
 from .checkpoint import load_model, source_parameters, source_quantization
 from ..hub import local_source
 from .config import PRESETS, DiaConfig
+from ..audio import check_chunk_seconds
 from ..errors import AudioError, GenerationError, ScriptError
 from ..speech import Speech
 from .generation import FRAME_RATE, Dia1Generator
@@ -295,9 +296,7 @@ class Dia:
         if not isinstance(text, str):
             raise ScriptError(f"stream speaks one script (a string), got {type(text).__name__}; "
                               "use generate for a batch")
-        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) \
-                or not 0 < chunk_seconds <= 60:
-            raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {chunk_seconds!r}")
+        check_chunk_seconds(chunk_seconds)
         gen, jobs, _ = self._plan(text, audio_prompt, prompt_text, sample_rate, voice, chunk_tokens, sampling)
         decoder = self.codec.stream(max(1, round(chunk_seconds * FRAME_RATE)))
         self._warn_if_random()

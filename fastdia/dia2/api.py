@@ -16,6 +16,7 @@ from ..backends.cpu.threads import release_pool
 from ..backends.device import resolve_device, resolve_dtype
 from .checkpoint import LoadedDia2, codec_source, load_dia2, load_tokenizer
 from .config import DEFAULT_CODEC, DIA2_PRESETS, PRESET_CODECS, is_dia2  # noqa: F401  (is_dia2: part of this module's API)
+from ..audio import check_chunk_seconds
 from ..errors import AudioError, FastDiaError, GenerationError, ScriptError
 from .generation import Dia2Generator, Prefix
 from .options import Dia2GenerationConfig
@@ -197,8 +198,7 @@ class Dia2:
             rounding) and the words are `synthesize(...).timestamps`.
         """
         gen = self.generation_config(**sampling)
-        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not 0 < chunk_seconds <= 60:
-            raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {chunk_seconds!r}")
+        check_chunk_seconds(chunk_seconds)
         prefix_args = (prefix_speaker_1, prefix_speaker_2, include_prefix)
         if hasattr(script, "__aiter__"):
             prefix = self._prefix(*prefix_args)

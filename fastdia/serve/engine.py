@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..backends.cpu.threads import release_pool
+from ..audio import check_chunk_seconds
 from ..errors import FastDiaError, GenerationError
 from ..dia2.slots import LiveText
 from .live_text import checked_live_text
@@ -265,13 +266,10 @@ class Engine:
     def _submit(self, request: SpeechRequest, live: LiveText | None) -> Ticket:
         if self.state != "ready":
             raise EngineUnavailableError(f"model {self.model_id!r} is {self.state}; retry later")
-        if isinstance(request.chunk_seconds, bool) or not isinstance(request.chunk_seconds, (int, float)) \
-                or not 0 < request.chunk_seconds <= 60:
-            raise GenerationError(f"chunk_seconds must be a number in (0, 60], got {request.chunk_seconds!r}")
+        check_chunk_seconds(request.chunk_seconds)
         largest = request.max_chunk_seconds
-        if largest is not None and (isinstance(largest, bool) or not isinstance(largest, (int, float))
-                                    or not 0 < largest <= 60):
-            raise GenerationError(f"max_chunk_seconds must be a number in (0, 60], got {largest!r}")
+        if largest is not None:
+            check_chunk_seconds(largest, "max_chunk_seconds")
         ticket = Ticket(self, request, live)
         voice, seed = request.voice, None
         if voice in BUILTIN_VOICES:

@@ -196,7 +196,7 @@ class Dia2Runner(_SlotRunner):
         largest = max(frames, round((max_chunk_seconds or 0) * DIA2_FRAME_RATE))
         return Job(ticket, state={"gen": gen, "entries": entries, "prefix": prefix, "live": live,
                                   "stream": self.tts.codec.stream(), "every": frames, "largest": largest,
-                                  "decoded": 0, "held": [], "words": []})
+                                  "held": [], "words": []})
 
     def join(self, job: Job) -> None:
         st = job.state
@@ -287,10 +287,10 @@ class Dia2Runner(_SlotRunner):
         held = torch.cat(st["held"]) if st["held"] else None
         at = 0
         n = 0 if held is None else held.shape[0]
-        while n - at >= (size := ramp_chunk(st["decoded"], st["every"], st["largest"])) or (finished and n > at):
+        stream = st["stream"]  # its `frames`: those decoded so far, which set the next piece's length
+        while n - at >= (size := ramp_chunk(stream.frames, st["every"], st["largest"])) or (finished and n > at):
             take = min(size, n - at)
-            audio = np.clip(st["stream"].push(held[at: at + take].cpu().numpy()), -1.0, 1.0)
-            st["decoded"] += take
+            audio = np.clip(stream.push(held[at: at + take].cpu().numpy()), -1.0, 1.0)
             pieces.append((audio, tuple(st["words"])))
             st["words"] = []
             at += take

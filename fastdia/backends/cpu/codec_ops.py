@@ -97,11 +97,15 @@ def conv_transpose1d(conv: nn.ConvTranspose1d, x: torch.Tensor, bias: bool = Tru
     for i in range(n):
         z = taps * x[i][:, None, :] if depthwise else (taps @ x[i]).view(co, k, t)
         z = z.transpose(1, 2)  # (Co, T, K)
-        y = x.new_zeros(co, t + 1, s)
-        y[:, :t] += z[..., :s]
+        y = x.new_empty(co, t + 1, s)
+        y[:, :t] = z[..., :s]
+        y[:, t] = 0
         y[:, 1:] += z[..., s:]
         y = y.view(co, (t + 1) * s)[:, p: p + length]
-        out[i] = y if b is None else y + b[:, None]
+        if b is None:
+            out[i] = y
+        else:
+            torch.add(y, b[:, None], out=out[i])
     return out
 
 
