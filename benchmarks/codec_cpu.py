@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastdia.backends.cpu import codec_ops  # noqa: E402
+from fastdia.bench.common import measure_bandwidth  # noqa: E402
 from fastdia.bench.runner import _machine  # noqa: E402
 from fastdia.codecs.dac.codec import DAC, decode_windows  # noqa: E402
 from fastdia.codecs.dac.codec import accelerate as dac_accelerate  # noqa: E402
@@ -57,7 +58,7 @@ UNITS = {"tiny-random": _dac_unit, "dac-44khz-random": _dac_unit,
          "mimi-tiny-random": _mimi_unit, "mimi-random": _mimi_unit}
 
 
-def measure(name: str, rounds: int, repeat: int) -> dict:
+def measure(name: str, rounds: int, repeat: int, bandwidth_gbps: float) -> dict:
     model, run, what = UNITS[name](name)
     paths = {}
     route = dac_accelerate if name in ("tiny-random", "dac-44khz-random") else mimi_accelerate
@@ -80,7 +81,12 @@ def measure(name: str, rounds: int, repeat: int) -> dict:
     route(model)
     for path, ts in times.items():
         paths[path] = {"ms": round(statistics.median(ts), 3), "rounds_ms": [round(v, 3) for v in ts]}
-    return {"codec": name, "unit": what, "paths": paths,
+    # The bandwidth ceiling: the unit's weights read once at the probed rate. Convolutions reuse
+    # each weight across thousands of samples, so a codec is compute-bound far below it.
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    floor_ms = weight_bytes / (bandwidth_gbps * 1e9) * 1e3
+    return {"codec": name, "unit": what, "paths": paths, "weight_bytes": weight_bytes,
+            "bandwidth_floor_ms": floor_ms, "fraction_of_bandwidth_ceiling": floor_ms / paths["fastdia"]["ms"],
             "speedup": round(paths["torch"]["ms"] / paths["fastdia"]["ms"], 3),
             "max_abs_diff": float(np.abs(np.asarray(ref) - np.asarray(ours)).max()),
             "output_rms": float(np.sqrt(np.mean(np.asarray(ref, dtype=np.float64) ** 2)))}
@@ -96,17 +102,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     info = _machine()
-    print(f"cpu: {info.get('cpu')}, {args.threads} threads, kernels: {info.get('kernels')}")
+    bandwidth = measure_bandwidth()["read_GBps"]
+    print(f"cpu: {info.get('cpu')}, {args.threads} threads, kernels: {info.get('kernels')}; "
+          f"read bandwidth {bandwidth:.1f} GB/s")
     results = []
     for name in args.codecs:
         repeat = 1 if name in ("dac-44khz-random", "mimi-random") else 10
-        r = measure(name, args.rounds, repeat)
+        r = measure(name, args.rounds, repeat, bandwidth)
         results.append(r)
         print(f"{name:18s} {r['unit']:36s} torch {r['paths']['torch']['ms']:9.2f} ms  "
               f"fastdia {r['paths']['fastdia']['ms']:9.2f} ms  x{r['speedup']:.2f}  "
-              f"max diff {r['max_abs_diff']:.2e} (rms {r['output_rms']:.2e})", flush=True)
+              f"max diff {r['max_abs_diff']:.2e} (rms {r['output_rms']:.2e}); "
+              f"{100 * r['fraction_of_bandwidth_ceiling']:.1f}% of the bandwidth ceiling", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"machine": info, "threads": args.threads, "rounds": args.rounds,
+                                        "bandwidth": {"read_GBps": bandwidth},
                                         "results": results}, indent=1))
 
 
