@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fastdia.backends.cpu import kernels  # noqa: E402
+from fastdia.backends.cpu.features import cpu_features  # noqa: E402
 from fastdia.bench.runner import _machine  # noqa: E402
 
 SHAPES = [(9216, 128, "tiny Dia-1 head (9252 outputs, rounded)"), (512, 128, "tiny MLP up"),
@@ -53,6 +54,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not kernels.available():
         raise SystemExit(f"fastdia's kernels are off here: {kernels.unavailable_reason()}")
+    if "avx512f" not in cpu_features().reported:
+        raise SystemExit("the prototype is written for AVX-512, which this CPU lacks")
     rows_out = []
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(Path(tmp))
